@@ -1,0 +1,188 @@
+package store
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// MatchMode says how a listener's keyword is compared with a message's text.
+type MatchMode int
+
+const (
+	// MatchKeyword: case-insensitive substring that begins and ends on word
+	// boundaries. The default.
+	MatchKeyword MatchMode = iota
+	// MatchExact: the text, trimmed of surrounding white space, equals the
+	// keyword.
+	MatchExact
+	// MatchRegex: the keyword is an RE2 expression found anywhere in the text.
+	MatchRegex
+)
+
+// Filter selects the inbound messages a listener waits for. Empty fields
+// match anything; set fields combine with AND.
+type Filter struct {
+	// Platform is set when the channel filter named a configured channel,
+	// which pins the platform too.
+	Platform  string
+	Channel   string
+	User      string
+	SessionID string
+	Keyword   string
+	Match     MatchMode
+}
+
+// Scope reports whether m is in the filter's channel/user/session scope,
+// whatever its text.
+func (f *Filter) Scope(m *Message) bool {
+	return (f.Platform == "" || f.Platform == m.Platform) &&
+		(f.Channel == "" || f.Channel == m.Channel) &&
+		(f.User == "" || f.User == m.FromUser) &&
+		(f.SessionID == "" || f.SessionID == m.SessionID)
+}
+
+// Matcher is a compiled Filter.
+type Matcher struct {
+	Filter
+	re *regexp.Regexp
+}
+
+// Compile checks the filter and prepares it for matching.
+func (f Filter) Compile() (*Matcher, error) {
+	m := &Matcher{Filter: f}
+	if f.Match == MatchRegex && f.Keyword != "" {
+		re, err := regexp.Compile(f.Keyword)
+		if err != nil {
+			return nil, fmt.Errorf("keyword_filter is not a valid RE2 expression: %w", err)
+		}
+		m.re = re
+	}
+	return m, nil
+}
+
+// Text reports whether text satisfies the keyword.
+func (m *Matcher) Text(text string) bool {
+	if m.Keyword == "" {
+		return true
+	}
+	switch m.Match {
+	case MatchExact:
+		return strings.TrimSpace(text) == m.Keyword
+	case MatchRegex:
+		return m.re.MatchString(text)
+	default:
+		return containsWord(text, m.Keyword)
+	}
+}
+
+// containsWord reports whether kw occurs in text, case-insensitively, with a
+// non-word character (or the text's edge) on each side. Word characters are
+// letters, digits and '_'.
+func containsWord(text, kw string) bool {
+	lt, lk := strings.ToLower(text), strings.ToLower(kw)
+	for from := 0; from <= len(lt)-len(lk); {
+		i := strings.Index(lt[from:], lk)
+		if i < 0 {
+			return false
+		}
+		start := from + i
+		end := start + len(lk)
+		if boundaryBefore(lt, start, lk) && boundaryAfter(lt, end, lk) {
+			return true
+		}
+		_, size := utf8.DecodeRuneInString(lt[start:])
+		from = start + size
+	}
+	return false
+}
+
+// A keyword that itself begins (ends) with a non-word character needs no
+// boundary on that side: "?" matches in "why?".
+func boundaryBefore(s string, i int, kw string) bool {
+	first, _ := utf8.DecodeRuneInString(kw)
+	if !isWord(first) || i == 0 {
+		return true
+	}
+	r, _ := utf8.DecodeLastRuneInString(s[:i])
+	return !isWord(r)
+}
+
+func boundaryAfter(s string, i int, kw string) bool {
+	last, _ := utf8.DecodeLastRuneInString(kw)
+	if !isWord(last) || i == len(s) {
+		return true
+	}
+	r, _ := utf8.DecodeRuneInString(s[i:])
+	return !isWord(r)
+}
+
+func isWord(r rune) bool { return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r) }
+
+// OutcomeKind is a listener's terminal outcome.
+type OutcomeKind int
+
+const (
+	Pending OutcomeKind = iota
+	Matched
+	TimedOut
+	// FilterMismatch: timed out after at least one in-scope message failed
+	// the keyword.
+	FilterMismatch
+)
+
+func (k OutcomeKind) String() string {
+	switch k {
+	case Matched:
+		return "success"
+	case TimedOut:
+		return "timeout"
+	case FilterMismatch:
+		return "filter_mismatch"
+	}
+	return "pending"
+}
+
+// NewListener describes a listener to register.
+type NewListener struct {
+	ID     string
+	Tenant string
+	Filter Filter
+	// Deadline is when the wait times out; zero for never.
+	Deadline time.Time
+	// IdleUntil is when a listener without a deadline and with no stream
+	// attached is dropped, unless TouchListener extends it.
+	IdleUntil time.Time
+}
+
+// Listener is a ChatReceive registration and, once decided, its outcome.
+type Listener struct {
+	ID        string
+	Tenant    string
+	Filter    Filter
+	CreatedAt time.Time
+	Deadline  time.Time
+	IdleUntil time.Time
+	// SawMismatch records that an in-scope message failed the keyword.
+	SawMismatch bool
+
+	Outcome   OutcomeKind
+	DecidedAt time.Time
+	// Message is the matching message when Outcome is Matched.
+	Message *Message
+}
+
+// Waited is how long the listener waited for its outcome.
+func (l *Listener) Waited() time.Duration {
+	if l.Outcome == Pending {
+		return 0
+	}
+	end := l.DecidedAt
+	if l.Outcome != Matched && !l.Deadline.IsZero() {
+		end = l.Deadline
+	}
+	return end.Sub(l.CreatedAt)
+}

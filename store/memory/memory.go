@@ -1,0 +1,860 @@
+// Package memory is the embedded, single-process store: the default when no
+// Redis is configured. It honours the store contract exactly as the Redis
+// backend does; store/storetest checks both.
+//
+// One mutex guards all state. Every operation is a few map look-ups and an
+// append, so the critical sections are short; events are published to
+// subscriber queues (which never block) while the lock is held, so each
+// topic's events come out in commit order.
+package memory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/clock"
+	"github.com/chatrelay/chatrelay/internal/ids"
+	"github.com/chatrelay/chatrelay/store"
+)
+
+// Options configures a Store. Zero values take the defaults noted.
+type Options struct {
+	// Clock is the time source; default the wall clock.
+	Clock clock.Clock
+	// SessionTTL is how long a session stays active without a message;
+	// default 24 h.
+	SessionTTL time.Duration
+	// HistoryLimit caps the messages retained per session (oldest dropped
+	// first); default 1000.
+	HistoryLimit int
+	// IdempotencyTTL is how long an idempotency key is remembered; default
+	// 24 h.
+	IdempotencyTTL time.Duration
+	// OutcomeRetention is how long a listener's outcome is kept after it is
+	// decided; default 24 h.
+	OutcomeRetention time.Duration
+	// EndedRetention is how long a closed or expired session, its history
+	// and an idle contact are kept; default 7 days.
+	EndedRetention time.Duration
+	// SweepInterval is how often memory held by expired records is freed;
+	// default 1 minute. Expiry itself is exact regardless.
+	SweepInterval time.Duration
+}
+
+func (o *Options) setDefaults() error {
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&o.SessionTTL, 24*time.Hour)
+	def(&o.IdempotencyTTL, 24*time.Hour)
+	def(&o.OutcomeRetention, 24*time.Hour)
+	def(&o.EndedRetention, 7*24*time.Hour)
+	def(&o.SweepInterval, time.Minute)
+	if o.HistoryLimit == 0 {
+		o.HistoryLimit = 1000
+	}
+	if o.SessionTTL < 0 || o.IdempotencyTTL < 0 || o.OutcomeRetention < 0 ||
+		o.EndedRetention < 0 || o.SweepInterval < 0 || o.HistoryLimit < 0 {
+		return errors.New("memory: durations and limits must not be negative")
+	}
+	return nil
+}
+
+// Store is the in-memory backend.
+type Store struct {
+	opts Options
+
+	mu        sync.Mutex
+	sessions  map[string]*session
+	active    map[tuple]*session
+	contacts  map[contactKey]*store.Contact
+	idem      map[idemKey]*idemEntry
+	listeners map[string]*listener
+	buckets   map[bucket]map[*listener]struct{}
+
+	subsMu sync.Mutex
+	subs   map[store.Topic]map[*store.Subscription]struct{}
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+var _ store.Store = (*Store)(nil)
+
+type session struct {
+	store.Session
+	history []store.Message
+}
+
+type tuple struct{ tenant, platform, channel, user string }
+
+type contactKey struct{ tenant, platform, user string }
+
+type idemKey struct{ tenant, scope, key string }
+
+type idemEntry struct {
+	fingerprint string
+	expires     time.Time
+	result      any
+}
+
+type listener struct {
+	store.Listener
+	m      *store.Matcher
+	bucket bucket
+}
+
+// bucket is one slot of the listener index. A listener lives in the bucket
+// of its most selective filter: session, else user, else channel, else the
+// tenant's "any" bucket. An inbound message then looks in exactly four
+// buckets, never at every listener.
+type bucket struct {
+	tenant string
+	kind   byte // 's', 'u', 'c' or '*'
+	value  string
+}
+
+func bucketOf(tenant string, f *store.Filter) bucket {
+	switch {
+	case f.SessionID != "":
+		return bucket{tenant, 's', f.SessionID}
+	case f.User != "":
+		return bucket{tenant, 'u', f.User}
+	case f.Channel != "":
+		return bucket{tenant, 'c', f.Channel}
+	}
+	return bucket{tenant, '*', ""}
+}
+
+// New returns a Store and starts its sweeper; Close stops it.
+func New(opts Options) (*Store, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Store{
+		opts:      opts,
+		sessions:  make(map[string]*session),
+		active:    make(map[tuple]*session),
+		contacts:  make(map[contactKey]*store.Contact),
+		idem:      make(map[idemKey]*idemEntry),
+		listeners: make(map[string]*listener),
+		buckets:   make(map[bucket]map[*listener]struct{}),
+		subs:      make(map[store.Topic]map[*store.Subscription]struct{}),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	go s.sweepLoop()
+	return s, nil
+}
+
+// Close stops the sweeper. The data stays readable.
+func (s *Store) Close() error {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+	return nil
+}
+
+// Ping always succeeds: memory is always there.
+func (s *Store) Ping(context.Context) error { return nil }
+
+// ---- sessions ----
+
+func (s *Store) CreateSession(_ context.Context, ns store.NewSession) (store.Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	t := tuple{ns.Tenant, ns.Platform, ns.Channel, ns.User}
+	if cur := s.activeFor(t, now); cur != nil {
+		return store.Session{}, store.ErrSessionExists
+	}
+	ses := s.open(t, ns.Metadata, now)
+	return cloneSession(&ses.Session), nil
+}
+
+func (s *Store) GetSession(_ context.Context, tenant, id string) (store.Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ses, err := s.lookup(tenant, id, s.opts.Clock.Now())
+	if err != nil {
+		return store.Session{}, err
+	}
+	return cloneSession(&ses.Session), nil
+}
+
+func (s *Store) UpdateSession(_ context.Context, tenant, id string, u store.SessionUpdate) (store.Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	ses, err := s.lookupActive(tenant, id, now)
+	if err != nil {
+		return store.Session{}, err
+	}
+	for _, k := range u.RemoveMetadata {
+		delete(ses.Metadata, k)
+	}
+	ses.Metadata = merge(ses.Metadata, u.Metadata)
+	if u.EndBot || u.State != 0 {
+		ses.ChatbotID = ""
+		ses.State = store.StateOpen
+	}
+	if u.State != 0 {
+		ses.State = u.State
+	}
+	ses.UpdatedAt = now
+	return cloneSession(&ses.Session), nil
+}
+
+func (s *Store) CloseSession(_ context.Context, tenant, id string) (store.Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	ses, err := s.lookup(tenant, id, now)
+	if err != nil {
+		return store.Session{}, err
+	}
+	if ses.State.Active() {
+		s.end(ses, now)
+	}
+	return cloneSession(&ses.Session), nil
+}
+
+func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.ChatbotResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	ik := idemKey{c.Tenant, "chatbot", c.Idempotency.Key}
+	if prev, err := s.replay(ik, c.Idempotency, now); err != nil || prev != nil {
+		if err != nil {
+			return store.ChatbotResult{}, err
+		}
+		r := prev.(store.ChatbotResult)
+		r.Replayed = true
+		return r, nil
+	}
+	t := tuple{c.Tenant, c.Platform, c.Channel, c.User}
+	var cur *session
+	if c.SessionID != "" {
+		ses, err := s.lookup(c.Tenant, c.SessionID, now)
+		if err != nil {
+			return store.ChatbotResult{}, err
+		}
+		if (tuple{ses.Tenant, ses.Platform, ses.Channel, ses.User}) != t {
+			return store.ChatbotResult{}, store.ErrSessionMismatch
+		}
+		switch {
+		case ses.State.Active():
+			cur = ses
+		case !c.ForceStart:
+			return store.ChatbotResult{}, endedErr(ses.State)
+		}
+	} else {
+		cur = s.activeFor(t, now)
+	}
+
+	var res store.ChatbotResult
+	if cur != nil {
+		switch {
+		case c.SkipIfBotInExecution && cur.State == store.StateBot:
+			res.Skip = store.SkipBotInExecution
+		case c.SkipIfInProgress && cur.State == store.StateInProgress:
+			res.Skip = store.SkipInProgress
+		}
+		if res.Skip != store.NotSkipped {
+			res.Session = cloneSession(&cur.Session)
+			if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
+				res.Contact = cloneContact(ct)
+			}
+			s.remember(ik, c.Idempotency, res, now)
+			return res, nil
+		}
+		if c.ForceStart {
+			s.end(cur, now)
+			closed := cloneSession(&cur.Session)
+			res.Closed = &closed
+			cur = nil
+		}
+	}
+	if cur == nil {
+		cur = s.open(t, nil, now)
+		res.SessionStarted = true
+	}
+	cur.Metadata = merge(cur.Metadata, c.SessionMetadata)
+	cur.State = store.StateBot
+	cur.ChatbotID = c.ChatbotID
+	cur.UpdatedAt = now
+	ct := s.contact(t, now)
+	ct.Metadata = merge(ct.Metadata, c.ContactMetadata)
+	ct.UpdatedAt = now
+
+	text := ""
+	if c.Greeting != nil {
+		text = c.Greeting(cloneSession(&cur.Session), cloneContact(ct))
+	}
+	msg := s.append(cur, store.Message{
+		Direction: store.Outbound,
+		Text:      text,
+		FromUser:  c.ChatbotID,
+		Status:    store.StatusDelivered,
+	}, now)
+	res.Session = cloneSession(&cur.Session)
+	res.Contact = cloneContact(ct)
+	res.Greeting = msg
+	s.remember(ik, c.Idempotency, res, now)
+	return res, nil
+}
+
+// ---- messages ----
+
+func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (store.Message, store.Session, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	ik := idemKey{m.Tenant, "post", m.Idempotency.Key}
+	if prev, err := s.replay(ik, m.Idempotency, now); err != nil || prev != nil {
+		if err != nil {
+			return store.Message{}, store.Session{}, false, err
+		}
+		msg := prev.(store.Message)
+		ses, err := s.lookup(m.Tenant, m.SessionID, now)
+		if err != nil {
+			return msg, store.Session{}, true, nil
+		}
+		return cloneMessage(&msg), cloneSession(&ses.Session), true, nil
+	}
+	ses, err := s.lookupActive(m.Tenant, m.SessionID, now)
+	if err != nil {
+		return store.Message{}, store.Session{}, false, err
+	}
+	msg := s.append(ses, store.Message{
+		Direction: store.Outbound,
+		Text:      m.Text,
+		FromUser:  m.FromUser,
+		Status:    m.Status,
+		Metadata:  m.Metadata,
+		Error:     m.Error,
+	}, now)
+	s.remember(ik, m.Idempotency, msg, now)
+	return msg, cloneSession(&ses.Session), false, nil
+}
+
+func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.IngestResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	ik := idemKey{in.Tenant, "ingest", in.Idempotency.Key}
+	if prev, err := s.replay(ik, in.Idempotency, now); err != nil || prev != nil {
+		if err != nil {
+			return store.IngestResult{}, err
+		}
+		r := prev.(store.IngestResult)
+		r.Replayed = true
+		return r, nil
+	}
+	var res store.IngestResult
+	var ses *session
+	if in.SessionID != "" {
+		var err error
+		if ses, err = s.lookupActive(in.Tenant, in.SessionID, now); err != nil {
+			return res, err
+		}
+	} else {
+		t := tuple{in.Tenant, in.Platform, in.Channel, in.User}
+		if ses = s.activeFor(t, now); ses == nil {
+			ses = s.open(t, nil, now)
+			res.SessionStarted = true
+		}
+	}
+	from := in.User
+	if from == "" {
+		from = ses.User
+	}
+	msg := s.append(ses, store.Message{
+		Direction: store.Inbound,
+		Text:      in.Text,
+		FromUser:  from,
+		Status:    store.StatusReceived,
+		Metadata:  in.Metadata,
+		Raw:       in.Raw,
+	}, now)
+	res.Matched = s.match(in.Tenant, &msg, now)
+	res.Message = msg
+	res.Session = cloneSession(&ses.Session)
+	s.remember(ik, in.Idempotency, res, now)
+	return res, nil
+}
+
+// match resolves every pending listener msg satisfies and notes in-scope
+// mismatches. Only the four buckets msg can fall into are visited.
+func (s *Store) match(tenant string, msg *store.Message, now time.Time) []string {
+	var matched []string
+	for _, b := range [...]bucket{
+		{tenant, 's', msg.SessionID},
+		{tenant, 'u', msg.FromUser},
+		{tenant, 'c', msg.Channel},
+		{tenant, '*', ""},
+	} {
+		for l := range s.buckets[b] {
+			if !l.live(now) || !l.m.Scope(msg) {
+				continue
+			}
+			if !l.m.Text(msg.Text) {
+				l.SawMismatch = true
+				continue
+			}
+			m := cloneMessage(msg)
+			s.decide(l, store.Matched, &m, now)
+			matched = append(matched, l.ID)
+		}
+	}
+	sort.Strings(matched)
+	return matched
+}
+
+func (s *Store) ListMessages(_ context.Context, tenant, sessionID, afterID string, limit int) ([]store.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ses, err := s.lookup(tenant, sessionID, s.opts.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	h := ses.history
+	i := 0
+	if afterID != "" {
+		// IDs increase in append order, so a cursor older than everything
+		// retained (trimmed) is fine; one newer than the last message, or
+		// one inside the retained range that is not there, is not this
+		// session's.
+		i = sort.Search(len(h), func(i int) bool { return h[i].ID > afterID })
+		inRange := len(h) > 0 && afterID >= h[0].ID
+		if afterID > ses.LastMessageID || (inRange && (i == 0 || h[i-1].ID != afterID)) {
+			return nil, store.ErrMessageNotFound
+		}
+	}
+	end := min(len(h), i+limit)
+	out := make([]store.Message, 0, end-i)
+	for j := i; j < end; j++ {
+		out = append(out, cloneMessage(&h[j]))
+	}
+	return out, nil
+}
+
+// ---- listeners ----
+
+func (s *Store) RegisterListener(_ context.Context, nl store.NewListener) (store.Listener, error) {
+	m, err := nl.Filter.Compile()
+	if err != nil {
+		return store.Listener{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.listeners[nl.ID]; dup {
+		return store.Listener{}, fmt.Errorf("memory: listener %q already registered", nl.ID)
+	}
+	l := &listener{
+		Listener: store.Listener{
+			ID:        nl.ID,
+			Tenant:    nl.Tenant,
+			Filter:    nl.Filter,
+			CreatedAt: s.opts.Clock.Now(),
+			Deadline:  nl.Deadline,
+			IdleUntil: nl.IdleUntil,
+		},
+		m:      m,
+		bucket: bucketOf(nl.Tenant, &nl.Filter),
+	}
+	s.listeners[l.ID] = l
+	set := s.buckets[l.bucket]
+	if set == nil {
+		set = make(map[*listener]struct{})
+		s.buckets[l.bucket] = set
+	}
+	set[l] = struct{}{}
+	return cloneListener(&l.Listener), nil
+}
+
+func (s *Store) GetListener(_ context.Context, tenant, id string) (store.Listener, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, err := s.listener(tenant, id, s.opts.Clock.Now())
+	if err != nil {
+		return store.Listener{}, err
+	}
+	return cloneListener(&l.Listener), nil
+}
+
+func (s *Store) TouchListener(_ context.Context, tenant, id string, until time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, err := s.listener(tenant, id, s.opts.Clock.Now())
+	if err != nil {
+		return err
+	}
+	if until.After(l.IdleUntil) {
+		l.IdleUntil = until
+	}
+	return nil
+}
+
+// listener returns a listener after applying time: a pending one past its
+// deadline is decided now; a dropped or forgotten one is deleted.
+func (s *Store) listener(tenant, id string, now time.Time) (*listener, error) {
+	l := s.listeners[id]
+	if l == nil || l.Tenant != tenant {
+		return nil, store.ErrListenerNotFound
+	}
+	if l.Outcome == store.Pending && !l.Deadline.IsZero() && !now.Before(l.Deadline) {
+		kind := store.TimedOut
+		if l.SawMismatch {
+			kind = store.FilterMismatch
+		}
+		s.decide(l, kind, nil, now)
+	}
+	if s.gone(l, now) {
+		s.forget(l)
+		return nil, store.ErrListenerNotFound
+	}
+	return l, nil
+}
+
+// live reports whether a pending listener can still be matched at now.
+func (l *listener) live(now time.Time) bool {
+	if l.Outcome != store.Pending {
+		return false
+	}
+	if !l.Deadline.IsZero() {
+		return now.Before(l.Deadline)
+	}
+	return now.Before(l.IdleUntil)
+}
+
+// gone reports whether the contract says l no longer exists at now.
+func (s *Store) gone(l *listener, now time.Time) bool {
+	if l.Outcome != store.Pending {
+		return !now.Before(l.DecidedAt.Add(s.opts.OutcomeRetention))
+	}
+	return l.Deadline.IsZero() && !now.Before(l.IdleUntil)
+}
+
+func (s *Store) decide(l *listener, kind store.OutcomeKind, msg *store.Message, now time.Time) {
+	l.Outcome, l.Message, l.DecidedAt = kind, msg, now
+	s.unindex(l)
+	snap := cloneListener(&l.Listener)
+	s.publish(store.ListenerTopic(l.Tenant, l.ID), store.Event{
+		Kind: store.EventListenerResolved, ListenerID: l.ID, Listener: &snap,
+	})
+}
+
+func (s *Store) unindex(l *listener) {
+	if set := s.buckets[l.bucket]; set != nil {
+		delete(set, l)
+		if len(set) == 0 {
+			delete(s.buckets, l.bucket)
+		}
+	}
+}
+
+func (s *Store) forget(l *listener) {
+	s.unindex(l)
+	delete(s.listeners, l.ID)
+}
+
+// ---- broker ----
+
+func (s *Store) Subscribe(_ context.Context, topic store.Topic) (*store.Subscription, error) {
+	var sub *store.Subscription
+	sub = store.NewSubscription(func() {
+		s.subsMu.Lock()
+		defer s.subsMu.Unlock()
+		if set := s.subs[topic]; set != nil {
+			delete(set, sub)
+			if len(set) == 0 {
+				delete(s.subs, topic)
+			}
+		}
+	})
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	set := s.subs[topic]
+	if set == nil {
+		set = make(map[*store.Subscription]struct{})
+		s.subs[topic] = set
+	}
+	set[sub] = struct{}{}
+	return sub, nil
+}
+
+func (s *Store) publish(topic store.Topic, e store.Event) {
+	s.subsMu.Lock()
+	defer s.subsMu.Unlock()
+	for sub := range s.subs[topic] {
+		sub.Publish(e)
+	}
+}
+
+// ---- internals; s.mu held ----
+
+// settle turns an active session past its expiry into EXPIRED.
+func (s *Store) settle(ses *session, now time.Time) {
+	if ses.State.Active() && !now.Before(ses.ExpiresAt) {
+		ses.State = store.StateExpired
+		ses.UpdatedAt = ses.ExpiresAt
+		t := tuple{ses.Tenant, ses.Platform, ses.Channel, ses.User}
+		if s.active[t] == ses {
+			delete(s.active, t)
+		}
+	}
+}
+
+func (s *Store) lookup(tenant, id string, now time.Time) (*session, error) {
+	ses := s.sessions[id]
+	if ses == nil || ses.Tenant != tenant {
+		return nil, store.ErrSessionNotFound
+	}
+	s.settle(ses, now)
+	return ses, nil
+}
+
+func (s *Store) lookupActive(tenant, id string, now time.Time) (*session, error) {
+	ses, err := s.lookup(tenant, id, now)
+	if err != nil {
+		return nil, err
+	}
+	if !ses.State.Active() {
+		return nil, endedErr(ses.State)
+	}
+	return ses, nil
+}
+
+func endedErr(st store.SessionState) error {
+	if st == store.StateExpired {
+		return store.ErrSessionExpired
+	}
+	return store.ErrSessionClosed
+}
+
+func (s *Store) activeFor(t tuple, now time.Time) *session {
+	ses := s.active[t]
+	if ses == nil {
+		return nil
+	}
+	s.settle(ses, now)
+	if !ses.State.Active() {
+		return nil
+	}
+	return ses
+}
+
+func (s *Store) open(t tuple, md map[string]string, now time.Time) *session {
+	ses := &session{Session: store.Session{
+		ID:             ids.Session(),
+		Tenant:         t.tenant,
+		Platform:       t.platform,
+		Channel:        t.channel,
+		User:           t.user,
+		State:          store.StateOpen,
+		Metadata:       merge(nil, md),
+		CreatedAt:      now,
+		UpdatedAt:      now,
+		LastActivityAt: now,
+		ExpiresAt:      now.Add(s.opts.SessionTTL),
+	}}
+	s.sessions[ses.ID] = ses
+	s.active[t] = ses
+	s.contact(t, now)
+	return ses
+}
+
+func (s *Store) end(ses *session, now time.Time) {
+	ses.State = store.StateClosed
+	ses.ChatbotID = ""
+	ses.UpdatedAt, ses.ExpiresAt = now, now
+	t := tuple{ses.Tenant, ses.Platform, ses.Channel, ses.User}
+	if s.active[t] == ses {
+		delete(s.active, t)
+	}
+	snap := cloneSession(&ses.Session)
+	s.publish(store.SessionTopic(ses.Tenant, ses.ID), store.Event{
+		Kind: store.EventSessionEnded, SessionID: ses.ID, Session: &snap,
+	})
+}
+
+// contact returns the contact of t, creating it.
+func (s *Store) contact(t tuple, now time.Time) *store.Contact {
+	k := contactKey{t.tenant, t.platform, t.user}
+	ct := s.contacts[k]
+	if ct == nil {
+		ct = &store.Contact{Tenant: t.tenant, Platform: t.platform, User: t.user, CreatedAt: now, UpdatedAt: now}
+		s.contacts[k] = ct
+	}
+	return ct
+}
+
+// append stores m in ses's history, refreshing the session's expiry, and
+// publishes it. It returns a copy.
+func (s *Store) append(ses *session, m store.Message, now time.Time) store.Message {
+	ses.LastSeq++
+	m.ID = ids.Message(now, ses.LastMessageID)
+	m.Seq = ses.LastSeq
+	m.SessionID = ses.ID
+	m.Platform, m.Channel = ses.Platform, ses.Channel
+	m.CreatedAt = now
+	m.Metadata = merge(nil, m.Metadata)
+	ses.LastMessageID = m.ID
+	ses.LastActivityAt = now
+	ses.ExpiresAt = now.Add(s.opts.SessionTTL)
+	if limit := s.opts.HistoryLimit; limit > 0 && len(ses.history) >= limit {
+		// Drop the oldest; compact now and then instead of on every append.
+		drop := len(ses.history) - limit + 1
+		if cap(ses.history) > 2*limit {
+			ses.history = append(make([]store.Message, 0, limit+limit/2), ses.history[drop:]...)
+		} else {
+			ses.history = ses.history[drop:]
+		}
+	}
+	ses.history = append(ses.history, m)
+	out := cloneMessage(&m)
+	ev := cloneMessage(&m)
+	s.publish(store.SessionTopic(ses.Tenant, ses.ID), store.Event{
+		Kind: store.EventMessage, SessionID: ses.ID, Message: &ev,
+	})
+	return out
+}
+
+// replay returns the remembered result for an idempotency key, nil if there
+// is none.
+func (s *Store) replay(k idemKey, idem store.Idempotency, now time.Time) (any, error) {
+	if idem.Key == "" {
+		return nil, nil
+	}
+	e := s.idem[k]
+	if e == nil || !now.Before(e.expires) {
+		return nil, nil
+	}
+	if e.fingerprint != idem.Fingerprint {
+		return nil, store.ErrIdempotencyKeyReused
+	}
+	return e.result, nil
+}
+
+func (s *Store) remember(k idemKey, idem store.Idempotency, result any, now time.Time) {
+	if idem.Key == "" {
+		return
+	}
+	s.idem[k] = &idemEntry{fingerprint: idem.Fingerprint, expires: now.Add(s.opts.IdempotencyTTL), result: result}
+}
+
+// ---- sweeping ----
+
+func (s *Store) sweepLoop() {
+	defer close(s.done)
+	t := time.NewTicker(s.opts.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.Sweep()
+		}
+	}
+}
+
+// Sweep frees records the contract says are gone. Correctness never waits
+// for it; it only bounds memory.
+func (s *Store) Sweep() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	inUse := make(map[contactKey]struct{})
+	for id, ses := range s.sessions {
+		s.settle(ses, now)
+		if !ses.State.Active() && !now.Before(ses.ExpiresAt.Add(s.opts.EndedRetention)) {
+			delete(s.sessions, id)
+			continue
+		}
+		inUse[contactKey{ses.Tenant, ses.Platform, ses.User}] = struct{}{}
+	}
+	// A contact lives as long as any retained session of its user, and at
+	// least EndedRetention after its last change.
+	for k, ct := range s.contacts {
+		if _, used := inUse[k]; !used && !now.Before(ct.UpdatedAt.Add(s.opts.EndedRetention)) {
+			delete(s.contacts, k)
+		}
+	}
+	for k, e := range s.idem {
+		if !now.Before(e.expires) {
+			delete(s.idem, k)
+		}
+	}
+	for _, l := range s.listeners {
+		_, _ = s.listener(l.Tenant, l.ID, now)
+	}
+}
+
+// ---- copies ----
+
+func merge(dst, src map[string]string) map[string]string {
+	if len(src) == 0 {
+		return dst
+	}
+	if dst == nil {
+		dst = make(map[string]string, len(src))
+	}
+	for k, v := range src {
+		dst[k] = v
+	}
+	return dst
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	return merge(make(map[string]string, len(m)), m)
+}
+
+func cloneSession(s *store.Session) store.Session {
+	c := *s
+	c.Metadata = cloneMap(s.Metadata)
+	return c
+}
+
+func cloneContact(c *store.Contact) store.Contact {
+	out := *c
+	out.Metadata = cloneMap(c.Metadata)
+	return out
+}
+
+func cloneMessage(m *store.Message) store.Message {
+	c := *m
+	c.Metadata = cloneMap(m.Metadata)
+	c.Raw = slices.Clone(m.Raw)
+	if m.Error != nil {
+		e := *m.Error
+		c.Error = &e
+	}
+	return c
+}
+
+func cloneListener(l *store.Listener) store.Listener {
+	c := *l
+	if l.Message != nil {
+		m := cloneMessage(l.Message)
+		c.Message = &m
+	}
+	return c
+}

@@ -1,0 +1,326 @@
+// Package store holds chatrelay's domain types and the storage contract that
+// every backend honours: store/memory (one process) and store/redisstore (N
+// replicas). store/storetest is the conformance suite both must pass.
+//
+// Contract common to every method:
+//   - ctx comes first and bounds the call; a backend that cannot reach its
+//     storage returns an error wrapping ErrUnavailable.
+//   - Every record belongs to a tenant. A record of another tenant is reported
+//     exactly as a missing one, so ids never leak across tenants.
+//   - Time is the backend's Clock. Expiry is exact to the clock, not to a
+//     sweeper: a session past ExpiresAt reads as EXPIRED at once.
+//   - Returned values are copies; callers may keep and modify them.
+//   - Methods are safe for concurrent use.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Errors returned by stores. Match them with errors.Is.
+var (
+	ErrSessionNotFound  = errors.New("session not found")
+	ErrSessionClosed    = errors.New("session closed")
+	ErrSessionExpired   = errors.New("session expired")
+	ErrSessionExists    = errors.New("an active session exists for this platform, channel and user")
+	ErrListenerNotFound = errors.New("listener not found")
+	// ErrIdempotencyKeyReused: the key was first used with a different
+	// request within its retention.
+	ErrIdempotencyKeyReused = errors.New("idempotency key reused with a different request")
+	// ErrSessionMismatch: a session id was given that belongs to another
+	// channel or user than the request names.
+	ErrSessionMismatch = errors.New("session belongs to another channel or user")
+	// ErrMessageNotFound: a cursor names no message of the session.
+	ErrMessageNotFound = errors.New("message not found in session")
+	// ErrUnavailable: the backend cannot be reached; the call may be retried.
+	ErrUnavailable = errors.New("backend unavailable")
+)
+
+// SessionState is a session's lifecycle state (DESIGN §2).
+type SessionState int
+
+const (
+	StateOpen SessionState = iota + 1
+	StateBot
+	StateInProgress
+	StateClosed
+	StateExpired
+)
+
+// Active reports whether the state counts towards the one-active-session rule.
+func (s SessionState) Active() bool {
+	return s == StateOpen || s == StateBot || s == StateInProgress
+}
+
+func (s SessionState) String() string {
+	switch s {
+	case StateOpen:
+		return "OPEN"
+	case StateBot:
+		return "BOT"
+	case StateInProgress:
+		return "IN_PROGRESS"
+	case StateClosed:
+		return "CLOSED"
+	case StateExpired:
+		return "EXPIRED"
+	}
+	return "UNSPECIFIED"
+}
+
+// Session is one conversation between a contact and a tenant on one channel.
+type Session struct {
+	ID        string
+	Tenant    string
+	Platform  string
+	Channel   string
+	User      string
+	State     SessionState
+	ChatbotID string
+	Metadata  map[string]string
+
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	LastActivityAt time.Time
+	// ExpiresAt is when an active session expires unless a message comes
+	// first; for an ended session it is when it ended.
+	ExpiresAt time.Time
+
+	// LastSeq and LastMessageID describe the newest message appended (zero
+	// and "" before the first). Watchers use them as a live-only cursor.
+	LastSeq       uint64
+	LastMessageID string
+}
+
+// Contact is a tenant's record of a user on a platform.
+type Contact struct {
+	Tenant    string
+	Platform  string
+	User      string
+	Metadata  map[string]string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Direction says who said a message.
+type Direction int
+
+const (
+	Inbound Direction = iota + 1
+	Outbound
+)
+
+// MessageStatus is a message's delivery state.
+type MessageStatus int
+
+const (
+	StatusReceived MessageStatus = iota + 1
+	StatusDelivered
+	StatusFailed
+)
+
+// PlatformError is a platform's refusal of an outbound message.
+type PlatformError struct {
+	Code    string
+	Message string
+}
+
+// Message is one chat message in a session.
+type Message struct {
+	// ID is msg_<uuidv7>. Within a session, IDs strictly increase (as
+	// strings) in append order, so "after ID x" is a valid cursor even when
+	// x itself has been trimmed from history.
+	ID string
+	// Seq numbers a session's messages 1, 2, 3… in append order, with no
+	// gaps. Watchers use it to detect a missed event.
+	Seq       uint64
+	SessionID string
+	Direction Direction
+	Text      string
+	FromUser  string
+	Platform  string
+	Channel   string
+	CreatedAt time.Time
+	Status    MessageStatus
+	Metadata  map[string]string
+	// Raw is the ingested platform payload as a JSON object, or nil.
+	Raw   json.RawMessage
+	Error *PlatformError
+}
+
+// Idempotency identifies a request that must take effect at most once within
+// the backend's idempotency retention (24 h by default). Fingerprint is a
+// digest of the request; the same Key with another Fingerprint fails with
+// ErrIdempotencyKeyReused. A zero Idempotency (empty Key) disables it.
+type Idempotency struct {
+	Key         string
+	Fingerprint string
+}
+
+// NewSession describes a session to open.
+type NewSession struct {
+	Tenant   string
+	Platform string
+	Channel  string
+	User     string
+	Metadata map[string]string
+}
+
+// SessionUpdate changes an active session. Zero fields change nothing.
+type SessionUpdate struct {
+	// State, when set, must be StateOpen or StateInProgress; either ends a
+	// running chatbot.
+	State SessionState
+	// RemoveMetadata keys are deleted before Metadata is merged in.
+	RemoveMetadata []string
+	Metadata       map[string]string
+	// EndBot clears the chatbot; the state becomes OPEN unless State is set.
+	EndBot bool
+}
+
+// OutboundMessage is a message to append to an active session.
+type OutboundMessage struct {
+	Tenant      string
+	SessionID   string
+	Text        string
+	FromUser    string
+	Metadata    map[string]string
+	Status      MessageStatus
+	Error       *PlatformError
+	Idempotency Idempotency
+}
+
+// InboundMessage is a user's message handed to the hub.
+type InboundMessage struct {
+	Tenant   string
+	Platform string
+	Channel  string
+	User     string
+	// SessionID, when set, names the session to append to; it must be active
+	// and belong to (Platform, Channel, User)'s tenant. When empty, the active
+	// session of (Platform, Channel, User) is used or opened.
+	SessionID   string
+	Text        string
+	Metadata    map[string]string
+	Raw         json.RawMessage
+	Idempotency Idempotency
+}
+
+// IngestResult is what Ingest did.
+type IngestResult struct {
+	Message        Message
+	Session        Session
+	SessionStarted bool
+	// Matched lists the listeners this message resolved.
+	Matched []string
+	// Replayed is true when the idempotency key had been seen: the result is
+	// the first call's and nothing was ingested.
+	Replayed bool
+}
+
+// SkipReason says why StartChatbot changed nothing.
+type SkipReason int
+
+const (
+	NotSkipped SkipReason = iota
+	SkipBotInExecution
+	SkipInProgress
+)
+
+// ChatbotStart is SendChatbotMessage's atomic step (DESIGN §3).
+type ChatbotStart struct {
+	Tenant    string
+	Platform  string
+	Channel   string
+	User      string
+	SessionID string
+	ChatbotID string
+
+	ForceStart           bool
+	SkipIfBotInExecution bool
+	SkipIfInProgress     bool
+	SessionMetadata      map[string]string
+	ContactMetadata      map[string]string
+	Idempotency          Idempotency
+	// Greeting renders the chatbot's first message from the session and
+	// contact as they will be committed. It must be pure: a backend may call
+	// it more than once (optimistic retries) and keeps only the last result.
+	Greeting func(Session, Contact) string
+}
+
+// ChatbotResult is what StartChatbot did.
+type ChatbotResult struct {
+	Skip           SkipReason
+	Session        Session
+	SessionStarted bool
+	Contact        Contact
+	// Greeting is the appended greeting; zero when skipped.
+	Greeting Message
+	// Closed is the session force_start closed, if any.
+	Closed   *Session
+	Replayed bool
+}
+
+// Sessions stores sessions and contacts.
+type Sessions interface {
+	// CreateSession opens a session in state OPEN and upserts its contact.
+	// ErrSessionExists when an active one exists for the tuple.
+	CreateSession(ctx context.Context, s NewSession) (Session, error)
+	// GetSession returns the session, reading EXPIRED once past ExpiresAt.
+	GetSession(ctx context.Context, tenant, id string) (Session, error)
+	// UpdateSession applies u to an active session (ErrSessionClosed or
+	// ErrSessionExpired otherwise).
+	UpdateSession(ctx context.Context, tenant, id string, u SessionUpdate) (Session, error)
+	// CloseSession ends a session and publishes EventSessionEnded. Closing
+	// an ended session changes nothing and returns it as it is.
+	CloseSession(ctx context.Context, tenant, id string) (Session, error)
+	// StartChatbot applies SendChatbotMessage's rules atomically: find the
+	// active session; skip; force-start (closing the old one); open; merge
+	// metadata; set BOT; append the rendered greeting as an outbound message.
+	StartChatbot(ctx context.Context, c ChatbotStart) (ChatbotResult, error)
+}
+
+// Messages stores session history.
+type Messages interface {
+	// AppendOutbound appends to an active session, refreshes its TTL and
+	// publishes EventMessage. With an idempotency key seen before, it returns
+	// the first call's message and appends nothing (replayed = true).
+	AppendOutbound(ctx context.Context, m OutboundMessage) (msg Message, s Session, replayed bool, err error)
+	// Ingest appends an inbound message (opening a session when needed),
+	// resolves every pending listener it matches, records the channel/user/
+	// session-but-not-keyword sighting on the others, and publishes the events
+	// — all as one atomic step.
+	Ingest(ctx context.Context, in InboundMessage) (IngestResult, error)
+	// ListMessages returns up to limit retained messages with ID > afterID
+	// (all when afterID is empty), oldest first. It works for ended sessions.
+	ListMessages(ctx context.Context, tenant, sessionID, afterID string, limit int) ([]Message, error)
+}
+
+// Listeners stores ChatReceive registrations (DESIGN §4).
+type Listeners interface {
+	// RegisterListener stores a pending listener. When it returns, every
+	// later Ingest considers it.
+	RegisterListener(ctx context.Context, l NewListener) (Listener, error)
+	// GetListener returns a listener. A pending one past its deadline is
+	// resolved as timed out by this call (unless something else resolved it
+	// first) and EventListenerResolved is published. A pending one without a
+	// deadline whose idle window has passed is gone (ErrListenerNotFound), as
+	// is any outcome older than the outcome retention.
+	GetListener(ctx context.Context, tenant, id string) (Listener, error)
+	// TouchListener extends a pending listener's idle window to until (a
+	// stream is attached or has just detached). It never shortens it.
+	TouchListener(ctx context.Context, tenant, id string, until time.Time) error
+}
+
+// Store is a complete backend.
+type Store interface {
+	Sessions
+	Messages
+	Listeners
+	Broker
+	// Ping reports whether the backend is reachable.
+	Ping(ctx context.Context) error
+}

@@ -1,0 +1,952 @@
+// Package storetest is the conformance suite of the store contract. Every
+// backend's tests call Run; a behaviour the server relies on is tested here,
+// once, for all backends.
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/clock"
+	"github.com/chatrelay/chatrelay/internal/ids"
+	"github.com/chatrelay/chatrelay/store"
+)
+
+// Options are the settings the suite runs a backend with. A factory must
+// honour every field.
+type Options struct {
+	Clock            *clock.Fake
+	SessionTTL       time.Duration
+	HistoryLimit     int
+	IdempotencyTTL   time.Duration
+	OutcomeRetention time.Duration
+}
+
+// Features declares what differs between backends, so the suite adapts in
+// one visible place instead of in scattered ifs. Both backends honour the
+// whole contract today, so it is empty.
+type Features struct{}
+
+// Factory returns a fresh, empty store for one test and arranges its cleanup
+// with t.Cleanup.
+type Factory func(t *testing.T, o Options) store.Store
+
+const (
+	ttl       = 24 * time.Hour
+	histLimit = 5
+)
+
+var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+type env struct {
+	t   *testing.T
+	s   store.Store
+	clk *clock.Fake
+	ctx context.Context
+}
+
+func setup(t *testing.T, f Factory) *env {
+	t.Helper()
+	clk := clock.NewFake(epoch)
+	s := f(t, Options{
+		Clock:            clk,
+		SessionTTL:       ttl,
+		HistoryLimit:     histLimit,
+		IdempotencyTTL:   24 * time.Hour,
+		OutcomeRetention: 24 * time.Hour,
+	})
+	return &env{t: t, s: s, clk: clk, ctx: context.Background()}
+}
+
+// Run runs the whole suite against the backend f makes.
+func Run(t *testing.T, f Factory, _ Features) {
+	tests := []struct {
+		name string
+		fn   func(*env)
+	}{
+		{"CreateAndGetSession", testCreateAndGet},
+		{"OneActiveSessionPerTuple", testOneActive},
+		{"TenantsAreIsolated", testTenantIsolation},
+		{"SessionExpiresAfterTTLAndMessagesRefreshIt", testExpiry},
+		{"UpdateSession", testUpdate},
+		{"CloseSessionPublishesEndAndIsIdempotent", testClose},
+		{"AppendOutboundRequiresActiveSession", testAppendEnded},
+		{"AppendOutboundIsIdempotent", testAppendIdempotent},
+		{"IdempotencyKeyExpires", testIdempotencyExpiry},
+		{"MessageIDsIncreaseAndSeqHasNoGaps", testMessageOrder},
+		{"ListMessagesPagesAndCursors", testListMessages},
+		{"HistoryIsCapped", testHistoryCap},
+		{"IngestOpensAndReusesSessions", testIngestSessions},
+		{"IngestIntoNamedSession", testIngestNamedSession},
+		{"IngestIsIdempotent", testIngestIdempotent},
+		{"ListenerMatchesFilters", testListenerFilters},
+		{"KeywordMatchModes", testMatchModes},
+		{"EveryMatchingListenerFires", testBroadcast},
+		{"MessagesBeforeRegistrationNeverMatch", testBeforeRegistration},
+		{"ListenerTimesOutOrMismatches", testTimeout},
+		{"MessageAtDeadlineDoesNotMatch", testDeadlineBoundary},
+		{"ExactlyOneOutcomeUnderRace", testOutcomeRace},
+		{"OutcomeIsRetainedThenForgotten", testOutcomeRetention},
+		{"IdleListenerIsDroppedUnlessTouched", testIdleWindow},
+		{"SubscribersSeeMessagesAndOutcomes", testEvents},
+		{"ChatbotStartsAndReuses", testChatbotStart},
+		{"ChatbotSkipRules", testChatbotSkip},
+		{"ChatbotForceStart", testChatbotForce},
+		{"ChatbotNamedSession", testChatbotNamedSession},
+		{"ChatbotIsIdempotent", testChatbotIdempotent},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(setup(t, f))
+		})
+	}
+}
+
+// ---- helpers ----
+
+func (e *env) create(tenant, user string) store.Session {
+	e.t.Helper()
+	s, err := e.s.CreateSession(e.ctx, store.NewSession{Tenant: tenant, Platform: "api", Channel: "api", User: user})
+	if err != nil {
+		e.t.Fatalf("CreateSession: %v", err)
+	}
+	return s
+}
+
+func (e *env) post(tenant, sessionID, text string) store.Message {
+	e.t.Helper()
+	m, _, _, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{
+		Tenant: tenant, SessionID: sessionID, Text: text, Status: store.StatusDelivered,
+	})
+	if err != nil {
+		e.t.Fatalf("AppendOutbound(%q): %v", text, err)
+	}
+	return m
+}
+
+func (e *env) ingest(in store.InboundMessage) store.IngestResult {
+	e.t.Helper()
+	if in.Tenant == "" {
+		in.Tenant = "t1"
+	}
+	if in.Platform == "" {
+		in.Platform, in.Channel = "api", "api"
+	}
+	r, err := e.s.Ingest(e.ctx, in)
+	if err != nil {
+		e.t.Fatalf("Ingest(%q): %v", in.Text, err)
+	}
+	return r
+}
+
+func (e *env) listen(f store.Filter, timeout time.Duration) store.Listener {
+	e.t.Helper()
+	nl := store.NewListener{ID: ids.Listener(), Tenant: "t1", Filter: f, IdleUntil: e.clk.Now().Add(time.Hour)}
+	if timeout > 0 {
+		nl.Deadline = e.clk.Now().Add(timeout)
+	}
+	l, err := e.s.RegisterListener(e.ctx, nl)
+	if err != nil {
+		e.t.Fatalf("RegisterListener: %v", err)
+	}
+	return l
+}
+
+func (e *env) getListener(id string) store.Listener {
+	e.t.Helper()
+	l, err := e.s.GetListener(e.ctx, "t1", id)
+	if err != nil {
+		e.t.Fatalf("GetListener: %v", err)
+	}
+	return l
+}
+
+func wantErr(t *testing.T, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("err = %v, want %v", err, want)
+	}
+}
+
+// next waits up to 5 s for the subscription's next event. Publishing is
+// asynchronous on some backends, so this waits on the event, never on time.
+func next(t *testing.T, sub *store.Subscription, pending *[]store.Event) store.Event {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for len(*pending) == 0 {
+		select {
+		case <-sub.Ready():
+			evs, resync := sub.Next()
+			if resync {
+				t.Fatalf("unexpected resync")
+			}
+			*pending = append(*pending, evs...)
+		case <-deadline:
+			t.Fatalf("no event within 5s")
+		}
+	}
+	ev := (*pending)[0]
+	*pending = (*pending)[1:]
+	return ev
+}
+
+// ---- sessions ----
+
+func testCreateAndGet(e *env) {
+	s, err := e.s.CreateSession(e.ctx, store.NewSession{
+		Tenant: "t1", Platform: "web", Channel: "web", User: "u1", Metadata: map[string]string{"k": "v"},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if len(s.ID) < 5 || s.ID[:4] != ids.SessionPrefix || s.State != store.StateOpen || s.Metadata["k"] != "v" {
+		e.t.Fatalf("created session = %+v", s)
+	}
+	if !s.CreatedAt.Equal(epoch) || !s.ExpiresAt.Equal(epoch.Add(ttl)) {
+		e.t.Fatalf("times: created %v expires %v", s.CreatedAt, s.ExpiresAt)
+	}
+	got, err := e.s.GetSession(e.ctx, "t1", s.ID)
+	if err != nil || got.ID != s.ID || got.User != "u1" || got.Platform != "web" || got.Metadata["k"] != "v" {
+		e.t.Fatalf("GetSession = %+v, %v", got, err)
+	}
+	_, err = e.s.GetSession(e.ctx, "t1", "ses_missing")
+	wantErr(e.t, err, store.ErrSessionNotFound)
+}
+
+func testOneActive(e *env) {
+	s := e.create("t1", "u1")
+	_, err := e.s.CreateSession(e.ctx, store.NewSession{Tenant: "t1", Platform: "api", Channel: "api", User: "u1"})
+	wantErr(e.t, err, store.ErrSessionExists)
+	// Another user, channel or tenant is another tuple.
+	e.create("t1", "u2")
+	e.create("t2", "u1")
+	if _, err := e.s.CloseSession(e.ctx, "t1", s.ID); err != nil {
+		e.t.Fatal(err)
+	}
+	if again := e.create("t1", "u1"); again.ID == s.ID {
+		e.t.Fatal("a closed session's id was reused")
+	}
+}
+
+func testTenantIsolation(e *env) {
+	s := e.create("t1", "u1")
+	m := e.post("t1", s.ID, "hi")
+	_, err := e.s.GetSession(e.ctx, "t2", s.ID)
+	wantErr(e.t, err, store.ErrSessionNotFound)
+	_, _, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t2", SessionID: s.ID, Text: "x", Status: store.StatusDelivered})
+	wantErr(e.t, err, store.ErrSessionNotFound)
+	_, err = e.s.ListMessages(e.ctx, "t2", s.ID, "", 10)
+	wantErr(e.t, err, store.ErrSessionNotFound)
+	_, err = e.s.CloseSession(e.ctx, "t2", s.ID)
+	wantErr(e.t, err, store.ErrSessionNotFound)
+	_, err = e.s.UpdateSession(e.ctx, "t2", s.ID, store.SessionUpdate{EndBot: true})
+	wantErr(e.t, err, store.ErrSessionNotFound)
+	_, err = e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t2", SessionID: s.ID, Text: "x"})
+	wantErr(e.t, err, store.ErrSessionNotFound)
+
+	l := e.listen(store.Filter{}, 0)
+	_, err = e.s.GetListener(e.ctx, "t2", l.ID)
+	wantErr(e.t, err, store.ErrListenerNotFound)
+	// A tenant-2 message never resolves a tenant-1 listener.
+	r, err := e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t2", Platform: "api", Channel: "api", User: "u1", Text: "hello"})
+	if err != nil || len(r.Matched) != 0 {
+		e.t.Fatalf("cross-tenant ingest matched %v (err %v)", r.Matched, err)
+	}
+	if got := e.getListener(l.ID); got.Outcome != store.Pending {
+		e.t.Fatalf("listener resolved by another tenant's message: %v", got.Outcome)
+	}
+	msgs, err := e.s.ListMessages(e.ctx, "t1", s.ID, "", 10)
+	if err != nil || len(msgs) != 1 || msgs[0].ID != m.ID {
+		e.t.Fatalf("tenant 1 history = %v, %v", msgs, err)
+	}
+}
+
+func testExpiry(e *env) {
+	s := e.create("t1", "u1")
+	e.clk.Advance(ttl - time.Minute)
+	e.post("t1", s.ID, "keeps it alive")
+	e.clk.Advance(ttl - time.Minute)
+	got, err := e.s.GetSession(e.ctx, "t1", s.ID)
+	if err != nil || got.State != store.StateOpen {
+		e.t.Fatalf("session refreshed by a message should be OPEN, got %v (%v)", got.State, err)
+	}
+	e.clk.Advance(time.Minute)
+	got, err = e.s.GetSession(e.ctx, "t1", s.ID)
+	if err != nil || got.State != store.StateExpired {
+		e.t.Fatalf("session past its TTL should be EXPIRED, got %v (%v)", got.State, err)
+	}
+	_, _, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "late", Status: store.StatusDelivered})
+	wantErr(e.t, err, store.ErrSessionExpired)
+	// The tuple is free again, and history stays readable.
+	if again := e.create("t1", "u1"); again.ID == s.ID {
+		e.t.Fatal("expired session reused")
+	}
+	msgs, err := e.s.ListMessages(e.ctx, "t1", s.ID, "", 10)
+	if err != nil || len(msgs) != 1 {
+		e.t.Fatalf("expired session's history = %v, %v", msgs, err)
+	}
+}
+
+func testUpdate(e *env) {
+	s, err := e.s.CreateSession(e.ctx, store.NewSession{Tenant: "t1", Platform: "api", Channel: "api", User: "u1",
+		Metadata: map[string]string{"a": "1", "b": "2"}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.clk.Advance(time.Second)
+	got, err := e.s.UpdateSession(e.ctx, "t1", s.ID, store.SessionUpdate{
+		State: store.StateInProgress, RemoveMetadata: []string{"a"}, Metadata: map[string]string{"c": "3"},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if got.State != store.StateInProgress || got.Metadata["a"] != "" || got.Metadata["b"] != "2" || got.Metadata["c"] != "3" {
+		e.t.Fatalf("updated = %+v", got)
+	}
+	if !got.UpdatedAt.Equal(epoch.Add(time.Second)) {
+		e.t.Fatalf("UpdatedAt = %v", got.UpdatedAt)
+	}
+	got, err = e.s.UpdateSession(e.ctx, "t1", s.ID, store.SessionUpdate{EndBot: true})
+	if err != nil || got.State != store.StateOpen || got.ChatbotID != "" {
+		e.t.Fatalf("end bot = %+v, %v", got, err)
+	}
+	if _, err := e.s.CloseSession(e.ctx, "t1", s.ID); err != nil {
+		e.t.Fatal(err)
+	}
+	_, err = e.s.UpdateSession(e.ctx, "t1", s.ID, store.SessionUpdate{State: store.StateOpen})
+	wantErr(e.t, err, store.ErrSessionClosed)
+}
+
+func testClose(e *env) {
+	s := e.create("t1", "u1")
+	sub, err := e.s.Subscribe(e.ctx, store.SessionTopic("t1", s.ID))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer sub.Close()
+	e.clk.Advance(time.Minute)
+	closed, err := e.s.CloseSession(e.ctx, "t1", s.ID)
+	if err != nil || closed.State != store.StateClosed || !closed.ExpiresAt.Equal(epoch.Add(time.Minute)) {
+		e.t.Fatalf("CloseSession = %+v, %v", closed, err)
+	}
+	var pending []store.Event
+	ev := next(e.t, sub, &pending)
+	if ev.Kind != store.EventSessionEnded || ev.Session == nil || ev.Session.State != store.StateClosed {
+		e.t.Fatalf("event = %+v", ev)
+	}
+	e.clk.Advance(time.Minute)
+	again, err := e.s.CloseSession(e.ctx, "t1", s.ID)
+	if err != nil || again.State != store.StateClosed || !again.ExpiresAt.Equal(closed.ExpiresAt) {
+		e.t.Fatalf("second CloseSession = %+v, %v", again, err)
+	}
+}
+
+// ---- messages ----
+
+func testAppendEnded(e *env) {
+	_, _, _, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: "ses_nope", Text: "x", Status: store.StatusDelivered})
+	wantErr(e.t, err, store.ErrSessionNotFound)
+	s := e.create("t1", "u1")
+	if _, err := e.s.CloseSession(e.ctx, "t1", s.ID); err != nil {
+		e.t.Fatal(err)
+	}
+	_, _, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "x", Status: store.StatusDelivered})
+	wantErr(e.t, err, store.ErrSessionClosed)
+}
+
+func testAppendIdempotent(e *env) {
+	s := e.create("t1", "u1")
+	out := store.OutboundMessage{
+		Tenant: "t1", SessionID: s.ID, Text: "once", Status: store.StatusDelivered,
+		Idempotency: store.Idempotency{Key: "k1", Fingerprint: "f1"},
+	}
+	first, _, replayed, err := e.s.AppendOutbound(e.ctx, out)
+	if err != nil || replayed {
+		e.t.Fatalf("first = %v, replayed %v", err, replayed)
+	}
+	e.clk.Advance(time.Hour)
+	second, ses, replayed, err := e.s.AppendOutbound(e.ctx, out)
+	if err != nil || !replayed || second.ID != first.ID || !second.CreatedAt.Equal(first.CreatedAt) || ses.ID != s.ID {
+		e.t.Fatalf("retry = %+v replayed=%v err=%v; want the first message %s", second, replayed, err, first.ID)
+	}
+	out.Text, out.Idempotency.Fingerprint = "different", "f2"
+	_, _, _, err = e.s.AppendOutbound(e.ctx, out)
+	wantErr(e.t, err, store.ErrIdempotencyKeyReused)
+	// Keys are per tenant.
+	s2 := e.create("t2", "u1")
+	if _, _, replayed, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t2", SessionID: s2.ID, Text: "once",
+		Status: store.StatusDelivered, Idempotency: store.Idempotency{Key: "k1", Fingerprint: "f1"}}); err != nil || replayed {
+		e.t.Fatalf("another tenant's key replayed=%v err=%v", replayed, err)
+	}
+	msgs, _ := e.s.ListMessages(e.ctx, "t1", s.ID, "", 10)
+	if len(msgs) != 1 {
+		e.t.Fatalf("history has %d messages, want 1", len(msgs))
+	}
+}
+
+func testIdempotencyExpiry(e *env) {
+	s := e.create("t1", "u1")
+	out := store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "x", Status: store.StatusDelivered,
+		Idempotency: store.Idempotency{Key: "k", Fingerprint: "f"}}
+	first, _, _, err := e.s.AppendOutbound(e.ctx, out)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.clk.Advance(23 * time.Hour)
+	if m, _, replayed, _ := e.s.AppendOutbound(e.ctx, out); !replayed || m.ID != first.ID {
+		e.t.Fatal("key forgotten before 24 h")
+	}
+	e.post("t1", s.ID, "keeps the session alive")
+	e.clk.Advance(time.Hour)
+	if m, _, replayed, err := e.s.AppendOutbound(e.ctx, out); err != nil || replayed || m.ID == first.ID {
+		e.t.Fatalf("key still remembered after 24 h: replayed=%v err=%v", replayed, err)
+	}
+}
+
+func testMessageOrder(e *env) {
+	s := e.create("t1", "u1")
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				e.post("t1", s.ID, fmt.Sprint(i))
+			} else {
+				e.ingest(store.InboundMessage{SessionID: s.ID, User: "u1", Text: fmt.Sprint(i)})
+			}
+		}()
+	}
+	wg.Wait()
+	got, err := e.s.GetSession(e.ctx, "t1", s.ID)
+	if err != nil || got.LastSeq != 20 {
+		e.t.Fatalf("LastSeq = %d (%v), want 20", got.LastSeq, err)
+	}
+	// HistoryLimit keeps the last 5; they must be consecutive and ordered.
+	msgs, err := e.s.ListMessages(e.ctx, "t1", s.ID, "", 100)
+	if err != nil || len(msgs) != histLimit {
+		e.t.Fatalf("ListMessages = %d, %v", len(msgs), err)
+	}
+	for i, m := range msgs {
+		if m.Seq != uint64(16+i) {
+			e.t.Fatalf("msgs[%d].Seq = %d, want %d", i, m.Seq, 16+i)
+		}
+		if i > 0 && m.ID <= msgs[i-1].ID {
+			e.t.Fatalf("IDs out of order: %s after %s", m.ID, msgs[i-1].ID)
+		}
+	}
+	if got.LastMessageID != msgs[len(msgs)-1].ID {
+		e.t.Fatalf("LastMessageID %s != last message %s", got.LastMessageID, msgs[len(msgs)-1].ID)
+	}
+}
+
+func testListMessages(e *env) {
+	s := e.create("t1", "u1")
+	var all []store.Message
+	for i := range 4 {
+		all = append(all, e.post("t1", s.ID, fmt.Sprint("m", i)))
+		e.clk.Advance(time.Second)
+	}
+	page, err := e.s.ListMessages(e.ctx, "t1", s.ID, "", 3)
+	if err != nil || len(page) != 3 || page[0].ID != all[0].ID || page[0].Text != "m0" {
+		e.t.Fatalf("first page = %v, %v", page, err)
+	}
+	page, err = e.s.ListMessages(e.ctx, "t1", s.ID, page[2].ID, 3)
+	if err != nil || len(page) != 1 || page[0].ID != all[3].ID {
+		e.t.Fatalf("second page = %v, %v", page, err)
+	}
+	page, err = e.s.ListMessages(e.ctx, "t1", s.ID, all[3].ID, 3)
+	if err != nil || len(page) != 0 {
+		e.t.Fatalf("after the last = %v, %v", page, err)
+	}
+	// A cursor that cannot be this session's is refused, not silently
+	// misread: one newer than its last message, or one inside its retained
+	// range that it does not hold.
+	other := e.create("t1", "u2")
+	later := e.post("t1", other.ID, "x")
+	_, err = e.s.ListMessages(e.ctx, "t1", s.ID, later.ID, 3)
+	wantErr(e.t, err, store.ErrMessageNotFound)
+	between := ids.Message(all[1].CreatedAt.Add(time.Millisecond), "")
+	_, err = e.s.ListMessages(e.ctx, "t1", s.ID, between, 3)
+	wantErr(e.t, err, store.ErrMessageNotFound)
+}
+
+func testHistoryCap(e *env) {
+	s := e.create("t1", "u1")
+	var all []store.Message
+	for i := range histLimit + 3 {
+		all = append(all, e.post("t1", s.ID, fmt.Sprint(i)))
+	}
+	msgs, err := e.s.ListMessages(e.ctx, "t1", s.ID, "", 100)
+	if err != nil || len(msgs) != histLimit || msgs[0].ID != all[3].ID {
+		e.t.Fatalf("retained = %d from %v, %v", len(msgs), msgs, err)
+	}
+	// A cursor at a trimmed message still works: it is before everything.
+	msgs, err = e.s.ListMessages(e.ctx, "t1", s.ID, all[1].ID, 100)
+	if err != nil || len(msgs) != histLimit {
+		e.t.Fatalf("after a trimmed id = %d, %v", len(msgs), err)
+	}
+}
+
+func testIngestSessions(e *env) {
+	raw := json.RawMessage(`{"platform_id":"x1"}`)
+	r := e.ingest(store.InboundMessage{User: "u1", Text: "hello", Raw: raw, Metadata: map[string]string{"m": "1"}})
+	if !r.SessionStarted || r.Session.State != store.StateOpen || r.Message.Direction != store.Inbound ||
+		r.Message.Status != store.StatusReceived || r.Message.FromUser != "u1" || r.Message.SessionID != r.Session.ID {
+		e.t.Fatalf("first ingest = %+v", r)
+	}
+	var rawGot map[string]any
+	if err := json.Unmarshal(r.Message.Raw, &rawGot); err != nil || rawGot["platform_id"] != "x1" || r.Message.Metadata["m"] != "1" {
+		e.t.Fatalf("raw = %s metadata = %v", r.Message.Raw, r.Message.Metadata)
+	}
+	r2 := e.ingest(store.InboundMessage{User: "u1", Text: "again"})
+	if r2.SessionStarted || r2.Session.ID != r.Session.ID {
+		e.t.Fatalf("second ingest started=%v session=%s, want reuse of %s", r2.SessionStarted, r2.Session.ID, r.Session.ID)
+	}
+	msgs, _ := e.s.ListMessages(e.ctx, "t1", r.Session.ID, "", 10)
+	if len(msgs) != 2 || string(msgs[0].Raw) == "" {
+		e.t.Fatalf("history = %+v", msgs)
+	}
+}
+
+func testIngestNamedSession(e *env) {
+	s := e.create("t1", "u1")
+	r := e.ingest(store.InboundMessage{SessionID: s.ID, Text: "hi"})
+	if r.Session.ID != s.ID || r.SessionStarted || r.Message.FromUser != "u1" {
+		e.t.Fatalf("ingest into named session = %+v", r)
+	}
+	if _, err := e.s.CloseSession(e.ctx, "t1", s.ID); err != nil {
+		e.t.Fatal(err)
+	}
+	_, err := e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", SessionID: s.ID, Text: "late"})
+	wantErr(e.t, err, store.ErrSessionClosed)
+}
+
+func testIngestIdempotent(e *env) {
+	in := store.InboundMessage{User: "u1", Text: "hi", Idempotency: store.Idempotency{Key: "wh-1", Fingerprint: "f"}}
+	l := e.listen(store.Filter{}, 0)
+	r1 := e.ingest(in)
+	r2 := e.ingest(in)
+	if !r2.Replayed || r2.Message.ID != r1.Message.ID || !slices.Equal(r2.Matched, []string{l.ID}) {
+		e.t.Fatalf("retry = %+v, want replay of %s", r2, r1.Message.ID)
+	}
+	msgs, _ := e.s.ListMessages(e.ctx, "t1", r1.Session.ID, "", 10)
+	if len(msgs) != 1 {
+		e.t.Fatalf("history has %d messages, want 1", len(msgs))
+	}
+}
+
+// ---- listeners ----
+
+func testListenerFilters(e *env) {
+	s := e.create("t1", "u1")
+	bySession := e.listen(store.Filter{SessionID: s.ID}, 0)
+	byUser := e.listen(store.Filter{User: "u2"}, 0)
+	byChannel := e.listen(store.Filter{Channel: "support"}, 0)
+	byPlatformChannel := e.listen(store.Filter{Platform: "whatsapp", Channel: "support"}, 0)
+	userAndChannel := e.listen(store.Filter{User: "u2", Channel: "other"}, 0)
+
+	r := e.ingest(store.InboundMessage{SessionID: s.ID, Text: "a"})
+	if !slices.Equal(r.Matched, []string{bySession.ID}) {
+		e.t.Fatalf("session message matched %v, want only %s", r.Matched, bySession.ID)
+	}
+	r = e.ingest(store.InboundMessage{User: "u2", Text: "b"})
+	if !slices.Equal(r.Matched, []string{byUser.ID}) {
+		e.t.Fatalf("u2 message matched %v, want only %s", r.Matched, byUser.ID)
+	}
+	r = e.ingest(store.InboundMessage{Platform: "slack", Channel: "support", User: "u3", Text: "c"})
+	if !slices.Equal(r.Matched, []string{byChannel.ID}) {
+		e.t.Fatalf("slack support message matched %v, want only %s", r.Matched, byChannel.ID)
+	}
+	r = e.ingest(store.InboundMessage{Platform: "whatsapp", Channel: "support", User: "u3", Text: "d"})
+	if !slices.Equal(r.Matched, []string{byPlatformChannel.ID}) {
+		e.t.Fatalf("whatsapp support message matched %v, want only %s", r.Matched, byPlatformChannel.ID)
+	}
+	r = e.ingest(store.InboundMessage{Platform: "api", Channel: "other", User: "u2", Text: "e"})
+	if !slices.Equal(r.Matched, []string{userAndChannel.ID}) {
+		e.t.Fatalf("u2 on other matched %v, want only %s", r.Matched, userAndChannel.ID)
+	}
+	got := e.getListener(bySession.ID)
+	if got.Outcome != store.Matched || got.Message == nil || got.Message.Text != "a" || got.Message.SessionID != s.ID {
+		e.t.Fatalf("resolved listener = %+v", got)
+	}
+}
+
+func testMatchModes(e *env) {
+	cases := []struct {
+		mode    store.MatchMode
+		keyword string
+		text    string
+		want    bool
+	}{
+		{store.MatchKeyword, "yes", "Yes, please", true},
+		{store.MatchKeyword, "yes", "yesterday", false},
+		{store.MatchKeyword, "yes", "say YES!", true},
+		{store.MatchKeyword, "order 42", "my order 42 is late", true},
+		{store.MatchKeyword, "order 42", "order 421", false},
+		{store.MatchKeyword, "café", "un CAFÉ noir", true},
+		{store.MatchKeyword, "?", "why?", true},
+		{store.MatchKeyword, "", "anything", true},
+		{store.MatchExact, "YES", " YES\n", true},
+		{store.MatchExact, "YES", "yes", false},
+		{store.MatchExact, "YES", "YES please", false},
+		{store.MatchRegex, `^\d{4}$`, "1234", true},
+		{store.MatchRegex, `^\d{4}$`, "12345", false},
+		{store.MatchRegex, `(?i)stop`, "please STOP now", true},
+	}
+	for _, c := range cases {
+		l := e.listen(store.Filter{User: "u-" + c.text, Keyword: c.keyword, Match: c.mode}, time.Hour)
+		r := e.ingest(store.InboundMessage{User: "u-" + c.text, Text: c.text})
+		if got := slices.Contains(r.Matched, l.ID); got != c.want {
+			e.t.Errorf("mode %d keyword %q text %q: matched=%v, want %v", c.mode, c.keyword, c.text, got, c.want)
+		}
+	}
+	if _, err := (store.Filter{Keyword: "(", Match: store.MatchRegex}).Compile(); err == nil {
+		e.t.Error("a bad regex compiled")
+	}
+}
+
+func testBroadcast(e *env) {
+	var want []string
+	for range 5 {
+		want = append(want, e.listen(store.Filter{User: "u1", Keyword: "go"}, 0).ID)
+	}
+	want = append(want, e.listen(store.Filter{}, 0).ID)
+	other := e.listen(store.Filter{User: "u1", Keyword: "stop"}, 0)
+	slices.Sort(want)
+	r := e.ingest(store.InboundMessage{User: "u1", Text: "go"})
+	if !slices.Equal(r.Matched, want) {
+		e.t.Fatalf("matched %v, want all of %v", r.Matched, want)
+	}
+	if got := e.getListener(other.ID); got.Outcome != store.Pending || !got.SawMismatch {
+		e.t.Fatalf("non-matching listener = %+v, want pending with SawMismatch", got)
+	}
+	// A resolved listener does not fire again.
+	if r := e.ingest(store.InboundMessage{User: "u1", Text: "go"}); len(r.Matched) != 0 {
+		e.t.Fatalf("second message matched %v", r.Matched)
+	}
+}
+
+func testBeforeRegistration(e *env) {
+	e.ingest(store.InboundMessage{User: "u1", Text: "early"})
+	l := e.listen(store.Filter{User: "u1"}, time.Minute)
+	if got := e.getListener(l.ID); got.Outcome != store.Pending {
+		e.t.Fatalf("listener matched a message from before it existed: %+v", got)
+	}
+	e.clk.Advance(time.Minute)
+	if got := e.getListener(l.ID); got.Outcome != store.TimedOut {
+		e.t.Fatalf("outcome = %v, want timeout", got.Outcome)
+	}
+}
+
+func testTimeout(e *env) {
+	quiet := e.listen(store.Filter{User: "u1"}, 10*time.Minute)
+	mismatched := e.listen(store.Filter{User: "u2", Keyword: "yes"}, 10*time.Minute)
+	e.clk.Advance(time.Minute)
+	e.ingest(store.InboundMessage{User: "u2", Text: "no"})
+	e.ingest(store.InboundMessage{User: "u3", Text: "yes"}) // out of both scopes
+	e.clk.Advance(9*time.Minute - time.Nanosecond)
+	if got := e.getListener(quiet.ID); got.Outcome != store.Pending {
+		e.t.Fatalf("timed out early: %v", got.Outcome)
+	}
+	e.clk.Advance(time.Nanosecond)
+	got := e.getListener(quiet.ID)
+	if got.Outcome != store.TimedOut || got.Waited() != 10*time.Minute {
+		e.t.Fatalf("quiet listener = %v waited %v, want timeout after 10m", got.Outcome, got.Waited())
+	}
+	got = e.getListener(mismatched.ID)
+	if got.Outcome != store.FilterMismatch || !got.SawMismatch {
+		e.t.Fatalf("mismatched listener = %v, want filter_mismatch", got.Outcome)
+	}
+	// Decided once: a late match changes nothing.
+	e.ingest(store.InboundMessage{User: "u2", Text: "yes"})
+	if again := e.getListener(mismatched.ID); again.Outcome != store.FilterMismatch || !again.DecidedAt.Equal(got.DecidedAt) {
+		e.t.Fatalf("outcome changed after it was decided: %+v", again)
+	}
+}
+
+func testDeadlineBoundary(e *env) {
+	l := e.listen(store.Filter{User: "u1"}, time.Minute)
+	e.clk.Advance(time.Minute)
+	// The deadline has passed but nobody has looked yet: the message is too
+	// late, whatever the order the replicas notice in.
+	if r := e.ingest(store.InboundMessage{User: "u1", Text: "too late"}); len(r.Matched) != 0 {
+		e.t.Fatalf("a message at the deadline matched %v", r.Matched)
+	}
+	if got := e.getListener(l.ID); got.Outcome != store.TimedOut {
+		e.t.Fatalf("outcome = %v, want timeout", got.Outcome)
+	}
+}
+
+func testOutcomeRace(e *env) {
+	for round := range 50 {
+		l := e.listen(store.Filter{User: fmt.Sprint("race", round)}, time.Minute)
+		var wg sync.WaitGroup
+		var matched bool
+		var seen [3]store.OutcomeKind
+		wg.Add(4)
+		go func() {
+			defer wg.Done()
+			r := e.ingest(store.InboundMessage{User: fmt.Sprint("race", round), Text: "now"})
+			matched = len(r.Matched) == 1
+		}()
+		go func() {
+			defer wg.Done()
+			e.clk.Advance(time.Minute)
+		}()
+		for i := range 2 {
+			go func() {
+				defer wg.Done()
+				l, err := e.s.GetListener(e.ctx, "t1", l.ID)
+				if err == nil {
+					seen[i] = l.Outcome
+				}
+			}()
+		}
+		wg.Wait()
+		final := e.getListener(l.ID)
+		if final.Outcome == store.Pending {
+			e.clk.Advance(time.Minute)
+			final = e.getListener(l.ID)
+		}
+		if matched != (final.Outcome == store.Matched) {
+			e.t.Fatalf("round %d: ingest says matched=%v, final outcome %v", round, matched, final.Outcome)
+		}
+		for _, o := range seen {
+			if o != store.Pending && o != final.Outcome {
+				e.t.Fatalf("round %d: a reader saw %v, final is %v", round, o, final.Outcome)
+			}
+		}
+	}
+}
+
+func testOutcomeRetention(e *env) {
+	l := e.listen(store.Filter{User: "u1"}, 0)
+	e.ingest(store.InboundMessage{User: "u1", Text: "hi"})
+	e.clk.Advance(24*time.Hour - time.Second)
+	if got := e.getListener(l.ID); got.Outcome != store.Matched {
+		e.t.Fatalf("outcome lost early: %v", got.Outcome)
+	}
+	e.clk.Advance(time.Second)
+	_, err := e.s.GetListener(e.ctx, "t1", l.ID)
+	wantErr(e.t, err, store.ErrListenerNotFound)
+}
+
+func testIdleWindow(e *env) {
+	l := e.listen(store.Filter{User: "u1"}, 0) // idle window: 1 h
+	e.clk.Advance(50 * time.Minute)
+	if err := e.s.TouchListener(e.ctx, "t1", l.ID, e.clk.Now().Add(time.Hour)); err != nil {
+		e.t.Fatal(err)
+	}
+	// Touching never shortens.
+	if err := e.s.TouchListener(e.ctx, "t1", l.ID, e.clk.Now()); err != nil {
+		e.t.Fatal(err)
+	}
+	e.clk.Advance(59 * time.Minute)
+	if got := e.getListener(l.ID); got.Outcome != store.Pending {
+		e.t.Fatalf("touched listener = %v", got.Outcome)
+	}
+	e.clk.Advance(time.Minute)
+	if r := e.ingest(store.InboundMessage{User: "u1", Text: "hi"}); len(r.Matched) != 0 {
+		e.t.Fatalf("a dropped listener matched")
+	}
+	_, err := e.s.GetListener(e.ctx, "t1", l.ID)
+	wantErr(e.t, err, store.ErrListenerNotFound)
+	wantErr(e.t, e.s.TouchListener(e.ctx, "t1", l.ID, e.clk.Now().Add(time.Hour)), store.ErrListenerNotFound)
+	// A listener with a deadline lives until the deadline, idle or not.
+	timed := e.listen(store.Filter{User: "u1"}, 3*time.Hour)
+	e.clk.Advance(2 * time.Hour)
+	if got := e.getListener(timed.ID); got.Outcome != store.Pending {
+		e.t.Fatalf("timed listener dropped while idle: %v", got.Outcome)
+	}
+}
+
+func testEvents(e *env) {
+	s := e.create("t1", "u1")
+	sub, err := e.s.Subscribe(e.ctx, store.SessionTopic("t1", s.ID))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer sub.Close()
+	l := e.listen(store.Filter{SessionID: s.ID}, 0)
+	lsub, err := e.s.Subscribe(e.ctx, store.ListenerTopic("t1", l.ID))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer lsub.Close()
+
+	out := e.post("t1", s.ID, "out")
+	in := e.ingest(store.InboundMessage{SessionID: s.ID, Text: "in"})
+	var pending []store.Event
+	for _, want := range []store.Message{out, in.Message} {
+		ev := next(e.t, sub, &pending)
+		if ev.Kind != store.EventMessage || ev.Message == nil || ev.Message.ID != want.ID || ev.Message.Seq != want.Seq {
+			e.t.Fatalf("event = %+v, want message %s", ev, want.ID)
+		}
+	}
+	var lpending []store.Event
+	ev := next(e.t, lsub, &lpending)
+	if ev.Kind != store.EventListenerResolved || ev.Listener == nil || ev.Listener.Outcome != store.Matched ||
+		ev.Listener.Message == nil || ev.Listener.Message.ID != in.Message.ID {
+		e.t.Fatalf("listener event = %+v", ev)
+	}
+	// Another session's messages are not delivered.
+	other := e.create("t1", "u2")
+	e.post("t1", other.ID, "elsewhere")
+	last := e.post("t1", s.ID, "last")
+	if ev := next(e.t, sub, &pending); ev.Message == nil || ev.Message.ID != last.ID {
+		e.t.Fatalf("event = %+v, want %s", ev, last.ID)
+	}
+}
+
+// ---- chatbot ----
+
+func greet(s store.Session, c store.Contact) string {
+	return fmt.Sprintf("hi %s from %s", c.Metadata["name"], s.Metadata["team"])
+}
+
+func (e *env) chatbot(c store.ChatbotStart) store.ChatbotResult {
+	e.t.Helper()
+	if c.Tenant == "" {
+		c.Tenant, c.Platform, c.Channel, c.User = "t1", "api", "api", "u1"
+	}
+	if c.ChatbotID == "" {
+		c.ChatbotID = "bot1"
+	}
+	c.Greeting = greet
+	r, err := e.s.StartChatbot(e.ctx, c)
+	if err != nil {
+		e.t.Fatalf("StartChatbot: %v", err)
+	}
+	return r
+}
+
+func testChatbotStart(e *env) {
+	r := e.chatbot(store.ChatbotStart{
+		SessionMetadata: map[string]string{"team": "sales"},
+		ContactMetadata: map[string]string{"name": "Ada"},
+	})
+	if !r.SessionStarted || r.Skip != store.NotSkipped || r.Session.State != store.StateBot || r.Session.ChatbotID != "bot1" {
+		e.t.Fatalf("start = %+v", r)
+	}
+	if r.Greeting.Text != "hi Ada from sales" || r.Greeting.Direction != store.Outbound || r.Greeting.FromUser != "bot1" {
+		e.t.Fatalf("greeting = %+v", r.Greeting)
+	}
+	if r.Contact.Metadata["name"] != "Ada" || r.Contact.User != "u1" {
+		e.t.Fatalf("contact = %+v", r.Contact)
+	}
+	// Continuing merges metadata into the same session.
+	r2 := e.chatbot(store.ChatbotStart{ChatbotID: "bot2", ContactMetadata: map[string]string{"name": "Grace"}})
+	if r2.SessionStarted || r2.Session.ID != r.Session.ID || r2.Session.ChatbotID != "bot2" ||
+		r2.Session.Metadata["team"] != "sales" || r2.Greeting.Text != "hi Grace from sales" {
+		e.t.Fatalf("continue = %+v", r2)
+	}
+	msgs, _ := e.s.ListMessages(e.ctx, "t1", r.Session.ID, "", 10)
+	if len(msgs) != 2 {
+		e.t.Fatalf("history = %d messages, want 2 greetings", len(msgs))
+	}
+}
+
+func testChatbotSkip(e *env) {
+	r := e.chatbot(store.ChatbotStart{})
+	skipped := e.chatbot(store.ChatbotStart{SkipIfBotInExecution: true, ContactMetadata: map[string]string{"x": "y"}})
+	if skipped.Skip != store.SkipBotInExecution || skipped.Session.ID != r.Session.ID || skipped.Greeting.ID != "" {
+		e.t.Fatalf("skip bot = %+v", skipped)
+	}
+	if skipped.Contact.Metadata["x"] != "" {
+		e.t.Fatal("a skipped call changed the contact")
+	}
+	// skip_if_in_progress does not apply to BOT, and vice versa.
+	if r := e.chatbot(store.ChatbotStart{SkipIfInProgress: true}); r.Skip != store.NotSkipped {
+		e.t.Fatalf("skip_if_in_progress skipped a BOT session: %+v", r)
+	}
+	if _, err := e.s.UpdateSession(e.ctx, "t1", r.Session.ID, store.SessionUpdate{State: store.StateInProgress}); err != nil {
+		e.t.Fatal(err)
+	}
+	skipped = e.chatbot(store.ChatbotStart{SkipIfInProgress: true, SkipIfBotInExecution: true})
+	if skipped.Skip != store.SkipInProgress || skipped.Session.State != store.StateInProgress {
+		e.t.Fatalf("skip in progress = %+v", skipped)
+	}
+	// Skip rules come before force-start.
+	skipped = e.chatbot(store.ChatbotStart{SkipIfInProgress: true, ForceStart: true})
+	if skipped.Skip != store.SkipInProgress || skipped.Closed != nil {
+		e.t.Fatalf("force-start overrode a skip rule: %+v", skipped)
+	}
+	msgs, _ := e.s.ListMessages(e.ctx, "t1", r.Session.ID, "", 10)
+	if len(msgs) != 2 {
+		e.t.Fatalf("history = %d messages, want 2", len(msgs))
+	}
+}
+
+func testChatbotForce(e *env) {
+	first := e.chatbot(store.ChatbotStart{SessionMetadata: map[string]string{"team": "a"}})
+	sub, err := e.s.Subscribe(e.ctx, store.SessionTopic("t1", first.Session.ID))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer sub.Close()
+	forced := e.chatbot(store.ChatbotStart{ForceStart: true})
+	if !forced.SessionStarted || forced.Session.ID == first.Session.ID || forced.Closed == nil || forced.Closed.ID != first.Session.ID {
+		e.t.Fatalf("force = %+v", forced)
+	}
+	if forced.Session.Metadata["team"] != "" {
+		e.t.Fatal("a forced new session inherited the old one's metadata")
+	}
+	old, _ := e.s.GetSession(e.ctx, "t1", first.Session.ID)
+	if old.State != store.StateClosed {
+		e.t.Fatalf("old session state = %v", old.State)
+	}
+	var pending []store.Event
+	if ev := next(e.t, sub, &pending); ev.Kind != store.EventSessionEnded {
+		e.t.Fatalf("old session's watchers got %+v, want its end", ev)
+	}
+	// With nothing active, force-start just starts.
+	if r := e.chatbot(store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u9", ForceStart: true}); !r.SessionStarted || r.Closed != nil {
+		e.t.Fatalf("force with none = %+v", r)
+	}
+}
+
+func testChatbotNamedSession(e *env) {
+	s := e.create("t1", "u1")
+	r := e.chatbot(store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", SessionID: s.ID})
+	if r.SessionStarted || r.Session.ID != s.ID {
+		e.t.Fatalf("named session = %+v", r)
+	}
+	_, err := e.s.StartChatbot(e.ctx, store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u2", SessionID: s.ID, ChatbotID: "b", Greeting: greet})
+	wantErr(e.t, err, store.ErrSessionMismatch)
+	_, err = e.s.StartChatbot(e.ctx, store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", SessionID: "ses_nope", ChatbotID: "b", Greeting: greet})
+	wantErr(e.t, err, store.ErrSessionNotFound)
+	if _, err := e.s.CloseSession(e.ctx, "t1", s.ID); err != nil {
+		e.t.Fatal(err)
+	}
+	_, err = e.s.StartChatbot(e.ctx, store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", SessionID: s.ID, ChatbotID: "b", Greeting: greet})
+	wantErr(e.t, err, store.ErrSessionClosed)
+	r = e.chatbot(store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", SessionID: s.ID, ForceStart: true})
+	if !r.SessionStarted || r.Session.ID == s.ID {
+		e.t.Fatalf("force on a closed named session = %+v", r)
+	}
+}
+
+func testChatbotIdempotent(e *env) {
+	c := store.ChatbotStart{Idempotency: store.Idempotency{Key: "cb", Fingerprint: "f"}}
+	r1 := e.chatbot(c)
+	r2 := e.chatbot(c)
+	if !r2.Replayed || r2.Session.ID != r1.Session.ID || r2.Greeting.ID != r1.Greeting.ID || !r2.SessionStarted {
+		e.t.Fatalf("retry = %+v, want the first result", r2)
+	}
+	c.Idempotency.Fingerprint = "other"
+	c.Tenant, c.Platform, c.Channel, c.User, c.ChatbotID, c.Greeting = "t1", "api", "api", "u1", "bot1", greet
+	_, err := e.s.StartChatbot(e.ctx, c)
+	wantErr(e.t, err, store.ErrIdempotencyKeyReused)
+	msgs, _ := e.s.ListMessages(e.ctx, "t1", r1.Session.ID, "", 10)
+	if len(msgs) != 1 {
+		e.t.Fatalf("history = %d messages, want 1", len(msgs))
+	}
+}
