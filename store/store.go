@@ -249,6 +249,10 @@ type ChatbotStart struct {
 	// contact as they will be committed. It must be pure: a backend may call
 	// it more than once (optimistic retries) and keeps only the last result.
 	Greeting func(Session, Contact) string
+	// GreetingStatus and GreetingError record how the platform took the
+	// greeting (DELIVERED, or FAILED with the platform's refusal).
+	GreetingStatus MessageStatus
+	GreetingError  *PlatformError
 }
 
 // ChatbotResult is what StartChatbot did.

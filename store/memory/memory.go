@@ -308,7 +308,8 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		Direction: store.Outbound,
 		Text:      text,
 		FromUser:  c.ChatbotID,
-		Status:    store.StatusDelivered,
+		Status:    c.GreetingStatus,
+		Error:     c.GreetingError,
 	}, now)
 	res.Session = cloneSession(&cur.Session)
 	res.Contact = cloneContact(ct)

@@ -821,6 +821,9 @@ func (e *env) chatbot(c store.ChatbotStart) store.ChatbotResult {
 		c.ChatbotID = "bot1"
 	}
 	c.Greeting = greet
+	if c.GreetingStatus == 0 {
+		c.GreetingStatus = store.StatusDelivered
+	}
 	r, err := e.s.StartChatbot(e.ctx, c)
 	if err != nil {
 		e.t.Fatalf("StartChatbot: %v", err)

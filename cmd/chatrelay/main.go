@@ -1,0 +1,80 @@
+// Command chatrelay serves the chat-session hub: gRPC on -grpc-addr, and the
+// REST gateway, /openapi.json, /healthz and /readyz on -http-addr.
+//
+// Every flag can also be set by its environment variable (CHATRELAY_*); an
+// explicit flag wins over the environment.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/chatrelay/chatrelay/server"
+	"github.com/chatrelay/chatrelay/store/memory"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "chatrelay:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	grpcAddr := flag.String("grpc-addr", env("CHATRELAY_GRPC_ADDR", ":9090"), "gRPC listen address (env CHATRELAY_GRPC_ADDR)")
+	httpAddr := flag.String("http-addr", env("CHATRELAY_HTTP_ADDR", ":8080"), "HTTP listen address (env CHATRELAY_HTTP_ADDR)")
+	redisURL := flag.String("redis-url", env("CHATRELAY_REDIS_URL", ""), "Redis URL; empty runs on the in-memory backend (env CHATRELAY_REDIS_URL)")
+	configPath := flag.String("config", env("CHATRELAY_CONFIG", ""), "YAML file with channels, chatbots and API keys (env CHATRELAY_CONFIG)")
+	logLevel := flag.String("log-level", env("CHATRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CHATRELAY_LOG_LEVEL)")
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(logger)
+
+	if *redisURL != "" {
+		return fmt.Errorf("-redis-url is set, but this build has no Redis backend yet; unset it to run on the in-memory backend")
+	}
+	file := &server.File{}
+	if *configPath != "" {
+		var err error
+		if file, err = server.LoadFile(*configPath, os.LookupEnv); err != nil {
+			return err
+		}
+	}
+	st, err := memory.New(memory.Options{SessionTTL: file.SessionTTL, HistoryLimit: file.HistoryLimit})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	logger.Info("using the in-memory backend: state lives in this process only")
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return server.Run(ctx, server.Config{
+		GRPCAddr:     *grpcAddr,
+		HTTPAddr:     *httpAddr,
+		Store:        st,
+		Logger:       logger,
+		Channels:     file.Channels,
+		Chatbots:     file.Chatbots,
+		APIKeys:      file.APIKeys,
+		Limits:       file.LimitsOrDefault(),
+		ResumeWindow: file.ResumeWindow,
+	})
+}
+
+func env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,82 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/chatrelay/chatrelay"
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+)
+
+// httpHandler serves the REST gateway, /openapi.json, /healthz and /readyz.
+// The gateway calls the gRPC server over conn, so REST requests pass
+// through the same interceptors (auth, limits, error mapping) as gRPC ones.
+func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Handler {
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
+			Marshaler: &runtime.JSONPb{
+				MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+			},
+		}),
+		runtime.WithForwardResponseOption(flushStreamHeaders),
+	)
+	// Registration against a client connection cannot fail; the error is
+	// kept for API compatibility.
+	_ = pb.RegisterChatServiceHandler(ctx, gw, conn)
+	_ = pb.RegisterSessionServiceHandler(ctx, gw, conn)
+
+	mux := http.NewServeMux()
+	mux.Handle("/", http.MaxBytesHandler(gw, int64(s.cfg.Limits.RequestBytes)*2))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-s.stopping:
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "shutting down"})
+			return
+		default:
+		}
+		if err := s.ready(r.Context()); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "backend unavailable"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(chatrelay.OpenAPI)
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// flushStreamHeaders sends a stream's HTTP headers as soon as the gRPC
+// handler has accepted the call (it sends the streamHeader metadata after
+// validation), so a WatchSession client sees 200 before the first message.
+// The gateway calls it once with a nil message before streaming; for any
+// other call it does nothing. Errors before acceptance keep their HTTP code.
+func flushStreamHeaders(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
+	if m != nil {
+		return nil
+	}
+	md, ok := runtime.ServerMetadataFromContext(ctx)
+	if !ok || len(md.HeaderMD.Get(streamHeader)) == 0 {
+		return nil
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	return http.NewResponseController(w).Flush()
+}

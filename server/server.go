@@ -1,0 +1,197 @@
+// Package server is chatrelay's gRPC service, its REST gateway and the HTTP
+// endpoints around them. Run wires it all; cmd/chatrelay only builds Config.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+)
+
+// Server is a configured chatrelay server, ready to Serve.
+type Server struct {
+	cfg  Config
+	dir  *directory
+	grpc *grpc.Server
+	// health is grpc.health.v1; NOT_SERVING while the store is unreachable
+	// and during shutdown.
+	health *health.Server
+	// stopping is closed when shutdown begins, so open streams end with a
+	// status instead of holding GracefulStop up forever.
+	stopping chan struct{}
+	stopOnce sync.Once
+}
+
+// New validates cfg and builds a Server.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	dir, err := newDirectory(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := newKeyring(cfg.APIKeys, cfg.Limits)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{})}
+	ic := &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits}
+	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(ic.unary),
+		grpc.ChainStreamInterceptor(ic.stream),
+		// The transport's own limit sits above Limits.RequestBytes so that
+		// oversized requests reach the interceptor and get a proper error.
+		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
+	)
+	pb.RegisterChatServiceServer(s.grpc, &chatService{Server: s})
+	pb.RegisterSessionServiceServer(s.grpc, &sessionService{Server: s})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	if len(cfg.APIKeys) == 0 {
+		cfg.Logger.Warn("no API keys configured: every caller is tenant \"default\" without authentication")
+	}
+	return s, nil
+}
+
+func (s *Server) checker() checker { return checker{lim: s.cfg.Limits} }
+
+// Run listens on cfg's addresses and serves until ctx is cancelled.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	gl, err := net.Listen("tcp", s.cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	hl, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		gl.Close()
+		return fmt.Errorf("http listener: %w", err)
+	}
+	return s.Serve(ctx, gl, hl)
+}
+
+// Serve serves gRPC on gl and HTTP on hl until ctx is cancelled or a server
+// fails, then shuts down within cfg.ShutdownTimeout: streams are told to
+// end, HTTP drains, and gRPC stops gracefully or, past the deadline, hard.
+func (s *Server) Serve(ctx context.Context, gl, hl net.Listener) error {
+	log := s.cfg.Logger
+	conn, err := grpc.NewClient(dialTarget(gl.Addr()), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		gl.Close()
+		hl.Close()
+		return fmt.Errorf("gateway connection: %w", err)
+	}
+	defer conn.Close()
+	hs := &http.Server{
+		Handler:           s.httpHandler(ctx, conn),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// No WriteTimeout: it would cut long-lived streams.
+	}
+
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(gl) }()
+	go func() {
+		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go s.watchReadiness(watchCtx)
+	log.Info("chatrelay serving", "grpc", gl.Addr().String(), "http", hl.Addr().String())
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		log.Error("server failed", "err", serveErr)
+	}
+	s.shutdown(hs)
+	return serveErr
+}
+
+func (s *Server) shutdown(hs *http.Server) {
+	log := s.cfg.Logger
+	log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
+	s.health.Shutdown()
+	s.stopOnce.Do(func() { close(s.stopping) })
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(ctx); err != nil {
+		log.Warn("http shutdown incomplete; closing", "err", err)
+		hs.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		log.Warn("grpc graceful stop timed out; stopping hard")
+		s.grpc.Stop()
+		<-done
+	}
+	log.Info("stopped")
+}
+
+// watchReadiness keeps grpc.health.v1 in step with the store.
+func (s *Server) watchReadiness(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		st := healthpb.HealthCheckResponse_SERVING
+		if s.ready(ctx) != nil {
+			st = healthpb.HealthCheckResponse_NOT_SERVING
+		}
+		// After health.Shutdown these are ignored: shutdown wins.
+		s.health.SetServingStatus("", st)
+		s.health.SetServingStatus(pb.ChatService_ServiceDesc.ServiceName, st)
+		s.health.SetServingStatus(pb.SessionService_ServiceDesc.ServiceName, st)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return s.cfg.Store.Ping(ctx)
+}
+
+// dialTarget turns a listener address into one the gateway can dial: an
+// unspecified host (":9090") becomes loopback.
+func dialTarget(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	if tcp.IP.To4() != nil || tcp.IP.Equal(net.IPv6unspecified) {
+		return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+	}
+	return net.JoinHostPort("::1", fmt.Sprint(tcp.Port))
+}

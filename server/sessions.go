@@ -1,0 +1,301 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/store"
+)
+
+type sessionService struct {
+	pb.UnimplementedSessionServiceServer
+	*Server
+}
+
+func (s *sessionService) CreateSession(ctx context.Context, req *pb.CreateSessionRequest) (*pb.CreateSessionResponse, error) {
+	chk := s.checker()
+	platform, channel := s.dir.channel(&chk, "platform", req.Platform, "channel", req.Channel)
+	chk.user("user", platform, req.User, true)
+	chk.metadata("metadata", req.Metadata)
+	if err := chk.err(); err != nil {
+		return nil, err
+	}
+	ses, err := s.cfg.Store.CreateSession(ctx, store.NewSession{
+		Tenant: tenantFrom(ctx), Platform: platform, Channel: channel, User: req.User, Metadata: req.Metadata,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.CreateSessionResponse{Session: sessionPB(&ses)}, nil
+}
+
+func (s *sessionService) GetSession(ctx context.Context, req *pb.GetSessionRequest) (*pb.GetSessionResponse, error) {
+	chk := s.checker()
+	chk.id("session_id", req.SessionId, true)
+	if err := chk.err(); err != nil {
+		return nil, err
+	}
+	ses, err := s.cfg.Store.GetSession(ctx, tenantFrom(ctx), req.SessionId)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetSessionResponse{Session: sessionPB(&ses)}, nil
+}
+
+func (s *sessionService) UpdateSession(ctx context.Context, req *pb.UpdateSessionRequest) (*pb.UpdateSessionResponse, error) {
+	chk := s.checker()
+	chk.id("session_id", req.SessionId, true)
+	chk.metadata("metadata", req.Metadata)
+	chk.metadataKeys("remove_metadata_keys", req.RemoveMetadataKeys)
+	u := store.SessionUpdate{Metadata: req.Metadata, RemoveMetadata: req.RemoveMetadataKeys, EndBot: req.EndBot}
+	switch req.State {
+	case pb.SessionState_SESSION_STATE_UNSPECIFIED:
+	case pb.SessionState_SESSION_STATE_OPEN:
+		u.State = store.StateOpen
+	case pb.SessionState_SESSION_STATE_IN_PROGRESS:
+		u.State = store.StateInProgress
+	default:
+		chk.add("state", "can only be set to OPEN or IN_PROGRESS; use CloseSession to end a session and SendChatbotMessage to start a bot")
+	}
+	if err := chk.err(); err != nil {
+		return nil, err
+	}
+	ses, err := s.cfg.Store.UpdateSession(ctx, tenantFrom(ctx), req.SessionId, u)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.UpdateSessionResponse{Session: sessionPB(&ses)}, nil
+}
+
+func (s *sessionService) CloseSession(ctx context.Context, req *pb.CloseSessionRequest) (*pb.CloseSessionResponse, error) {
+	chk := s.checker()
+	chk.id("session_id", req.SessionId, true)
+	if err := chk.err(); err != nil {
+		return nil, err
+	}
+	ses, err := s.cfg.Store.CloseSession(ctx, tenantFrom(ctx), req.SessionId)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.CloseSessionResponse{Session: sessionPB(&ses)}, nil
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+)
+
+func (s *sessionService) ListMessages(ctx context.Context, req *pb.ListMessagesRequest) (*pb.ListMessagesResponse, error) {
+	chk := s.checker()
+	chk.id("session_id", req.SessionId, true)
+	size := int(req.PageSize)
+	switch {
+	case size < 0:
+		chk.add("page_size", "must not be negative")
+	case size == 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		size = maxPageSize // AIP-158: coerce, don't fail
+	}
+	var after string
+	if req.PageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(req.PageToken)
+		if err != nil {
+			chk.add("page_token", "is not a token this server issued")
+		}
+		after = string(b)
+		chk.id("page_token", after, false)
+	}
+	if err := chk.err(); err != nil {
+		return nil, err
+	}
+	// One more than a page tells whether another page exists.
+	msgs, err := s.cfg.Store.ListMessages(ctx, tenantFrom(ctx), req.SessionId, after, size+1)
+	if errors.Is(err, store.ErrMessageNotFound) {
+		return nil, invalid("page_token", "is not a token of this session")
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListMessagesResponse{}
+	if len(msgs) > size {
+		msgs = msgs[:size]
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(msgs[size-1].ID))
+	}
+	for i := range msgs {
+		resp.Messages = append(resp.Messages, messagePB(&msgs[i]))
+	}
+	return resp, nil
+}
+
+// streamHeader is sent as soon as a stream is set up, so the gateway can
+// flush HTTP headers of a stream that may stay quiet for a while (see
+// flushStreamHeaders).
+const streamHeader = "x-chatrelay-stream"
+
+// replayPage is how many history messages a watcher reads per store call.
+const replayPage = 256
+
+func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.ServerStreamingServer[pb.WatchSessionResponse]) error {
+	ctx := stream.Context()
+	chk := s.checker()
+	chk.id("session_id", req.SessionId, true)
+	chk.id("after_message_id", req.AfterMessageId, false)
+	if req.LiveOnly && req.AfterMessageId != "" {
+		chk.add("live_only", "cannot be combined with after_message_id")
+	}
+	if err := chk.err(); err != nil {
+		return err
+	}
+	tenant, st := tenantFrom(ctx), s.cfg.Store
+
+	// Subscribe first, then read: anything appended after this point is
+	// either in what we read or in the subscription, and the cursor below
+	// drops what is in both.
+	sub, err := st.Subscribe(ctx, store.SessionTopic(tenant, req.SessionId))
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	ses, err := st.GetSession(ctx, tenant, req.SessionId)
+	if err != nil {
+		return err
+	}
+	w := &watcher{ctx: ctx, st: st, tenant: tenant, id: req.SessionId, stream: stream, lastID: req.AfterMessageId}
+	if req.LiveOnly {
+		w.lastID, w.lastSeq = ses.LastMessageID, ses.LastSeq
+	}
+	if err := stream.SendHeader(metadata.Pairs(streamHeader, "watch")); err != nil {
+		return err
+	}
+	if !req.LiveOnly {
+		if err := w.catchUp(); err != nil {
+			if errors.Is(err, store.ErrMessageNotFound) {
+				return invalid("after_message_id", "is not a message of this session")
+			}
+			return err
+		}
+	}
+	if !ses.State.Active() {
+		return w.ended(&ses)
+	}
+
+	expiry := make(chan struct{}, 1)
+	arm := func(ses *store.Session) func() bool {
+		return s.cfg.Clock.AfterFunc(ses.ExpiresAt.Sub(s.cfg.Clock.Now()), func() {
+			select {
+			case expiry <- struct{}{}:
+			default:
+			}
+		}).Stop
+	}
+	stop := arm(&ses)
+	defer func() { stop() }()
+	for {
+		select {
+		case <-sub.Ready():
+			evs, resync := sub.Next()
+			for _, ev := range evs {
+				switch {
+				case resync:
+				case ev.Kind == store.EventMessage && ev.Message.Seq <= w.lastSeq:
+					// Already sent, from history.
+				case ev.Kind == store.EventMessage && ev.Message.Seq == w.lastSeq+1:
+					if err := w.send(ev.Message); err != nil {
+						return err
+					}
+				case ev.Kind == store.EventMessage:
+					resync = true // a gap: read it from history
+				case ev.Kind == store.EventSessionEnded:
+					// Flush anything still in flight before the end.
+					if err := w.catchUp(); err != nil {
+						return err
+					}
+					return w.ended(ev.Session)
+				}
+			}
+			if resync {
+				if err := w.catchUp(); err != nil {
+					return err
+				}
+				if ses, err = st.GetSession(ctx, tenant, req.SessionId); err != nil {
+					return err
+				}
+				if !ses.State.Active() {
+					return w.ended(&ses)
+				}
+			}
+		case <-expiry:
+			if ses, err = st.GetSession(ctx, tenant, req.SessionId); err != nil {
+				return err
+			}
+			if !ses.State.Active() {
+				if err := w.catchUp(); err != nil {
+					return err
+				}
+				return w.ended(&ses)
+			}
+			stop() // a message moved the expiry; wait for the new one
+			stop = arm(&ses)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.stopping:
+			return &codedError{code: codes.Unavailable, reason: reasonShuttingDown,
+				msg:  "the server is shutting down; watch again with after_message_id set to the last message received",
+				meta: map[string]string{"last_message_id": w.lastID}}
+		}
+	}
+}
+
+// watcher tracks what one WatchSession stream has sent. Message IDs increase
+// in append order and Seq has no gaps, so (lastID, lastSeq) is an exact
+// cursor: history after lastID fills any gap, and a live event with
+// Seq == lastSeq+1 is the very next message.
+type watcher struct {
+	ctx     context.Context
+	st      store.Store
+	tenant  string
+	id      string
+	stream  grpc.ServerStreamingServer[pb.WatchSessionResponse]
+	lastID  string
+	lastSeq uint64
+}
+
+func (w *watcher) send(m *store.Message) error {
+	if err := w.stream.Send(&pb.WatchSessionResponse{Event: &pb.WatchSessionResponse_Message{Message: messagePB(m)}}); err != nil {
+		return err
+	}
+	w.lastID, w.lastSeq = m.ID, m.Seq
+	return nil
+}
+
+// catchUp sends every retained message after the cursor.
+func (w *watcher) catchUp() error {
+	for {
+		msgs, err := w.st.ListMessages(w.ctx, w.tenant, w.id, w.lastID, replayPage)
+		if err != nil {
+			return err
+		}
+		for i := range msgs {
+			if err := w.send(&msgs[i]); err != nil {
+				return err
+			}
+		}
+		if len(msgs) < replayPage {
+			return nil
+		}
+	}
+}
+
+func (w *watcher) ended(ses *store.Session) error {
+	return w.stream.Send(&pb.WatchSessionResponse{Event: &pb.WatchSessionResponse_Ended{Ended: &pb.SessionEnded{
+		State:   stateToPB[ses.State],
+		EndedAt: ts(ses.ExpiresAt),
+	}}})
+}
