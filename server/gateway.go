@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -26,6 +30,12 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 			},
 		}),
 		runtime.WithForwardResponseOption(flushStreamHeaders),
+		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+			runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, withErrorInfo(status.Convert(err)).Err())
+		}),
+		runtime.WithStreamErrorHandler(func(_ context.Context, err error) *status.Status {
+			return withErrorInfo(status.Convert(err))
+		}),
 	)
 	// Registration against a client connection cannot fail; the error is
 	// kept for API compatibility.
@@ -55,6 +65,22 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 		_, _ = w.Write(chatrelay.OpenAPI)
 	})
 	return mux
+}
+
+// withErrorInfo adds ErrorInfo to errors the gateway makes itself (bad
+// JSON, an unknown route), so every error body has the same shape. Errors
+// from the gRPC server already carry theirs.
+func withErrorInfo(st *status.Status) *status.Status {
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.ErrorInfo); ok {
+			return st
+		}
+	}
+	reason := strings.ToUpper(code.Code_name[int32(st.Code())])
+	if with, err := st.WithDetails(&errdetails.ErrorInfo{Domain: errorDomain, Reason: reason}); err == nil {
+		return with
+	}
+	return st
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -1,0 +1,272 @@
+package server_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/server"
+)
+
+func TestBadInputIsRejectedWithFieldViolations(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	long := func(n int) string { return strings.Repeat("a", n) }
+	bigMeta := map[string]string{}
+	for i := range 65 {
+		bigMeta[string(rune('A'+i%26))+long(i)] = "v"
+	}
+	ctx := ts.ctx()
+	stream := func(req *pb.ChatReceiveRequest) error {
+		st, err := ts.chat.ChatReceive(ctx, req)
+		if err != nil {
+			return err
+		}
+		_, err = st.Recv()
+		return err
+	}
+	watch := func(req *pb.WatchSessionRequest) error {
+		st, err := ts.sessions.WatchSession(ctx, req)
+		if err != nil {
+			return err
+		}
+		_, err = st.Recv()
+		return err
+	}
+	post := func(req *pb.PostMessageRequest) error { _, err := ts.chat.PostMessage(ctx, req); return err }
+	bot := func(req *pb.SendChatbotMessageRequest) error { _, err := ts.chat.SendChatbotMessage(ctx, req); return err }
+	ingest := func(req *pb.IngestMessageRequest) error { _, err := ts.chat.IngestMessage(ctx, req); return err }
+	create := func(req *pb.CreateSessionRequest) error { _, err := ts.sessions.CreateSession(ctx, req); return err }
+
+	cases := []struct {
+		name   string
+		call   func() error
+		reason string
+		field  string
+	}{
+		{"post without session_id", func() error { return post(&pb.PostMessageRequest{Message: "x"}) }, "INVALID_ARGUMENT", "session_id"},
+		{"post without message", func() error { return post(&pb.PostMessageRequest{SessionId: ses.SessionId}) }, "INVALID_ARGUMENT", "message"},
+		{"post message over 32 KiB", func() error { return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: long(32<<10 + 1)}) }, "INVALID_ARGUMENT", "message"},
+		{"session id with a slash", func() error { return post(&pb.PostMessageRequest{SessionId: "ses/1", Message: "x"}) }, "INVALID_ARGUMENT", "session_id"},
+		{"session id over 128 bytes", func() error { return post(&pb.PostMessageRequest{SessionId: long(129), Message: "x"}) }, "INVALID_ARGUMENT", "session_id"},
+		{"idempotency key with spaces", func() error {
+			return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", IdempotencyKey: "a b"})
+		}, "INVALID_ARGUMENT", "idempotency_key"},
+		{"metadata over 64 entries", func() error { return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", Metadata: bigMeta}) }, "INVALID_ARGUMENT", "metadata"},
+		{"metadata key over 64 bytes", func() error {
+			return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", Metadata: map[string]string{long(65): "v"}})
+		}, "INVALID_ARGUMENT", "metadata"},
+		{"metadata value over 1 KiB", func() error {
+			return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", Metadata: map[string]string{"k": long(1025)}})
+		}, "INVALID_ARGUMENT", "metadata.k"},
+		{"unknown chatbot", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "nobody", From: "api", To: "u1"}) }, "INVALID_ARGUMENT", "chatbot"},
+		{"unknown channel", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "nowhere", To: "u1"}) }, "INVALID_ARGUMENT", "from"},
+		{"chatbot without to", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "api"}) }, "INVALID_ARGUMENT", "to"},
+		{"whatsapp recipient not E.164", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "support", To: "5551234"}) }, "INVALID_ARGUMENT", "to"},
+		{"chatbot session metadata too big", func() error {
+			return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "api", To: "u1", SessionMetadata: bigMeta})
+		}, "INVALID_ARGUMENT", "session_metadata"},
+		{"ingest without text", func() error { return ingest(&pb.IngestMessageRequest{FromUser: "u1"}) }, "INVALID_ARGUMENT", "text"},
+		{"ingest without from_user", func() error { return ingest(&pb.IngestMessageRequest{Text: "hi"}) }, "INVALID_ARGUMENT", "from_user"},
+		{"ingest on an unknown platform", func() error { return ingest(&pb.IngestMessageRequest{Platform: "icq", FromUser: "u1", Text: "hi"}) }, "INVALID_ARGUMENT", "platform"},
+		{"ingest on slack without channel", func() error { return ingest(&pb.IngestMessageRequest{Platform: "slack", FromUser: "U1", Text: "hi"}) }, "INVALID_ARGUMENT", "channel"},
+		{"ingest on a channel of another platform", func() error {
+			return ingest(&pb.IngestMessageRequest{Platform: "slack", Channel: "support", FromUser: "U1", Text: "hi"})
+		}, "INVALID_ARGUMENT", "channel"},
+		{"ingest whole request over 1 MiB", func() error {
+			return ingest(&pb.IngestMessageRequest{FromUser: "u1", Text: "hi", Raw: mustStruct(t, map[string]any{"blob": long(1 << 20)})})
+		}, "INVALID_ARGUMENT", ""},
+		{"create session without user", func() error { return create(&pb.CreateSessionRequest{}) }, "INVALID_ARGUMENT", "user"},
+		{"create session on unknown channel", func() error { return create(&pb.CreateSessionRequest{Channel: "nowhere", User: "u1"}) }, "INVALID_ARGUMENT", "channel"},
+		{"update to CLOSED", func() error {
+			_, err := ts.sessions.UpdateSession(ctx, &pb.UpdateSessionRequest{SessionId: ses.SessionId, State: pb.SessionState_SESSION_STATE_CLOSED})
+			return err
+		}, "INVALID_ARGUMENT", "state"},
+		{"negative page size", func() error {
+			_, err := ts.sessions.ListMessages(ctx, &pb.ListMessagesRequest{SessionId: ses.SessionId, PageSize: -1})
+			return err
+		}, "INVALID_ARGUMENT", "page_size"},
+		{"receive with both timeouts", func() error {
+			return stream(&pb.ChatReceiveRequest{TimeoutMinutes: 1, Timeout: durationpb.New(time.Minute)})
+		}, "INVALID_ARGUMENT", "timeout"},
+		{"receive with negative timeout_minutes", func() error { return stream(&pb.ChatReceiveRequest{TimeoutMinutes: -1}) }, "INVALID_ARGUMENT", "timeout_minutes"},
+		{"receive timeout over 7 days", func() error { return stream(&pb.ChatReceiveRequest{Timeout: durationpb.New(8 * 24 * time.Hour)}) }, "INVALID_ARGUMENT", "timeout"},
+		{"receive timeout_minutes over 7 days", func() error { return stream(&pb.ChatReceiveRequest{TimeoutMinutes: 7*24*60 + 1}) }, "INVALID_ARGUMENT", "timeout_minutes"},
+		{"receive zero timeout", func() error { return stream(&pb.ChatReceiveRequest{Timeout: durationpb.New(0)}) }, "INVALID_ARGUMENT", "timeout"},
+		{"receive bad regex", func() error {
+			return stream(&pb.ChatReceiveRequest{KeywordFilter: "(unclosed", Match: pb.MatchMode_MATCH_MODE_REGEX})
+		}, "INVALID_ARGUMENT", "keyword_filter"},
+		{"receive keyword over 256 bytes", func() error { return stream(&pb.ChatReceiveRequest{KeywordFilter: long(257)}) }, "INVALID_ARGUMENT", "keyword_filter"},
+		{"receive unknown match mode", func() error { return stream(&pb.ChatReceiveRequest{Match: 99}) }, "INVALID_ARGUMENT", "match"},
+		{"receive bad user id", func() error { return stream(&pb.ChatReceiveRequest{FromUser: "a user"}) }, "INVALID_ARGUMENT", "from_user"},
+		{"watch with both live_only and after_message_id", func() error {
+			return watch(&pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true, AfterMessageId: "msg_1"})
+		}, "INVALID_ARGUMENT", "live_only"},
+		{"watch without session_id", func() error { return watch(&pb.WatchSessionRequest{}) }, "INVALID_ARGUMENT", "session_id"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			wantStatus(t, c.call(), codes.InvalidArgument, c.reason, c.field)
+		})
+	}
+	if h := ts.history(ses.SessionId); len(h) != 0 {
+		t.Fatalf("rejected requests stored %d messages", len(h))
+	}
+}
+
+func TestBadInputOverREST(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	cases := []struct {
+		name, method, path string
+		body               any
+		code               int
+		reason             string
+	}{
+		// gRPC clients cannot even encode invalid UTF-8; raw bytes arrive
+		// this way.
+		{"message not UTF-8", "POST", "/v1/sessions/" + ses.SessionId + "/messages", "{\"message\":\"\xff\xfe\"}", 400, "INVALID_ARGUMENT"},
+		{"malformed JSON", "POST", "/v1/sessions/" + ses.SessionId + "/messages", `{"message":`, 400, "INVALID_ARGUMENT"},
+		{"unknown field", "POST", "/v1/sessions/" + ses.SessionId + "/messages", `{"message":"x","colour":"red"}`, 400, "INVALID_ARGUMENT"},
+		{"missing message", "POST", "/v1/sessions/" + ses.SessionId + "/messages", `{}`, 400, "INVALID_ARGUMENT"},
+		{"both timeouts on a stream", "POST", "/v1/chat:receive", `{"timeout_minutes":1,"timeout":"60s"}`, 400, "INVALID_ARGUMENT"},
+		{"unknown chatbot", "POST", "/v1/chatbot-messages", `{"chatbot":"nobody","from":"api","to":"u1"}`, 400, "INVALID_ARGUMENT"},
+		{"no such route", "GET", "/v1/nothing", nil, 404, "NOT_FOUND"},
+		{"body over the limit", "POST", "/v1/inbound-messages", `{"text":"` + strings.Repeat("x", 3<<20) + `"}`, 400, "INVALID_ARGUMENT"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := ts.rest(c.method, c.path, c.body)
+			if c.reason == "" {
+				if r.code != c.code {
+					t.Fatalf("HTTP %d, want %d: %s", r.code, c.code, r.body)
+				}
+				return
+			}
+			wantREST(t, r, c.code, c.reason)
+		})
+	}
+	// The violations name the field over REST too.
+	r := ts.rest("POST", "/v1/sessions/"+ses.SessionId+"/messages", map[string]string{"message": strings.Repeat("x", 33<<10)})
+	if !strings.Contains(string(r.body), `"field":"message"`) {
+		t.Fatalf("no field violation for message in %s", r.body)
+	}
+}
+
+func TestAPIKeysAuthenticateAndSeparateTenants(t *testing.T) {
+	const keyA, keyB = "key-of-tenant-a-0001", "key-of-tenant-b-0002"
+	ts := start(t, nil, nil, withKeys(testKey{keyA, "tenant-a"}, testKey{keyB, "tenant-b"}))
+
+	_, err := ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{User: "u1"})
+	wantStatus(t, err, codes.Unauthenticated, "UNAUTHENTICATED", "")
+	wantREST(t, ts.rest("POST", "/v1/sessions", map[string]string{"user": "u1"}), 401, "UNAUTHENTICATED")
+	ts.key = "not-a-key-at-all-xyz"
+	_, err = ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{User: "u1"})
+	wantStatus(t, err, codes.Unauthenticated, "UNAUTHENTICATED", "")
+	_, err = ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{})
+	if err == nil {
+		st, _ := ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{})
+		_, err = st.Recv()
+	}
+	wantStatus(t, err, codes.Unauthenticated, "UNAUTHENTICATED", "")
+
+	ts.key = keyA
+	ses := ts.createSession("u1")
+	r := ts.rest("GET", "/v1/sessions/"+ses.SessionId, nil) // the gateway passes the header through
+	if r.code != 200 {
+		t.Fatalf("REST with a valid key: HTTP %d %s", r.code, r.body)
+	}
+	_, wA := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{})
+
+	ts.key = keyB
+	_, err = ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: ses.SessionId})
+	wantStatus(t, err, codes.NotFound, "SESSION_NOT_FOUND", "")
+	_, err = ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x"})
+	wantStatus(t, err, codes.NotFound, "SESSION_NOT_FOUND", "")
+	// The same user on the same channel is another session in tenant B,
+	// and B's messages never reach A's listeners.
+	if b := ts.createSession("u1"); b.SessionId == ses.SessionId {
+		t.Fatal("tenants share a session")
+	}
+	if r := ts.ingest("u1", "hi"); r.ListenersMatched != 0 {
+		t.Fatalf("tenant B's message matched %d listeners of tenant A (%s)", r.ListenersMatched, wA.ConversationId)
+	}
+
+	// Health needs no key.
+	ts.key = ""
+	h, err := healthpb.NewHealthClient(ts.conn).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health = %v, %v", h, err)
+	}
+}
+
+func TestAPIKeyRateLimit(t *testing.T) {
+	ts := start(t, nil, nil, func(c *serverConfig) {
+		c.APIKeys = append(c.APIKeys, server.APIKey{Name: "limited", Tenant: "t", Key: "limited-key-0123456789", RatePerSecond: 0.001, Burst: 2})
+	})
+	ts.key = "limited-key-0123456789"
+	for range 2 {
+		if _, err := ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: "ses_x"}); status.Code(err) != codes.NotFound {
+			t.Fatalf("within the burst: %v", err)
+		}
+	}
+	_, err := ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: "ses_x"})
+	wantStatus(t, err, codes.ResourceExhausted, "RATE_LIMITED", "")
+	var retry *errdetails.RetryInfo
+	for _, d := range status.Convert(err).Details() {
+		if r, ok := d.(*errdetails.RetryInfo); ok {
+			retry = r
+		}
+	}
+	if retry == nil || retry.RetryDelay.AsDuration() <= 0 {
+		t.Fatalf("no RetryInfo in %v", err)
+	}
+	wantREST(t, ts.rest("GET", "/v1/sessions/ses_x", nil), 429, "RATE_LIMITED")
+}
+
+func TestHealthReadinessReflectionAndOpenAPI(t *testing.T) {
+	ts := start(t, nil, nil)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/openapi.json": 200} {
+		if r := ts.rest("GET", path, nil); r.code != want {
+			t.Fatalf("%s: HTTP %d", path, r.code)
+		}
+	}
+	doc := ts.rest("GET", "/openapi.json", nil).json(t)
+	paths, _ := doc["paths"].(map[string]any)
+	for _, p := range []string{"/v1/sessions/{session_id}/messages", "/v1/chatbot-messages", "/v1/chat:receive", "/v1/inbound-messages", "/v1/sessions/{session_id}:watch"} {
+		if paths[p] == nil {
+			t.Errorf("openapi.json has no path %s", p)
+		}
+	}
+	waitFor(t, "SERVING", func() bool {
+		h, err := healthpb.NewHealthClient(ts.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: "chatrelay.v1.ChatService"})
+		return err == nil && h.Status == healthpb.HealthCheckResponse_SERVING
+	})
+	rc, err := reflectpb.NewServerReflectionClient(ts.conn).ServerReflectionInfo(ts.ctx())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Send(&reflectpb.ServerReflectionRequest{MessageRequest: &reflectpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rc.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.Name)
+	}
+	if !strings.Contains(strings.Join(names, ","), "chatrelay.v1.ChatService") || !strings.Contains(strings.Join(names, ","), "chatrelay.v1.SessionService") {
+		t.Fatalf("reflection lists %v", names)
+	}
+}

@@ -1,0 +1,273 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+)
+
+func TestSessionLifecycleOverREST(t *testing.T) {
+	ts := start(t, nil, nil)
+	r := ts.rest("POST", "/v1/sessions", map[string]any{"platform": "web", "user": "visitor-1", "metadata": map[string]string{"page": "/pricing"}})
+	if r.code != 200 {
+		t.Fatalf("create: HTTP %d %s", r.code, r.body)
+	}
+	ses := r.json(t) // the Session itself, not wrapped
+	id := str(ses, "session_id")
+	if id[:4] != "ses_" || str(ses, "state") != "SESSION_STATE_OPEN" || str(ses, "platform") != "web" || str(ses, "channel") != "web" ||
+		str(ses, "metadata", "page") != "/pricing" || str(ses, "expires_at") != "2026-05-02T09:00:00Z" {
+		t.Fatalf("created = %s", r.body)
+	}
+	wantREST(t, ts.rest("POST", "/v1/sessions", map[string]any{"platform": "web", "user": "visitor-1"}), 409, "SESSION_ALREADY_ACTIVE")
+
+	got := ts.rest("GET", "/v1/sessions/"+id, nil).json(t)
+	if str(got, "session_id") != id {
+		t.Fatalf("get = %v", got)
+	}
+	upd := ts.rest("PATCH", "/v1/sessions/"+id, map[string]any{
+		"state": "SESSION_STATE_IN_PROGRESS", "metadata": map[string]string{"agent": "bo"}, "remove_metadata_keys": []string{"page"},
+	})
+	if u := upd.json(t); str(u, "state") != "SESSION_STATE_IN_PROGRESS" || str(u, "metadata", "agent") != "bo" || path(u, "metadata", "page") != nil {
+		t.Fatalf("update = %s", upd.body)
+	}
+	wantREST(t, ts.rest("PATCH", "/v1/sessions/"+id, map[string]any{"state": "SESSION_STATE_CLOSED"}), 400, "INVALID_ARGUMENT")
+
+	closed := ts.rest("POST", "/v1/sessions/"+id+":close", map[string]any{}).json(t)
+	if str(closed, "state") != "SESSION_STATE_CLOSED" {
+		t.Fatalf("close = %v", closed)
+	}
+	if again := ts.rest("POST", "/v1/sessions/"+id+":close", nil); again.code != 200 || str(again.json(t), "state") != "SESSION_STATE_CLOSED" {
+		t.Fatalf("closing twice: %d %s", again.code, again.body)
+	}
+	wantREST(t, ts.rest("PATCH", "/v1/sessions/"+id, map[string]any{"end_bot": true}), 400, "SESSION_CLOSED")
+	wantREST(t, ts.rest("GET", "/v1/sessions/ses_nope", nil), 404, "SESSION_NOT_FOUND")
+}
+
+func TestSessionExpiresAfterItsTTL(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	ts.clk.Advance(23 * time.Hour)
+	if _, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "still here"}); err != nil {
+		t.Fatal(err)
+	}
+	ts.clk.Advance(23 * time.Hour)
+	got, _ := ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: ses.SessionId})
+	if got.Session.State != pb.SessionState_SESSION_STATE_OPEN {
+		t.Fatalf("a message did not refresh the TTL: %v", got.Session.State)
+	}
+	ts.clk.Advance(time.Hour)
+	got, _ = ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: ses.SessionId})
+	if got.Session.State != pb.SessionState_SESSION_STATE_EXPIRED {
+		t.Fatalf("state = %v, want EXPIRED", got.Session.State)
+	}
+	// A new session can start for the same user.
+	if again := ts.createSession("u1"); again.SessionId == ses.SessionId {
+		t.Fatal("expired session reused")
+	}
+}
+
+func TestListMessagesPaginates(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	var want []string
+	for i := range 7 {
+		r, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.MessageId)
+	}
+	var got []string
+	token := ""
+	pages := 0
+	for {
+		r := ts.rest("GET", "/v1/sessions/"+ses.SessionId+"/messages?page_size=3&page_token="+token, nil).json(t)
+		for _, m := range r["messages"].([]any) {
+			got = append(got, str(m, "message_id"))
+		}
+		pages++
+		if token = str(r, "next_page_token"); token == "" {
+			break
+		}
+	}
+	if pages != 3 || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("%d pages: %v, want %v", pages, got, want)
+	}
+	_, err := ts.sessions.ListMessages(ts.ctx(), &pb.ListMessagesRequest{SessionId: ses.SessionId, PageToken: "%%%"})
+	wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "page_token")
+}
+
+type watchStream interface {
+	Recv() (*pb.WatchSessionResponse, error)
+}
+
+func TestWatchSessionReplaysThenGoesLiveWithoutGapOrDuplicate(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	const writers, each = 4, 50
+	var wg sync.WaitGroup
+	begin := make(chan struct{})
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-begin
+			for i := range each {
+				if w%2 == 0 {
+					_, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint(w, "-", i)})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				} else if _, err := ts.chat.IngestMessage(ts.ctx(), &pb.IngestMessageRequest{SessionId: ses.SessionId, Text: fmt.Sprint(w, "-", i)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	close(begin)
+	// Watchers join while messages are being written, from both sides of
+	// the replay/live switch.
+	var watchers []watchStream
+	for range 3 {
+		waitFor(t, "some messages", func() bool { return len(ts.history(ses.SessionId)) > 0 })
+		st, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId})
+		if err != nil {
+			t.Fatal(err)
+		}
+		watchers = append(watchers, st)
+	}
+	wg.Wait()
+	want := ts.history(ses.SessionId)
+	if len(want) != writers*each {
+		t.Fatalf("history has %d messages, want %d", len(want), writers*each)
+	}
+	for i, st := range watchers {
+		for j, m := range want {
+			got := recvOrFail(t, st.Recv).GetMessage()
+			if got.GetMessageId() != m.MessageId {
+				t.Fatalf("watcher %d, message %d: got %s (%q), want %s (%q)", i, j, got.GetMessageId(), got.GetText(), m.MessageId, m.Text)
+			}
+		}
+	}
+}
+
+func TestWatchSessionAfterMessageIDAndLiveOnly(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	var ids []string
+	for i := range 3 {
+		r, _ := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint(i)})
+		ids = append(ids, r.MessageId)
+	}
+	after, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, AfterMessageId: ids[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.Header(); err != nil {
+		t.Fatal(err)
+	}
+	next, _ := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "live"})
+	for _, want := range []string{ids[1], ids[2], next.MessageId} {
+		if got := recvOrFail(t, after.Recv).GetMessage().GetMessageId(); got != want {
+			t.Fatalf("after_message_id stream: got %s, want %s", got, want)
+		}
+	}
+	if got := recvOrFail(t, live.Recv).GetMessage().GetMessageId(); got != next.MessageId {
+		t.Fatalf("live_only stream: got %s, want only the new %s", got, next.MessageId)
+	}
+	_, err = ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, AfterMessageId: "msg_ffffffff-ffff-7fff-bfff-ffffffffffff"})
+	if err == nil {
+		st, _ := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, AfterMessageId: "msg_ffffffff-ffff-7fff-bfff-ffffffffffff"})
+		_, err = st.Recv()
+	}
+	wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "after_message_id")
+}
+
+func TestWatchSessionEndsWhenTheSessionClosesOrExpires(t *testing.T) {
+	ts := start(t, nil, nil)
+	closing := ts.createSession("u1")
+	expiring := ts.createSession("u2")
+	c, _ := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: closing.SessionId})
+	e, _ := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: expiring.SessionId})
+	if _, err := c.Header(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Header(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.sessions.CloseSession(ts.ctx(), &pb.CloseSessionRequest{SessionId: closing.SessionId}); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOrFail(t, c.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_CLOSED {
+		t.Fatalf("closing watcher got %v", got)
+	}
+	wantEOF(t, c.Recv)
+
+	ts.clk.Advance(24 * time.Hour)
+	if got := recvOrFail(t, e.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_EXPIRED ||
+		!got.EndedAt.AsTime().Equal(epoch.Add(24*time.Hour)) {
+		t.Fatalf("expiring watcher got %v", got)
+	}
+	wantEOF(t, e.Recv)
+
+	// Watching an ended session replays its history, then says it ended.
+	st, _ := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: closing.SessionId})
+	if got := recvOrFail(t, st.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_CLOSED {
+		t.Fatalf("watching a closed session: %v", got)
+	}
+}
+
+func TestWatchSessionOverRESTFlushesHeadersThenStreams(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	// restStream returns once the response headers arrived: on a quiet
+	// session that only happens if the server flushes them early.
+	s := ts.restStream("GET", "/v1/sessions/"+ses.SessionId+":watch?live_only=true", nil)
+	if s.resp.StatusCode != 200 || s.resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("HTTP %d %v", s.resp.StatusCode, s.resp.Header)
+	}
+	r, _ := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "hi"})
+	if got := str(s.next(), "result", "message", "message_id"); got != r.MessageId {
+		t.Fatalf("line message_id = %q, want %s", got, r.MessageId)
+	}
+	ts.sessions.CloseSession(ts.ctx(), &pb.CloseSessionRequest{SessionId: ses.SessionId})
+	if got := str(s.next(), "result", "ended", "state"); got != "SESSION_STATE_CLOSED" {
+		t.Fatalf("ended line state = %q", got)
+	}
+	s.end()
+
+	// An unknown session is a plain 404, not a 200 with an error line.
+	wantREST(t, ts.rest("GET", "/v1/sessions/ses_nope:watch", nil), 404, "SESSION_NOT_FOUND")
+}
+
+func TestWatchSessionEndsCleanlyOnShutdown(t *testing.T) {
+	ts := start(t, nil, nil)
+	ses := ts.createSession("u1")
+	st, err := ts.sessions.WatchSession(context.Background(), &pb.WatchSessionRequest{SessionId: ses.SessionId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Header(); err != nil {
+		t.Fatal(err)
+	}
+	ts.stop() // returns only once the server has stopped
+	_, err = st.Recv()
+	if errors.Is(err, io.EOF) {
+		t.Fatal("stream ended OK on shutdown; want UNAVAILABLE so the client reconnects")
+	}
+	wantStatus(t, err, codes.Unavailable, "SERVER_SHUTTING_DOWN", "")
+}
