@@ -43,7 +43,10 @@ func TestBadInputIsRejectedWithFieldViolations(t *testing.T) {
 		return err
 	}
 	post := func(req *pb.PostMessageRequest) error { _, err := ts.chat.PostMessage(ctx, req); return err }
-	bot := func(req *pb.SendChatbotMessageRequest) error { _, err := ts.chat.SendChatbotMessage(ctx, req); return err }
+	bot := func(req *pb.SendChatbotMessageRequest) error {
+		_, err := ts.chat.SendChatbotMessage(ctx, req)
+		return err
+	}
 	ingest := func(req *pb.IngestMessageRequest) error { _, err := ts.chat.IngestMessage(ctx, req); return err }
 	create := func(req *pb.CreateSessionRequest) error { _, err := ts.sessions.CreateSession(ctx, req); return err }
 
@@ -61,7 +64,9 @@ func TestBadInputIsRejectedWithFieldViolations(t *testing.T) {
 		{"idempotency key with spaces", func() error {
 			return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", IdempotencyKey: "a b"})
 		}, "INVALID_ARGUMENT", "idempotency_key"},
-		{"metadata over 64 entries", func() error { return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", Metadata: bigMeta}) }, "INVALID_ARGUMENT", "metadata"},
+		{"metadata over 64 entries", func() error {
+			return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", Metadata: bigMeta})
+		}, "INVALID_ARGUMENT", "metadata"},
 		{"metadata key over 64 bytes", func() error {
 			return post(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x", Metadata: map[string]string{long(65): "v"}})
 		}, "INVALID_ARGUMENT", "metadata"},
@@ -71,7 +76,9 @@ func TestBadInputIsRejectedWithFieldViolations(t *testing.T) {
 		{"unknown chatbot", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "nobody", From: "api", To: "u1"}) }, "INVALID_ARGUMENT", "chatbot"},
 		{"unknown channel", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "nowhere", To: "u1"}) }, "INVALID_ARGUMENT", "from"},
 		{"chatbot without to", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "api"}) }, "INVALID_ARGUMENT", "to"},
-		{"whatsapp recipient not E.164", func() error { return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "support", To: "5551234"}) }, "INVALID_ARGUMENT", "to"},
+		{"whatsapp recipient not E.164", func() error {
+			return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "support", To: "5551234"})
+		}, "INVALID_ARGUMENT", "to"},
 		{"chatbot session metadata too big", func() error {
 			return bot(&pb.SendChatbotMessageRequest{Chatbot: "welcome", From: "api", To: "u1", SessionMetadata: bigMeta})
 		}, "INVALID_ARGUMENT", "session_metadata"},
