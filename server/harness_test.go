@@ -204,10 +204,13 @@ func (ts *testServer) restStream(method, path string, body any) *ndjson {
 	if ts.key != "" {
 		req.Header.Set("Authorization", "Bearer "+ts.key)
 	}
+	// The response headers must come within 10 s (a quiet stream that
+	// never flushes them would otherwise hang the test).
+	headerTimer := time.AfterFunc(10*time.Second, cancel)
 	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	if err != nil || !headerTimer.Stop() {
 		cancel()
-		ts.t.Fatalf("%s %s: %v", method, path, err)
+		ts.t.Fatalf("%s %s: no response headers within 10s: %v", method, path, err)
 	}
 	s := &ndjson{t: ts.t, resp: resp, lines: make(chan map[string]any, 64), cancel: cancel}
 	go func() {
