@@ -8,19 +8,21 @@ import (
 	"github.com/chatrelay/chatrelay/store/storetest"
 )
 
-func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T, o storetest.Options) store.Store {
-		s, err := memory.New(memory.Options{
-			Clock:            o.Clock,
-			SessionTTL:       o.SessionTTL,
-			HistoryLimit:     o.HistoryLimit,
-			IdempotencyTTL:   o.IdempotencyTTL,
-			OutcomeRetention: o.OutcomeRetention,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	}, storetest.Features{})
+func TestConformance(t *testing.T) { storetest.Run(t, newStore, storetest.Features{}) }
+
+func BenchmarkIngest(b *testing.B) { storetest.BenchmarkIngest(b, newStore) }
+
+func newStore(t testing.TB, o storetest.Options) store.Store {
+	s, err := memory.New(memory.Options{
+		Clock:            o.Clock,
+		SessionTTL:       o.SessionTTL,
+		HistoryLimit:     o.HistoryLimit,
+		IdempotencyTTL:   o.IdempotencyTTL,
+		OutcomeRetention: o.OutcomeRetention,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
 }

@@ -35,7 +35,7 @@ type Features struct{}
 
 // Factory returns a fresh, empty store for one test and arranges its cleanup
 // with t.Cleanup.
-type Factory func(t *testing.T, o Options) store.Store
+type Factory func(t testing.TB, o Options) store.Store
 
 const (
 	ttl       = 24 * time.Hour
