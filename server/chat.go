@@ -280,7 +280,6 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 	}
 	tenant := tenantFrom(ctx)
 	st := c.cfg.Store
-	now := c.cfg.Clock.Now()
 
 	// Subscribe before registering or reading, so no outcome decided after
 	// that point can be missed.
@@ -304,15 +303,12 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 		}
 		// It may be near the end of its resume window: attaching renews it.
 		if l.Outcome == store.Pending && l.Deadline.IsZero() {
-			if err := st.TouchListener(ctx, tenant, id, now.Add(c.cfg.ResumeWindow)); err != nil {
+			if err := st.TouchListener(ctx, tenant, id, c.cfg.Clock.Now().Add(c.cfg.ResumeWindow)); err != nil {
 				return err
 			}
 		}
 	} else {
-		nl := store.NewListener{ID: id, Tenant: tenant, Filter: filter, IdleUntil: now.Add(c.cfg.ResumeWindow)}
-		if timeout > 0 {
-			nl.Deadline = now.Add(timeout)
-		}
+		nl := store.NewListener{ID: id, Tenant: tenant, Filter: filter, Timeout: timeout, ResumeWindow: c.cfg.ResumeWindow}
 		if l, err = st.RegisterListener(ctx, nl); err != nil {
 			return err
 		}

@@ -151,11 +151,12 @@ type NewListener struct {
 	ID     string
 	Tenant string
 	Filter Filter
-	// Deadline is when the wait times out; zero for never.
-	Deadline time.Time
-	// IdleUntil is when a listener without a deadline and with no stream
-	// attached is dropped, unless TouchListener extends it.
-	IdleUntil time.Time
+	// Timeout, when positive, sets Deadline to CreatedAt + Timeout.
+	Timeout time.Duration
+	// ResumeWindow sets IdleUntil to CreatedAt + ResumeWindow: when a
+	// listener without a deadline and with no stream attached is dropped,
+	// unless TouchListener extends it.
+	ResumeWindow time.Duration
 }
 
 // Listener is a ChatReceive registration and, once decided, its outcome.

@@ -465,17 +465,20 @@ func (s *Store) RegisterListener(_ context.Context, nl store.NewListener) (store
 	if _, dup := s.listeners[nl.ID]; dup {
 		return store.Listener{}, fmt.Errorf("memory: listener %q already registered", nl.ID)
 	}
+	now := s.opts.Clock.Now()
 	l := &listener{
 		Listener: store.Listener{
 			ID:        nl.ID,
 			Tenant:    nl.Tenant,
 			Filter:    nl.Filter,
-			CreatedAt: s.opts.Clock.Now(),
-			Deadline:  nl.Deadline,
-			IdleUntil: nl.IdleUntil,
+			CreatedAt: now,
+			IdleUntil: now.Add(nl.ResumeWindow),
 		},
 		m:      m,
 		bucket: bucketOf(nl.Tenant, &nl.Filter),
+	}
+	if nl.Timeout > 0 {
+		l.Deadline = now.Add(nl.Timeout)
 	}
 	s.listeners[l.ID] = l
 	set := s.buckets[l.bucket]

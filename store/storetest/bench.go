@@ -34,7 +34,7 @@ func BenchmarkIngest(b *testing.B, f Factory) {
 					flt.SessionID = fmt.Sprint("ses_", i)
 				}
 				if _, err := s.RegisterListener(ctx, store.NewListener{
-					ID: ids.Listener(), Tenant: "t1", Filter: flt, IdleUntil: epoch.Add(time.Hour),
+					ID: ids.Listener(), Tenant: "t1", Filter: flt, ResumeWindow: time.Hour,
 				}); err != nil {
 					b.Fatal(err)
 				}

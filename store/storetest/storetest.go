@@ -148,13 +148,15 @@ func (e *env) ingest(in store.InboundMessage) store.IngestResult {
 
 func (e *env) listen(f store.Filter, timeout time.Duration) store.Listener {
 	e.t.Helper()
-	nl := store.NewListener{ID: ids.Listener(), Tenant: "t1", Filter: f, IdleUntil: e.clk.Now().Add(time.Hour)}
-	if timeout > 0 {
-		nl.Deadline = e.clk.Now().Add(timeout)
-	}
-	l, err := e.s.RegisterListener(e.ctx, nl)
+	l, err := e.s.RegisterListener(e.ctx, store.NewListener{
+		ID: ids.Listener(), Tenant: "t1", Filter: f, Timeout: timeout, ResumeWindow: time.Hour,
+	})
 	if err != nil {
 		e.t.Fatalf("RegisterListener: %v", err)
+	}
+	if !l.CreatedAt.Equal(e.clk.Now()) || l.IdleUntil != l.CreatedAt.Add(time.Hour) ||
+		(timeout > 0 && l.Deadline != l.CreatedAt.Add(timeout)) || (timeout == 0 && !l.Deadline.IsZero()) {
+		e.t.Fatalf("registered listener times = %+v", l)
 	}
 	return l
 }
