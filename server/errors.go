@@ -40,6 +40,7 @@ const (
 
 // invalidError is bad input: one or more field violations.
 type invalidError struct {
+	reason     string // default reasonInvalid
 	violations []*errdetails.BadRequest_FieldViolation
 }
 
@@ -81,7 +82,11 @@ func toStatus(err error) *status.Status {
 	var coded *codedError
 	switch {
 	case errors.As(err, &inv):
-		return withDetails(codes.InvalidArgument, reasonInvalid, inv.Error(), nil,
+		reason := inv.reason
+		if reason == "" {
+			reason = reasonInvalid
+		}
+		return withDetails(codes.InvalidArgument, reason, inv.Error(), nil,
 			&errdetails.BadRequest{FieldViolations: inv.violations})
 	case errors.As(err, &coded):
 		var extra []protoDetail
@@ -101,16 +106,11 @@ func toStatus(err error) *status.Status {
 	case errors.Is(err, store.ErrListenerNotFound):
 		return withDetails(codes.NotFound, reasonListenerNotFound, "no listener with this conversation_id", nil)
 	case errors.Is(err, store.ErrIdempotencyKeyReused):
-		return withDetails(codes.InvalidArgument, reasonIdempotencyReused,
-			"idempotency_key: already used with a different request", nil,
-			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{
-				Field: "idempotency_key", Description: "already used with a different request in the last 24 h",
-			}}})
+		inv := invalid("idempotency_key", "was already used with a different request in the last 24 h").(*invalidError)
+		inv.reason = reasonIdempotencyReused
+		return toStatus(inv)
 	case errors.Is(err, store.ErrSessionMismatch):
-		return withDetails(codes.InvalidArgument, reasonInvalid, "session_id: "+store.ErrSessionMismatch.Error(), nil,
-			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{
-				Field: "session_id", Description: store.ErrSessionMismatch.Error(),
-			}}})
+		return toStatus(invalid("session_id", "%v", store.ErrSessionMismatch))
 	case errors.Is(err, store.ErrUnavailable):
 		return withDetails(codes.Unavailable, reasonBackend, "the backend is unavailable; retry (with the same idempotency key)", nil)
 	case errors.Is(err, context.Canceled):

@@ -237,13 +237,9 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
 	ik := idemKey{c.Tenant, "chatbot", c.Idempotency.Key}
-	if prev, err := s.replay(ik, c.Idempotency, now); err != nil || prev != nil {
-		if err != nil {
-			return store.ChatbotResult{}, err
-		}
-		r := prev.(store.ChatbotResult)
-		r.Replayed = true
-		return r, nil
+	if r, ok, err := replayed[store.ChatbotResult](s, ik, c.Idempotency, now); ok || err != nil {
+		r.Replayed = ok
+		return r, err
 	}
 	t := tuple{c.Tenant, c.Platform, c.Channel, c.User}
 	var cur *session
@@ -325,16 +321,12 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
 	ik := idemKey{m.Tenant, "post", m.Idempotency.Key}
-	if prev, err := s.replay(ik, m.Idempotency, now); err != nil || prev != nil {
-		if err != nil {
-			return store.Message{}, store.Session{}, false, err
+	if msg, ok, err := replayed[store.Message](s, ik, m.Idempotency, now); ok || err != nil {
+		var ses store.Session
+		if cur, err := s.lookup(m.Tenant, m.SessionID, now); err == nil {
+			ses = cloneSession(&cur.Session)
 		}
-		msg := prev.(store.Message)
-		ses, err := s.lookup(m.Tenant, m.SessionID, now)
-		if err != nil {
-			return msg, store.Session{}, true, nil
-		}
-		return cloneMessage(&msg), cloneSession(&ses.Session), true, nil
+		return cloneMessage(&msg), ses, ok, err
 	}
 	ses, err := s.lookupActive(m.Tenant, m.SessionID, now)
 	if err != nil {
@@ -357,13 +349,9 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
 	ik := idemKey{in.Tenant, "ingest", in.Idempotency.Key}
-	if prev, err := s.replay(ik, in.Idempotency, now); err != nil || prev != nil {
-		if err != nil {
-			return store.IngestResult{}, err
-		}
-		r := prev.(store.IngestResult)
-		r.Replayed = true
-		return r, nil
+	if r, ok, err := replayed[store.IngestResult](s, ik, in.Idempotency, now); ok || err != nil {
+		r.Replayed = ok
+		return r, err
 	}
 	var res store.IngestResult
 	var ses *session
@@ -738,20 +726,20 @@ func (s *Store) append(ses *session, m store.Message, now time.Time) store.Messa
 	return out
 }
 
-// replay returns the remembered result for an idempotency key, nil if there
-// is none.
-func (s *Store) replay(k idemKey, idem store.Idempotency, now time.Time) (any, error) {
+// replayed returns the remembered result of an idempotent call, and
+// whether there is one.
+func replayed[T any](s *Store, k idemKey, idem store.Idempotency, now time.Time) (r T, ok bool, err error) {
 	if idem.Key == "" {
-		return nil, nil
+		return r, false, nil
 	}
 	e := s.idem[k]
 	if e == nil || !now.Before(e.expires) {
-		return nil, nil
+		return r, false, nil
 	}
 	if e.fingerprint != idem.Fingerprint {
-		return nil, store.ErrIdempotencyKeyReused
+		return r, false, store.ErrIdempotencyKeyReused
 	}
-	return e.result, nil
+	return e.result.(T), true, nil
 }
 
 func (s *Store) remember(k idemKey, idem store.Idempotency, result any, now time.Time) {
