@@ -337,7 +337,12 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 		case <-sub.Ready():
 			evs, resync := sub.Next()
 			for _, ev := range evs {
-				if ev.Kind == store.EventListenerResolved && ev.Listener != nil {
+				if ev.Kind != store.EventListenerResolved {
+					continue
+				}
+				if ev.Listener == nil {
+					resync = true // a hint: read the outcome
+				} else {
 					l = *ev.Listener
 				}
 			}

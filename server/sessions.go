@@ -213,11 +213,7 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 				case ev.Kind == store.EventMessage:
 					resync = true // a gap: read it from history
 				case ev.Kind == store.EventSessionEnded:
-					// Flush anything still in flight before the end.
-					if err := w.catchUp(); err != nil {
-						return err
-					}
-					return w.ended(ev.Session)
+					resync = true // flush what is in flight, then read the end
 				}
 			}
 			if resync {

@@ -24,9 +24,13 @@ type Event struct {
 	Kind       EventKind
 	SessionID  string
 	ListenerID string
-	Message    *Message
-	Session    *Session
-	Listener   *Listener
+	// Message is always set on EventMessage.
+	Message *Message
+	// Session (on EventSessionEnded) and Listener (on
+	// EventListenerResolved) may be nil: the consumer then reads the
+	// record from the store.
+	Session  *Session
+	Listener *Listener
 }
 
 // Topic names a stream of events: one session's or one listener's.

@@ -130,9 +130,10 @@ type PlatformError struct {
 
 // Message is one chat message in a session.
 type Message struct {
-	// ID is msg_<uuidv7>. Within a session, IDs strictly increase (as
-	// strings) in append order, so "after ID x" is a valid cursor even when
-	// x itself has been trimmed from history.
+	// ID is msg_<uuidv7> made by ids.Message: within a session IDs
+	// strictly increase (as strings) in append order, and the ID carries
+	// Seq, so "after ID x" is a valid cursor even when x itself has been
+	// trimmed from history.
 	ID string
 	// Seq numbers a session's messages 1, 2, 3… in append order, with no
 	// gaps. Watchers use it to detect a missed event.
@@ -155,6 +156,12 @@ type Message struct {
 // the backend's idempotency retention (24 h by default). Fingerprint is a
 // digest of the request; the same Key with another Fingerprint fails with
 // ErrIdempotencyKeyReused. A zero Idempotency (empty Key) disables it.
+//
+// A key is scoped to the tenant, the operation and the resource the request
+// addresses: the session for AppendOutbound and for Ingest with a SessionID;
+// the (platform, channel, user) tuple for StartChatbot and for Ingest
+// without one. (This keeps a key next to the records it guards, so a
+// sharded backend can check and record it in the same atomic step.)
 type Idempotency struct {
 	Key         string
 	Fingerprint string
@@ -199,9 +206,10 @@ type InboundMessage struct {
 	Platform string
 	Channel  string
 	User     string
-	// SessionID, when set, names the session to append to; it must be active
-	// and belong to (Platform, Channel, User)'s tenant. When empty, the active
-	// session of (Platform, Channel, User) is used or opened.
+	// SessionID, when set, names the active session to append to; Platform
+	// and Channel are then ignored, and User must be empty or the session's
+	// user (ErrSessionMismatch). When empty, the active session of
+	// (Platform, Channel, User) is used or opened.
 	SessionID   string
 	Text        string
 	Metadata    map[string]string

@@ -3,9 +3,10 @@ package ids
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
-	"time"
+	"errors"
+	"hash/fnv"
+	"strings"
 
 	"github.com/google/uuid"
 )
@@ -23,68 +24,101 @@ func Session() string { return SessionPrefix + uuid.NewString() }
 // Listener returns a new ChatReceive conversation id, cr_<uuid>.
 func Listener() string { return ListenerPrefix + uuid.NewString() }
 
-// Message returns a message id msg_<uuidv7> for time now that sorts, as a
-// string, strictly after prev (another id from this function, or ""). Within
-// one session ids therefore increase in append order even when the clock
-// steps back or two messages share a millisecond.
-func Message(now time.Time, prev string) string {
-	var u [16]byte
-	ms := uint64(now.UnixMilli())
-	binary.BigEndian.PutUint64(u[0:8], ms<<16)
-	_, _ = rand.Read(u[6:])
-	u[6] = 0x70 | u[6]&0x0f // version 7
-	u[8] = 0x80 | u[8]&0x3f // RFC 9562 variant
-	id := format(u)
-	if prev == "" || id > prev {
-		return id
+// Tag returns 8 hex digits derived from parts. Backends that shard by key use
+// it to place related records together; TaggedSession and TaggedListener
+// embed it in ids so the records can be found from the id alone.
+func Tag(parts ...string) string {
+	h := fnv.New32a()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
 	}
-	// Same millisecond or a clock step back: take prev's successor. The
-	// random bits leave ample room, so the version nibble is never reached.
-	p, err := parse(prev)
-	if err != nil {
-		return id
-	}
-	for i := 15; i >= 0; i-- {
-		if i == 8 {
-			// Keep the variant bits: carry over them.
-			if p[i]&0x3f == 0x3f {
-				p[i] &^= 0x3f
-				continue
-			}
-		}
-		if i == 6 {
-			if p[i]&0x0f == 0x0f {
-				p[i] &^= 0x0f
-				continue
-			}
-		}
-		p[i]++
-		if p[i] != 0 {
-			break
-		}
-	}
-	return format(p)
+	var b [4]byte
+	sum := h.Sum32()
+	b[0], b[1], b[2], b[3] = byte(sum>>24), byte(sum>>16), byte(sum>>8), byte(sum)
+	return hex.EncodeToString(b[:])
 }
 
-func format(u [16]byte) string {
-	var b [36]byte
-	hex.Encode(b[0:8], u[0:4])
-	b[8] = '-'
-	hex.Encode(b[9:13], u[4:6])
-	b[13] = '-'
-	hex.Encode(b[14:18], u[6:8])
-	b[18] = '-'
-	hex.Encode(b[19:23], u[8:10])
-	b[23] = '-'
-	hex.Encode(b[24:], u[10:])
-	return MessagePrefix + string(b[:])
+// TaggedSession returns a session id whose uuid starts with tag (8 hex
+// digits). The uuid stays a valid random (v4) uuid with 90 random bits.
+func TaggedSession(tag string) string { return SessionPrefix + tagged(tag) }
+
+// TaggedListener is TaggedSession for listener ids.
+func TaggedListener(tag string) string { return ListenerPrefix + tagged(tag) }
+
+func tagged(tag string) string {
+	s := uuid.NewString()
+	return tag + s[8:]
 }
 
-func parse(id string) ([16]byte, error) {
-	var u [16]byte
-	parsed, err := uuid.Parse(id[len(MessagePrefix):])
-	if err != nil {
-		return u, err
+// TagOf returns the tag embedded in a session or listener id, and whether
+// the id has the expected shape.
+func TagOf(id string) (string, bool) {
+	_, rest, ok := strings.Cut(id, "_")
+	if !ok || len(rest) != 36 {
+		return "", false
 	}
-	return parsed, nil
+	if _, err := hex.DecodeString(rest[:8]); err != nil {
+		return "", false
+	}
+	return rest[:8], true
+}
+
+// Message returns the id of the seq-th message of a session, appended at
+// ms (Unix milliseconds). The id is a uuidv7: 48 bits of ms, then seq as
+// the RFC 9562 counter (42 bits, in rand_a and the top of rand_b), then 32
+// random bits. If ms never decreases within a session — callers pass the
+// larger of now and the previous message's ms — ids sort, as strings, in
+// append order, and the sequence number can be read back from the id.
+func Message(ms int64, seq uint64) string {
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	return MessageWithRandom(ms, seq, hex.EncodeToString(r[:]))
+}
+
+// MessageWithRandom is Message with the 8 random hex digits given; the Redis
+// backend's scripts build the same layout.
+func MessageWithRandom(ms int64, seq uint64, rnd8 string) string {
+	const digits = "0123456789abcdef"
+	var b strings.Builder
+	b.Grow(len(MessagePrefix) + 36)
+	b.WriteString(MessagePrefix)
+	put := func(v uint64, n int) {
+		for i := n - 1; i >= 0; i-- {
+			b.WriteByte(digits[(v>>(4*uint(i)))&0xf])
+		}
+	}
+	m := uint64(ms) & (1<<48 - 1)
+	put(m>>16, 8)
+	b.WriteByte('-')
+	put(m&0xffff, 4)
+	b.WriteByte('-')
+	b.WriteByte('7')
+	put(seq>>30&0xfff, 3)
+	b.WriteByte('-')
+	put(8|seq>>28&0x3, 1)
+	put(seq>>16&0xfff, 3)
+	b.WriteByte('-')
+	put(seq&0xffff, 4)
+	b.WriteString(rnd8)
+	return b.String()
+}
+
+var errNotMessageID = errors.New("not a message id")
+
+// MessageSeq reads the sequence number back from a message id.
+func MessageSeq(id string) (uint64, error) {
+	u, ok := strings.CutPrefix(id, MessagePrefix)
+	if !ok || len(u) != 36 || u[14] != '7' {
+		return 0, errNotMessageID
+	}
+	parsed, err := uuid.Parse(u)
+	if err != nil || parsed.Variant() != uuid.RFC4122 {
+		return 0, errNotMessageID
+	}
+	hi := uint64(parsed[6]&0x0f)<<8 | uint64(parsed[7])
+	v := uint64(parsed[8] & 0x30 >> 4)
+	mid := uint64(parsed[8]&0x0f)<<8 | uint64(parsed[9])
+	lo := uint64(parsed[10])<<8 | uint64(parsed[11])
+	return hi<<30 | v<<28 | mid<<16 | lo, nil
 }

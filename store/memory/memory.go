@@ -94,13 +94,20 @@ var _ store.Store = (*Store)(nil)
 type session struct {
 	store.Session
 	history []store.Message
+	lastMs  int64 // ms of the newest message id; ids never go back in time
 }
 
 type tuple struct{ tenant, platform, channel, user string }
 
 type contactKey struct{ tenant, platform, user string }
 
-type idemKey struct{ tenant, scope, key string }
+// idemKey scopes an idempotency key (see store.Idempotency): target is the
+// session id or the (platform, channel, user) tuple.
+type idemKey struct {
+	tenant, scope string
+	target        any
+	key           string
+}
 
 type idemEntry struct {
 	fingerprint string
@@ -236,12 +243,12 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
-	ik := idemKey{c.Tenant, "chatbot", c.Idempotency.Key}
+	t := tuple{c.Tenant, c.Platform, c.Channel, c.User}
+	ik := idemKey{c.Tenant, "chatbot", t, c.Idempotency.Key}
 	if r, ok, err := replayed[store.ChatbotResult](s, ik, c.Idempotency, now); ok || err != nil {
 		r.Replayed = ok
 		return r, err
 	}
-	t := tuple{c.Tenant, c.Platform, c.Channel, c.User}
 	var cur *session
 	if c.SessionID != "" {
 		ses, err := s.lookup(c.Tenant, c.SessionID, now)
@@ -320,7 +327,7 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
-	ik := idemKey{m.Tenant, "post", m.Idempotency.Key}
+	ik := idemKey{m.Tenant, "post", m.SessionID, m.Idempotency.Key}
 	if msg, ok, err := replayed[store.Message](s, ik, m.Idempotency, now); ok || err != nil {
 		var ses store.Session
 		if cur, err := s.lookup(m.Tenant, m.SessionID, now); err == nil {
@@ -348,7 +355,11 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
-	ik := idemKey{in.Tenant, "ingest", in.Idempotency.Key}
+	t := tuple{in.Tenant, in.Platform, in.Channel, in.User}
+	ik := idemKey{in.Tenant, "ingest", t, in.Idempotency.Key}
+	if in.SessionID != "" {
+		ik.target = in.SessionID
+	}
 	if r, ok, err := replayed[store.IngestResult](s, ik, in.Idempotency, now); ok || err != nil {
 		r.Replayed = ok
 		return r, err
@@ -360,21 +371,19 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 		if ses, err = s.lookupActive(in.Tenant, in.SessionID, now); err != nil {
 			return res, err
 		}
+		if in.User != "" && in.User != ses.User {
+			return res, store.ErrSessionMismatch
+		}
 	} else {
-		t := tuple{in.Tenant, in.Platform, in.Channel, in.User}
 		if ses = s.activeFor(t, now); ses == nil {
 			ses = s.open(t, nil, now)
 			res.SessionStarted = true
 		}
 	}
-	from := in.User
-	if from == "" {
-		from = ses.User
-	}
 	msg := s.append(ses, store.Message{
 		Direction: store.Inbound,
 		Text:      in.Text,
-		FromUser:  from,
+		FromUser:  ses.User,
 		Status:    store.StatusReceived,
 		Metadata:  in.Metadata,
 		Raw:       in.Raw,
@@ -423,14 +432,19 @@ func (s *Store) ListMessages(_ context.Context, tenant, sessionID, afterID strin
 	h := ses.history
 	i := 0
 	if afterID != "" {
-		// IDs increase in append order, so a cursor older than everything
-		// retained (trimmed) is fine; one newer than the last message, or
-		// one inside the retained range that is not there, is not this
+		// The id carries its sequence number. A cursor older than
+		// everything retained (trimmed) is fine; one past the last
+		// message, or one whose slot holds another message, is not this
 		// session's.
-		i = sort.Search(len(h), func(i int) bool { return h[i].ID > afterID })
-		inRange := len(h) > 0 && afterID >= h[0].ID
-		if afterID > ses.LastMessageID || (inRange && (i == 0 || h[i-1].ID != afterID)) {
+		seq, err := ids.MessageSeq(afterID)
+		if err != nil || seq > ses.LastSeq {
 			return nil, store.ErrMessageNotFound
+		}
+		if len(h) > 0 && seq >= h[0].Seq {
+			i = int(seq - h[0].Seq + 1)
+			if h[i-1].ID != afterID {
+				return nil, store.ErrMessageNotFound
+			}
 		}
 	}
 	end := min(len(h), i+limit)
@@ -699,7 +713,8 @@ func (s *Store) contact(t tuple, now time.Time) *store.Contact {
 // publishes it. It returns a copy.
 func (s *Store) append(ses *session, m store.Message, now time.Time) store.Message {
 	ses.LastSeq++
-	m.ID = ids.Message(now, ses.LastMessageID)
+	ses.lastMs = max(ses.lastMs, now.UnixMilli())
+	m.ID = ids.Message(ses.lastMs, ses.LastSeq)
 	m.Seq = ses.LastSeq
 	m.SessionID = ses.ID
 	m.Platform, m.Channel = ses.Platform, ses.Channel

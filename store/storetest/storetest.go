@@ -128,6 +128,9 @@ func (e *env) post(tenant, sessionID, text string) store.Message {
 	if err != nil {
 		e.t.Fatalf("AppendOutbound(%q): %v", text, err)
 	}
+	if seq, err := ids.MessageSeq(m.ID); err != nil || seq != m.Seq {
+		e.t.Fatalf("message id %s does not carry its seq %d: %d, %v", m.ID, m.Seq, seq, err)
+	}
 	return m
 }
 
@@ -387,6 +390,12 @@ func testAppendIdempotent(e *env) {
 		Status: store.StatusDelivered, Idempotency: store.Idempotency{Key: "k1", Fingerprint: "f1"}}); err != nil || replayed {
 		e.t.Fatalf("another tenant's key replayed=%v err=%v", replayed, err)
 	}
+	// Keys are scoped to the session they address.
+	other := e.create("t1", "u9")
+	if _, _, replayed, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: other.ID, Text: "once",
+		Status: store.StatusDelivered, Idempotency: store.Idempotency{Key: "k1", Fingerprint: "f-other"}}); err != nil || replayed {
+		e.t.Fatalf("the key of another session replayed=%v err=%v", replayed, err)
+	}
 	msgs, _ := e.s.ListMessages(e.ctx, "t1", s.ID, "", 10)
 	if len(msgs) != 1 {
 		e.t.Fatalf("history has %d messages, want 1", len(msgs))
@@ -475,8 +484,10 @@ func testListMessages(e *env) {
 	later := e.post("t1", other.ID, "x")
 	_, err = e.s.ListMessages(e.ctx, "t1", s.ID, later.ID, 3)
 	wantErr(e.t, err, store.ErrMessageNotFound)
-	between := ids.Message(all[1].CreatedAt.Add(time.Millisecond), "")
-	_, err = e.s.ListMessages(e.ctx, "t1", s.ID, between, 3)
+	impostor := ids.Message(all[1].CreatedAt.UnixMilli(), all[1].Seq) // same slot, another id
+	_, err = e.s.ListMessages(e.ctx, "t1", s.ID, impostor, 3)
+	wantErr(e.t, err, store.ErrMessageNotFound)
+	_, err = e.s.ListMessages(e.ctx, "t1", s.ID, "msg_garbage", 3)
 	wantErr(e.t, err, store.ErrMessageNotFound)
 }
 
@@ -524,10 +535,15 @@ func testIngestNamedSession(e *env) {
 	if r.Session.ID != s.ID || r.SessionStarted || r.Message.FromUser != "u1" {
 		e.t.Fatalf("ingest into named session = %+v", r)
 	}
+	_, err := e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", SessionID: s.ID, User: "u2", Text: "impostor"})
+	wantErr(e.t, err, store.ErrSessionMismatch)
+	if r := e.ingest(store.InboundMessage{SessionID: s.ID, User: "u1", Text: "me"}); r.Message.FromUser != "u1" {
+		e.t.Fatalf("from = %q", r.Message.FromUser)
+	}
 	if _, err := e.s.CloseSession(e.ctx, "t1", s.ID); err != nil {
 		e.t.Fatal(err)
 	}
-	_, err := e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", SessionID: s.ID, Text: "late"})
+	_, err = e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", SessionID: s.ID, Text: "late"})
 	wantErr(e.t, err, store.ErrSessionClosed)
 }
 
