@@ -249,49 +249,39 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		r.Replayed = ok
 		return r, err
 	}
-	var cur *session
+	var named *store.Session
 	if c.SessionID != "" {
 		ses, err := s.lookup(c.Tenant, c.SessionID, now)
 		if err != nil {
 			return store.ChatbotResult{}, err
 		}
-		if (tuple{ses.Tenant, ses.Platform, ses.Channel, ses.User}) != t {
-			return store.ChatbotResult{}, store.ErrSessionMismatch
-		}
-		switch {
-		case ses.State.Active():
-			cur = ses
-		case !c.ForceStart:
-			return store.ChatbotResult{}, endedErr(ses.State)
-		}
-	} else {
-		cur = s.activeFor(t, now)
+		named = &ses.Session
 	}
-
-	var res store.ChatbotResult
+	cur := s.activeFor(t, now)
+	var active *store.Session
 	if cur != nil {
-		switch {
-		case c.SkipIfBotInExecution && cur.State == store.StateBot:
-			res.Skip = store.SkipBotInExecution
-		case c.SkipIfInProgress && cur.State == store.StateInProgress:
-			res.Skip = store.SkipInProgress
-		}
-		if res.Skip != store.NotSkipped {
-			res.Session = cloneSession(&cur.Session)
-			if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
-				res.Contact = cloneContact(ct)
-			}
-			s.remember(ik, c.Idempotency, res, now)
-			return res, nil
-		}
-		if c.ForceStart {
-			s.end(cur, now)
-			closed := cloneSession(&cur.Session)
-			res.Closed = &closed
-			cur = nil
-		}
+		active = &cur.Session
 	}
-	if cur == nil {
+	plan, err := store.PlanChatbot(&c, named, active)
+	if err != nil {
+		return store.ChatbotResult{}, err
+	}
+	var res store.ChatbotResult
+	if plan.Skip != store.NotSkipped {
+		res.Skip = plan.Skip
+		res.Session = cloneSession(plan.Reuse)
+		if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
+			res.Contact = cloneContact(ct)
+		}
+		s.remember(ik, c.Idempotency, res, now)
+		return res, nil
+	}
+	if plan.Close != nil {
+		s.end(cur, now)
+		closed := cloneSession(&cur.Session)
+		res.Closed = &closed
+	}
+	if plan.Reuse == nil {
 		cur = s.open(t, nil, now)
 		res.SessionStarted = true
 	}

@@ -949,9 +949,15 @@ func testChatbotNamedSession(e *env) {
 	}
 	_, err = e.s.StartChatbot(e.ctx, store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", SessionID: s.ID, ChatbotID: "b", Greeting: greet})
 	wantErr(e.t, err, store.ErrSessionClosed)
+	// Force-start from a closed named session starts afresh, and ends the
+	// tuple's other active session: never two active at once.
+	other := e.create("t1", "u1")
 	r = e.chatbot(store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", SessionID: s.ID, ForceStart: true})
-	if !r.SessionStarted || r.Session.ID == s.ID {
+	if !r.SessionStarted || r.Session.ID == s.ID || r.Session.ID == other.ID || r.Closed == nil || r.Closed.ID != other.ID {
 		e.t.Fatalf("force on a closed named session = %+v", r)
+	}
+	if got, _ := e.s.GetSession(e.ctx, "t1", other.ID); got.State != store.StateClosed {
+		e.t.Fatalf("the other active session is %v, want CLOSED", got.State)
 	}
 }
 
