@@ -1,0 +1,158 @@
+// Package redistest runs private redis-server instances for tests: each on
+// a free loopback port, with its own data directory, killed at cleanup.
+// Tests skip when redis-server is not installed, unless
+// CHATRELAY_REQUIRE_REDIS=1 (as in CI), where they fail instead.
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is a running (or stopped) private redis-server.
+type Server struct {
+	t    testing.TB
+	Addr string
+	port int
+	dir  string
+	aof  bool
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+// Option configures Start.
+type Option func(*Server)
+
+// WithAppendOnly persists writes to an append-only file in the server's
+// directory, so Restart keeps the data.
+func WithAppendOnly() Option { return func(s *Server) { s.aof = true } }
+
+// Start starts a redis-server and registers its teardown.
+func Start(t testing.TB, opts ...Option) *Server {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CHATRELAY_REQUIRE_REDIS") == "1" {
+			t.Fatalf("redis-server is required (CHATRELAY_REQUIRE_REDIS=1) but not installed: %v", err)
+		}
+		t.Skip("redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests")
+	}
+	s := &Server{t: t, dir: t.TempDir()}
+	for _, o := range opts {
+		o(s)
+	}
+	var err error
+	for range 5 { // a free port can be taken between finding and binding it
+		if s.port, err = freePort(); err != nil {
+			continue
+		}
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+		if err = s.start(); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	t.Cleanup(s.Kill)
+	return s
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Server) start() error {
+	args := []string{
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "",
+		"--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"),
+	}
+	if s.aof {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	cmd := exec.Command("redis-server", args...)
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			return fmt.Errorf("redis-server exited: %v\n%s", err, log)
+		default:
+		}
+		if c.Ping(context.Background()).Err() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("redis-server on %s did not answer PING within 10s", s.Addr)
+		}
+		time.Sleep(5 * time.Millisecond) // polling for readiness, with a deadline
+	}
+	s.mu.Lock()
+	s.cmd = cmd
+	s.mu.Unlock()
+	go func() { <-exited }()
+	return nil
+}
+
+// Client returns a client of this server, closed at cleanup.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Kill stops the server at once (SIGKILL). It is safe to call twice.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	// Wait until the port is free again, so a Restart can bind it.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", s.Addr, 100*time.Millisecond)
+		if err != nil {
+			return
+		}
+		c.Close()
+		time.Sleep(5 * time.Millisecond) // polling for the port to close, with a deadline
+	}
+}
+
+// Restart starts the server again on the same port and directory.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Kill()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("restarting redis-server: %v", err)
+	}
+}

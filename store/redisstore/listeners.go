@@ -1,0 +1,153 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/store"
+)
+
+// RegisterListener writes the listener record and adds it to its index set,
+// pipelined: 1 round trip. The record and the index live in different
+// slots; the index is written first, so a listener is never in its record
+// without being findable, and an index member whose record never came is
+// skipped (and removed) by the first ingest that meets it.
+func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (store.Listener, error) {
+	if _, err := nl.Filter.Compile(); err != nil {
+		return store.Listener{}, err
+	}
+	fjson, err := json.Marshal(nl.Filter)
+	if err != nil {
+		return store.Listener{}, err
+	}
+	now := s.o.Clock.Now()
+	var deadline int64
+	life := nl.ResumeWindow
+	if nl.Timeout > 0 {
+		deadline = now.Add(nl.Timeout).UnixMilli()
+		life = nl.Timeout
+	}
+	bucket := s.bucketKey(nl.Tenant, &nl.Filter)
+	member := nl.ID + " " + string(fjson)
+	keys := []string{s.listenerKey(nl.ID)}
+	args := []any{nl.Tenant, string(fjson), bucket, member, now.UnixMilli(), deadline,
+		now.Add(nl.ResumeWindow).UnixMilli(), ms(s.o.OutcomeRetention)}
+	idxArgs := []any{member, ms(life + s.o.OutcomeRetention)}
+
+	pipe := s.c.Pipeline()
+	idx := indexAddScript.EvalSha(ctx, pipe, []string{bucket}, idxArgs...)
+	add := listenerAddScript.EvalSha(ctx, pipe, keys, args...)
+	_, _ = pipe.Exec(ctx)
+	if isNoScript(idx.Err()) {
+		idx = indexAddScript.Run(ctx, s.c, []string{bucket}, idxArgs...)
+	}
+	if err := idx.Err(); err != nil {
+		return store.Listener{}, unavailable(err)
+	}
+	if isNoScript(add.Err()) {
+		add = listenerAddScript.Run(ctx, s.c, keys, args...)
+	}
+	v, err := add.Slice()
+	if err != nil {
+		return store.Listener{}, unavailable(err)
+	}
+	code, out, err := splitReply(v)
+	if err != nil {
+		return store.Listener{}, err
+	}
+	if code != "OK" {
+		return store.Listener{}, fmt.Errorf("redisstore: listener %q already registered", nl.ID)
+	}
+	return decodeListener(nl.ID, out[0])
+}
+
+// GetListener is one script, which also decides a timeout that is due: 1
+// round trip (plus a background index clean-up when the listener was
+// decided or dropped).
+func (s *Store) GetListener(ctx context.Context, tenant, id string) (store.Listener, error) {
+	code, out, err := s.reply(ctx, listenerGetScript, []string{s.listenerKey(id)},
+		s.now(), tenant, ms(s.o.OutcomeRetention), s.listenerChannel(tenant, id))
+	if err != nil {
+		return store.Listener{}, err
+	}
+	switch code {
+	case "NOTFOUND":
+		return store.Listener{}, store.ErrListenerNotFound
+	case "OK":
+		return decodeListener(id, out[0])
+	case "DECIDED", "GONE":
+		l, err := decodeListener(id, out[0])
+		if err != nil {
+			return l, err
+		}
+		s.unindex(out[0])
+		if code == "GONE" {
+			return store.Listener{}, store.ErrListenerNotFound
+		}
+		return l, nil
+	}
+	return store.Listener{}, codeErr(code)
+}
+
+// unindex removes a decided or dropped listener from its index set, in the
+// background: stale members are harmless, only wasteful.
+func (s *Store) unindex(raw string) {
+	var m map[string]string
+	if json.Unmarshal([]byte(raw), &m) != nil || m["x"] == "" {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.c.SRem(ctx, m["x"], m["mem"]).Err(); err != nil && err != redis.Nil {
+			s.o.Logger.Debug("cannot remove a listener from its index", "err", err)
+		}
+	}()
+}
+
+// TouchListener is one script: 1 round trip.
+func (s *Store) TouchListener(ctx context.Context, tenant, id string, until time.Time) error {
+	code, _, err := s.reply(ctx, listenerTouchScript, []string{s.listenerKey(id)},
+		s.now(), tenant, until.UnixMilli(), ms(s.o.OutcomeRetention))
+	if err != nil {
+		return err
+	}
+	if code == "NOTFOUND" {
+		return store.ErrListenerNotFound
+	}
+	return nil
+}
+
+func decodeListener(id, raw string) (store.Listener, error) {
+	var m map[string]string
+	if err := json.Unmarshal([]byte(raw), &m); err != nil {
+		return store.Listener{}, fmt.Errorf("redisstore: listener record: %w", err)
+	}
+	l := store.Listener{
+		ID:          id,
+		Tenant:      m["tn"],
+		CreatedAt:   fromMs(m["ca"]),
+		Deadline:    fromMs(m["dl"]),
+		IdleUntil:   fromMs(m["iu"]),
+		SawMismatch: m["mm"] == "1",
+		DecidedAt:   fromMs(m["da"]),
+	}
+	if err := json.Unmarshal([]byte(m["flt"]), &l.Filter); err != nil {
+		return store.Listener{}, fmt.Errorf("redisstore: listener filter: %w", err)
+	}
+	oc, _ := strconv.Atoi(m["oc"])
+	l.Outcome = store.OutcomeKind(oc)
+	if raw := m["msg"]; raw != "" {
+		msg, err := decodeMessage(raw)
+		if err != nil {
+			return store.Listener{}, err
+		}
+		l.Message = &msg
+	}
+	return l, nil
+}

@@ -1,0 +1,321 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/internal/ids"
+	"github.com/chatrelay/chatrelay/store"
+)
+
+// AppendOutbound is one script: idempotency check, session state, XADD,
+// TTL refresh, record of the key and PUBLISH to watchers. 1 round trip.
+func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (store.Message, store.Session, bool, error) {
+	suffix, err := messageSuffix(&store.Message{
+		Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser, Status: m.Status, Metadata: m.Metadata, Error: m.Error,
+	})
+	if err != nil {
+		return store.Message{}, store.Session{}, false, err
+	}
+	slotp := s.sessionSlot(m.SessionID)
+	now := s.o.Clock.Now()
+	code, out, err := s.reply(ctx, postScript, []string{slotp + "s:" + m.SessionID},
+		now.UnixMilli(), m.Tenant, ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, randomHex8(), suffix,
+		slotp, s.sessionEventPrefix(), s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency),
+		m.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL))
+	if err != nil {
+		return store.Message{}, store.Session{}, false, err
+	}
+	if code != "OK" && code != "REPLAY" {
+		return store.Message{}, store.Session{}, false, codeErr(code)
+	}
+	msg, err := decodeMessage(out[0])
+	if err != nil {
+		return store.Message{}, store.Session{}, false, err
+	}
+	var ses store.Session
+	if len(out) > 1 {
+		if ses, err = decodeSession(out[1], now); err != nil {
+			return store.Message{}, store.Session{}, false, err
+		}
+	}
+	return msg, ses, code == "REPLAY", nil
+}
+
+// Ingest costs 1 round trip when no listener could match: the ingest script
+// (which also returns the session and user listener indexes) pipelined with
+// reading the channel and "any" indexes. Each candidate that matches or is
+// in scope costs one compare-and-set, all pipelined in a second round trip.
+// An ingest into a named session whose channel this replica has not seen
+// reads the channel index after the script, in that second round trip.
+func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.IngestResult, error) {
+	// The script writes the sender: the session's user.
+	suffix, err := messageSuffix(&store.Message{
+		Direction: store.Inbound, Text: in.Text, Status: store.StatusReceived, Metadata: in.Metadata, Raw: in.Raw,
+	})
+	if err != nil {
+		return store.IngestResult{}, err
+	}
+	var key, slotp, target, newSID string
+	if in.SessionID != "" {
+		slotp = s.sessionSlot(in.SessionID)
+		key, target = slotp+"s:"+in.SessionID, in.SessionID
+	} else {
+		tag := userTag(in.Tenant, in.User)
+		slotp = s.slot(tag)
+		target = in.Platform + ":" + in.Channel + ":" + in.User
+		key, newSID = slotp+"a:"+in.Tenant+":"+target, ids.TaggedSession(tag)
+	}
+	now := s.o.Clock.Now()
+	idemKey := s.idemKey(slotp, in.Tenant, "ingest", target, in.Idempotency)
+	args := []any{now.UnixMilli(), in.Tenant, in.Platform, in.Channel, in.User, in.SessionID, newSID,
+		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, randomHex8(), suffix, slotp,
+		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL)}
+
+	pipe := s.c.Pipeline()
+	var chanCmd *redis.StringSliceCmd
+	if in.SessionID == "" {
+		chanCmd = pipe.SMembers(ctx, s.channelBucket(in.Tenant, in.Channel))
+	}
+	anyCmd := pipe.SMembers(ctx, s.anyBucket(in.Tenant))
+	scriptCmd := ingestScript.EvalSha(ctx, pipe, []string{key}, args...)
+	_, _ = pipe.Exec(ctx)
+	if isNoScript(scriptCmd.Err()) {
+		scriptCmd = ingestScript.Run(ctx, s.c, []string{key}, args...)
+	}
+	v, err := scriptCmd.Slice()
+	if err != nil {
+		return store.IngestResult{}, unavailable(err)
+	}
+	code, out, err := splitReply(v)
+	if err != nil {
+		return store.IngestResult{}, err
+	}
+	var res store.IngestResult
+	switch code {
+	case "OK":
+	case "REPLAY":
+		res, err = decodeIngest(out[0], now)
+		res.Replayed = true
+		return res, err
+	default:
+		return res, codeErr(code)
+	}
+	if res, err = decodeIngest(out[0], now); err != nil {
+		return res, err
+	}
+	members := out[1:]
+	if chanCmd != nil {
+		if err := chanCmd.Err(); err != nil {
+			return res, unavailable(err)
+		}
+		members = append(members, chanCmd.Val()...)
+	}
+	if err := anyCmd.Err(); err != nil {
+		return res, unavailable(err)
+	}
+	members = append(members, anyCmd.Val()...)
+	if in.SessionID != "" {
+		more, err := s.c.SMembers(ctx, s.channelBucket(in.Tenant, res.Message.Channel)).Result()
+		if err != nil {
+			return res, unavailable(err)
+		}
+		members = append(members, more...)
+	}
+	if res.Matched, err = s.match(ctx, in.Tenant, &res.Message, out[0], members); err != nil {
+		return res, err
+	}
+	if len(res.Matched) > 0 && idemKey != "" {
+		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, out[0], res.Matched)
+	}
+	return res, nil
+}
+
+func decodeIngest(raw string, now time.Time) (store.IngestResult, error) {
+	var w struct {
+		Message json.RawMessage `json:"m"`
+		Session json.RawMessage `json:"s"`
+		Started bool            `json:"started"`
+		Matched []string        `json:"matched"`
+	}
+	if err := json.Unmarshal([]byte(raw), &w); err != nil {
+		return store.IngestResult{}, fmt.Errorf("redisstore: ingest result: %w", err)
+	}
+	var r store.IngestResult
+	var err error
+	if r.Message, err = decodeMessage(string(w.Message)); err != nil {
+		return r, err
+	}
+	if r.Session, err = decodeSession(string(w.Session), now); err != nil {
+		return r, err
+	}
+	r.SessionStarted, r.Matched = w.Started, w.Matched
+	return r, nil
+}
+
+// rememberMatched adds the matched listeners to the idempotency record, so
+// a replay reports them as the first call did. Best effort: the record
+// itself was written atomically with the message.
+func (s *Store) rememberMatched(ctx context.Context, key, fp string, now time.Time, result string, matched []string) {
+	var w map[string]json.RawMessage
+	if json.Unmarshal([]byte(result), &w) != nil {
+		return
+	}
+	w["matched"], _ = json.Marshal(matched)
+	res, _ := json.Marshal(w)
+	rec, _ := json.Marshal(map[string]any{"fp": fp, "exp": now.Add(s.o.IdempotencyTTL).UnixMilli(), "res": string(res)})
+	if err := s.c.Set(ctx, key, rec, redis.KeepTTL).Err(); err != nil {
+		s.o.Logger.Warn("cannot record matched listeners for an idempotency key", "err", err)
+	}
+}
+
+// match evaluates candidate listeners against msg and decides, by
+// compare-and-set, those it matches; in-scope mismatches are noted. It
+// returns the ids it resolved.
+func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, rawMsg string, members []string) ([]string, error) {
+	type cand struct {
+		lid, member, bucket string
+		matched             bool
+		cmd                 *redis.Cmd
+	}
+	var cands []*cand
+	seen := map[string]bool{}
+	for _, mem := range members {
+		lid, fjson, ok := strings.Cut(mem, " ")
+		if !ok || seen[lid] {
+			continue
+		}
+		seen[lid] = true
+		var f store.Filter
+		if json.Unmarshal([]byte(fjson), &f) != nil {
+			continue
+		}
+		m, err := f.Compile()
+		if err != nil || !m.Scope(msg) {
+			continue
+		}
+		cands = append(cands, &cand{lid: lid, member: mem, bucket: s.bucketKey(tenant, &f), matched: m.Text(msg.Text)})
+	}
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	var w struct {
+		Message json.RawMessage `json:"m"`
+	}
+	_ = json.Unmarshal([]byte(rawMsg), &w)
+	now := s.now()
+	run := func(sc redis.Scripter, c *cand, viaSha bool) *redis.Cmd {
+		kind := "x"
+		if c.matched {
+			kind = "m"
+		}
+		keys := []string{s.listenerKey(c.lid)}
+		args := []any{now, kind, string(w.Message), ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.lid)}
+		if viaSha {
+			return resolveScript.EvalSha(ctx, sc, keys, args...)
+		}
+		return resolveScript.Run(ctx, sc, keys, args...)
+	}
+	pipe := s.c.Pipeline()
+	for _, c := range cands {
+		c.cmd = run(pipe, c, true)
+	}
+	_, _ = pipe.Exec(ctx)
+	var matched []string
+	var stale []*cand
+	for _, c := range cands {
+		if isNoScript(c.cmd.Err()) {
+			c.cmd = run(s.c, c, false)
+		}
+		ans, err := c.cmd.Text()
+		if err != nil {
+			return matched, unavailable(err)
+		}
+		switch ans {
+		case "MATCHED":
+			matched = append(matched, c.lid)
+			stale = append(stale, c)
+		case "GONE", "DECIDED", "LATE":
+			if ans != "LATE" || c.matched {
+				stale = append(stale, c)
+			}
+		}
+	}
+	if len(stale) > 0 {
+		// Drop decided and vanished listeners from their indexes. Off the
+		// critical path and best effort: a stale member only costs a
+		// compare-and-set that answers DECIDED.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			p := s.c.Pipeline()
+			for _, c := range stale {
+				p.SRem(ctx, c.bucket, c.member)
+			}
+			_, _ = p.Exec(ctx)
+		}()
+	}
+	sort.Strings(matched)
+	return matched, nil
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// ListMessages reads the session record and the stream range in one
+// pipeline: 1 round trip.
+func (s *Store) ListMessages(ctx context.Context, tenant, sessionID, afterID string, limit int) ([]store.Message, error) {
+	var after uint64
+	if afterID != "" {
+		var err error
+		if after, err = ids.MessageSeq(afterID); err != nil {
+			return nil, store.ErrMessageNotFound
+		}
+	}
+	slotp := s.sessionSlot(sessionID)
+	pipe := s.c.Pipeline()
+	recCmd := pipe.HMGet(ctx, slotp+"s:"+sessionID, "tn", "seq")
+	// Inclusive of the cursor's own entry, to check it is this session's.
+	start := "-"
+	if afterID != "" {
+		start = strconv.FormatUint(after, 10) + "-0"
+	}
+	rangeCmd := pipe.XRangeN(ctx, slotp+"h:"+sessionID, start, "+", int64(limit)+1)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, unavailable(err)
+	}
+	rec := recCmd.Val()
+	if len(rec) < 2 || rec[0] == nil || rec[0].(string) != tenant {
+		return nil, store.ErrSessionNotFound
+	}
+	last, _ := strconv.ParseUint(rec[1].(string), 10, 64)
+	if after > last {
+		return nil, store.ErrMessageNotFound
+	}
+	out := make([]store.Message, 0, limit)
+	for i, e := range rangeCmd.Val() {
+		m, err := decodeMessage(fmt.Sprint(e.Values["m"]))
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 && afterID != "" && m.Seq == after {
+			if m.ID != afterID {
+				return nil, store.ErrMessageNotFound
+			}
+			continue
+		}
+		if len(out) < limit {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
