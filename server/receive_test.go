@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -290,31 +289,11 @@ func TestChatReceiveNeverMissesAMessageIngestedAfterWaiting(t *testing.T) {
 
 func TestChatReceiveExactlyOneOutcomeWhenMatchRacesDeadline(t *testing.T) {
 	ts := start(t, nil, nil)
-	outcomes := map[string]int{}
-	for i := range 40 {
-		user := fmt.Sprint("race", i)
+	raceMatchAndDeadline(t, ts, func(user string) (receiveStream, receiveStream) {
 		a, w := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: user, TimeoutMinutes: 1})
-		var matched int32
-		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() { defer wg.Done(); ts.clk.Advance(time.Minute) }()
-		go func() { defer wg.Done(); matched = ts.ingest(user, "hi").ListenersMatched }()
-		wg.Wait()
-		// A second stream attaches to the same listener after the race.
 		b, _ := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
-		fa, fb := recvOrFail(t, a.Recv), recvOrFail(t, b.Recv)
-		kind := func(f *pb.ChatReceiveResponse) string {
-			if f.GetSuccess() != nil {
-				return "success"
-			}
-			return f.GetError().GetErrorCode()
-		}
-		if kind(fa) != kind(fb) || (kind(fa) == "success") != (matched == 1) {
-			t.Fatalf("round %d: streams saw %s and %s; ingest matched %d", i, kind(fa), kind(fb), matched)
-		}
-		outcomes[kind(fa)]++
-	}
-	t.Logf("outcomes over 40 races: %v", outcomes)
+		return a, b
+	})
 }
 
 func TestChatReceiveEndsUndecidedOnShutdownAndResumesElsewhere(t *testing.T) {

@@ -15,7 +15,9 @@ import (
 	"syscall"
 
 	"github.com/chatrelay/chatrelay/server"
+	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/store/memory"
+	"github.com/chatrelay/chatrelay/store/redisstore"
 )
 
 func main() {
@@ -28,7 +30,7 @@ func main() {
 func run() error {
 	grpcAddr := flag.String("grpc-addr", env("CHATRELAY_GRPC_ADDR", ":9090"), "gRPC listen address (env CHATRELAY_GRPC_ADDR)")
 	httpAddr := flag.String("http-addr", env("CHATRELAY_HTTP_ADDR", ":8080"), "HTTP listen address (env CHATRELAY_HTTP_ADDR)")
-	redisURL := flag.String("redis-url", env("CHATRELAY_REDIS_URL", ""), "Redis URL; empty runs on the in-memory backend (env CHATRELAY_REDIS_URL)")
+	redisURL := flag.String("redis-url", env("CHATRELAY_REDIS_URL", ""), "Redis URL (redis://, rediss://, Sentinel or Cluster forms); empty runs on the in-memory backend (env CHATRELAY_REDIS_URL)")
 	configPath := flag.String("config", env("CHATRELAY_CONFIG", ""), "YAML file with channels, chatbots and API keys (env CHATRELAY_CONFIG)")
 	logLevel := flag.String("log-level", env("CHATRELAY_LOG_LEVEL", "info"), "debug, info, warn or error (env CHATRELAY_LOG_LEVEL)")
 	flag.Parse()
@@ -40,9 +42,6 @@ func run() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 
-	if *redisURL != "" {
-		return fmt.Errorf("-redis-url is set, but this build has no Redis backend yet; unset it to run on the in-memory backend")
-	}
 	file := &server.File{}
 	if *configPath != "" {
 		var err error
@@ -50,12 +49,11 @@ func run() error {
 			return err
 		}
 	}
-	st, err := memory.New(memory.Options{SessionTTL: file.SessionTTL, HistoryLimit: file.HistoryLimit})
+	st, closeStore, err := openStore(*redisURL, file, logger)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	logger.Info("using the in-memory backend: state lives in this process only")
+	defer closeStore()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -70,6 +68,30 @@ func run() error {
 		Limits:       file.LimitsOrDefault(),
 		ResumeWindow: file.ResumeWindow,
 	})
+}
+
+// openStore opens the Redis backend when a URL is given, else the memory
+// one, and returns how to close what it opened.
+func openStore(redisURL string, f *server.File, logger *slog.Logger) (store.Store, func(), error) {
+	if redisURL == "" {
+		st, err := memory.New(memory.Options{SessionTTL: f.SessionTTL, HistoryLimit: f.HistoryLimit})
+		if err != nil {
+			return nil, nil, err
+		}
+		logger.Info("using the in-memory backend: state lives in this process only")
+		return st, func() { _ = st.Close() }, nil
+	}
+	client, err := redisstore.NewClient(redisURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := redisstore.New(client, redisstore.Options{SessionTTL: f.SessionTTL, HistoryLimit: f.HistoryLimit, Logger: logger})
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, err
+	}
+	logger.Info("using the Redis backend") // never the URL: it may hold a password
+	return st, func() { _ = st.Close(); _ = client.Close() }, nil
 }
 
 func env(key, def string) string {

@@ -211,7 +211,10 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		Message json.RawMessage `json:"m"`
 	}
 	_ = json.Unmarshal([]byte(rawMsg), &w)
-	now := s.now()
+	// Judge liveness at the message's own time: a message accepted before
+	// a deadline matches even if its compare-and-set lands just after. The
+	// compare-and-set still gives each listener one outcome.
+	now := msg.CreatedAt.UnixMilli()
 	run := func(sc redis.Scripter, c *cand, viaSha bool) *redis.Cmd {
 		kind := "x"
 		if c.matched {

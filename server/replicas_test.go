@@ -1,0 +1,401 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/internal/clock"
+	"github.com/chatrelay/chatrelay/internal/redistest"
+	"github.com/chatrelay/chatrelay/store/redisstore"
+)
+
+var replicaSets atomic.Int64
+
+// cluster is n chatrelay servers sharing one private redis-server, one key
+// prefix and one fake clock: n replicas of one deployment.
+type cluster struct {
+	redis    *redistest.Server
+	prefix   string
+	replicas []*testServer
+}
+
+func startCluster(t *testing.T, n int, opts ...redistest.Option) *cluster {
+	t.Helper()
+	srv := redistest.Start(t, opts...)
+	cl := &cluster{redis: srv, prefix: fmt.Sprintf("rs%d", replicaSets.Add(1))}
+	clk := clock.NewFake(epoch)
+	for i := range n {
+		c := redis.NewClient(&redis.Options{
+			Addr: srv.Addr, ClientName: fmt.Sprintf("%s-replica%d", cl.prefix, i),
+			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: 1,
+		})
+		st, err := redisstore.New(c, redisstore.Options{Prefix: cl.prefix, Clock: clk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close(); _ = c.Close() })
+		cl.replicas = append(cl.replicas, start(t, st, clk))
+	}
+	return cl
+}
+
+func TestReplicasChatReceiveOnAIsResolvedByIngestOnB(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2)
+	a, b := cl.replicas[0], cl.replicas[1]
+	st, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "+15550001", KeywordFilter: "yes", TimeoutMinutes: 10})
+	// Over REST on B, as an integration's webhook would.
+	r := b.rest("POST", "/v1/inbound-messages", map[string]any{"from_user": "+15550001", "text": "yes!"})
+	if r.code != 200 || path(r.json(t), "listeners_matched") != float64(1) {
+		t.Fatalf("ingest on B: %d %s", r.code, r.body)
+	}
+	s := recvOrFail(t, st.Recv).GetSuccess()
+	if s.GetMessageText() != "yes!" || s.ConversationId != w.ConversationId {
+		t.Fatalf("A's stream got %v", s)
+	}
+	wantEOF(t, st.Recv)
+}
+
+func TestReplicasPostOnBReachesWatchOnA(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 3)
+	a, b, c := cl.replicas[0], cl.replicas[1], cl.replicas[2]
+	ses := c.createSession("visitor")
+	watchA, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restA := a.restStream("GET", "/v1/sessions/"+ses.SessionId+":watch", nil)
+	if _, err := watchA.Header(); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 20 {
+		r, err := b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint("m", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.MessageId)
+	}
+	for i, id := range want {
+		if got := recvOrFail(t, watchA.Recv).GetMessage().GetMessageId(); got != id {
+			t.Fatalf("gRPC watcher, message %d: %s, want %s", i, got, id)
+		}
+		if got := str(restA.next(), "result", "message", "message_id"); got != id {
+			t.Fatalf("REST watcher, message %d: %s, want %s", i, got, id)
+		}
+	}
+	if _, err := c.sessions.CloseSession(c.ctx(), &pb.CloseSessionRequest{SessionId: ses.SessionId}); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvOrFail(t, watchA.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_CLOSED {
+		t.Fatalf("watcher on A got %v, want the end", got)
+	}
+}
+
+func TestReplicasResumeOnAnotherReplicaAfterADrop(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2)
+	a, b := cl.replicas[0], cl.replicas[1]
+	ctx, cancel := context.WithCancel(a.ctx())
+	_, w := a.receive(ctx, &pb.ChatReceiveRequest{FromUser: "u1", KeywordFilter: "ok"})
+	cancel()
+	if r := b.ingest("u1", "ok then"); r.ListenersMatched != 1 {
+		t.Fatalf("the detached listener did not match: %v", r)
+	}
+	st, again := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
+	if !again.Resumed {
+		t.Fatalf("waiting = %v", again)
+	}
+	if got := recvOrFail(t, st.Recv).GetSuccess().GetMessageText(); got != "ok then" {
+		t.Fatalf("resumed on B: %q", got)
+	}
+}
+
+func TestReplicasResumeOnAnotherReplicaAfterTheFirstStops(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2)
+	a, b := cl.replicas[0], cl.replicas[1]
+	st, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u1", TimeoutMinutes: 30})
+	a.stop() // a rolling deploy takes A away
+	_, err := st.Recv()
+	wantStatus(t, err, codes.Unavailable, "SERVER_SHUTTING_DOWN", "")
+	b.ingest("u1", "are you there")
+	st2, again := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
+	if !again.TimeoutAt.AsTime().Equal(w.TimeoutAt.AsTime()) {
+		t.Fatalf("deadline moved: %v -> %v", w.TimeoutAt.AsTime(), again.TimeoutAt.AsTime())
+	}
+	if got := recvOrFail(t, st2.Recv).GetSuccess().GetMessageText(); got != "are you there" {
+		t.Fatalf("resumed on B: %q", got)
+	}
+}
+
+func TestReplicasShareIdempotency(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2)
+	a, b := cl.replicas[0], cl.replicas[1]
+	ses := a.createSession("u1")
+	req := &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "pay", IdempotencyKey: "run-9"}
+	var wg sync.WaitGroup
+	ids := make([]string, 8)
+	for i := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := cl.replicas[i%2]
+			resp, err := r.chat.PostMessage(r.ctx(), req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = resp.MessageId
+		}()
+	}
+	wg.Wait()
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("replicas answered different messages: %v", ids)
+		}
+	}
+	if h := b.history(ses.SessionId); len(h) != 1 {
+		t.Fatalf("history has %d messages, want 1", len(h))
+	}
+}
+
+// A match and a deadline race on two replicas, many times: each listener
+// gets exactly one outcome, and every stream attached to it (on either
+// replica) sees that same outcome.
+func TestReplicasExactlyOneOutcomeWhenMatchRacesTimeout(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2)
+	a, b := cl.replicas[0], cl.replicas[1]
+	raceMatchAndDeadline(t, b, func(user string) (receiveStream, receiveStream) {
+		sa, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: user, TimeoutMinutes: 1})
+		sb, _ := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
+		return sa, sb
+	})
+}
+
+// raceMatchAndDeadline races, round after round, an ingest on ts against
+// the listeners' deadline passing, until both outcomes have been seen often
+// enough to show the race is really run. open registers a one-minute
+// listener for user and returns two streams attached to it. The clock moves
+// at a random point within the ingest's own latency, so both orders occur;
+// the assertions hold for any interleaving.
+func raceMatchAndDeadline(t *testing.T, ts *testServer, open func(user string) (receiveStream, receiveStream)) {
+	t.Helper()
+	var latency time.Duration
+	for i := range 5 {
+		begin := time.Now()
+		ts.ingest(fmt.Sprint("warmup", i), "x")
+		latency = max(latency, time.Since(begin))
+	}
+	seen := map[string]int{}
+	for round := 0; seen["success"] < 3 || seen["timeout"] < 3; round++ {
+		if round == 400 {
+			t.Fatalf("after %d rounds the race never went both ways: %v", round, seen)
+		}
+		user := fmt.Sprint("racer", round)
+		sa, sb := open(user)
+		jitter := time.Duration(rand.Int64N(int64(2 * latency)))
+		advanced := make(chan struct{})
+		time.AfterFunc(jitter, func() { ts.clk.Advance(time.Minute); close(advanced) })
+		matched := ts.ingest(user, "now").ListenersMatched
+		<-advanced
+		fa, fb := recvOrFail(t, sa.Recv), recvOrFail(t, sb.Recv)
+		ka, kb := outcomeOf(fa), outcomeOf(fb)
+		if ka != kb || (ka == "success") != (matched == 1) {
+			t.Fatalf("round %d: the streams saw %s and %s; the ingest matched %d", round, ka, kb, matched)
+		}
+		seen[ka]++
+	}
+	t.Logf("outcomes: %v", seen)
+}
+
+func outcomeOf(f *pb.ChatReceiveResponse) string {
+	if f.GetSuccess() != nil {
+		return "success"
+	}
+	return f.GetError().GetErrorCode()
+}
+
+// pubsubConns counts the pub/sub connections a replica holds, by the client
+// name its connections carry.
+func pubsubConns(t *testing.T, cl *cluster, replica int) int {
+	t.Helper()
+	list, err := cl.redis.Client(t).ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("name=%s-replica%d ", cl.prefix, replica)
+	n := 0
+	for _, line := range strings.Split(list, "\n") {
+		if strings.Contains(line, name) && strings.Contains(line, " flags=P ") {
+			n++
+		}
+	}
+	return n
+}
+
+func TestReplicaMultiplexesStreamsOverOnePubSubConnection(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2)
+	a, b := cl.replicas[0], cl.replicas[1]
+	const sessions, listeners = 500, 1500
+	var streams []func() error
+	var sesIDs []string
+	for i := range sessions {
+		ses := b.createSession(fmt.Sprint("w", i))
+		sesIDs = append(sesIDs, ses.SessionId)
+		st, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Header(); err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, func() error { _, err := st.Recv(); return err })
+	}
+	for i := range listeners {
+		st, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: fmt.Sprint("l", i)})
+		streams = append(streams, func() error { _, err := st.Recv(); return err })
+	}
+	if n := pubsubConns(t, cl, 0); n != 1 {
+		t.Fatalf("replica A holds %d pub/sub connections for %d streams, want 1", n, sessions+listeners)
+	}
+	numsub, err := cl.redis.Client(t).PubSubNumSub(context.Background(), fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, sesIDs[0])).Result()
+	if err != nil || numsub[fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, sesIDs[0])] != 1 {
+		t.Fatalf("PUBSUB NUMSUB = %v, %v; want one subscriber (the shared connection)", numsub, err)
+	}
+	// And the multiplexed streams still all work.
+	b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: sesIDs[7], Message: "x"})
+	if err := streams[7](); err != nil {
+		t.Fatalf("a multiplexed watcher: %v", err)
+	}
+	b.ingest("l9", "y")
+	if err := streams[sessions+9](); err != nil {
+		t.Fatalf("a multiplexed listener: %v", err)
+	}
+}
+
+func TestPubSubConnectionKilledLosesNothing(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2)
+	a, b := cl.replicas[0], cl.replicas[1]
+	ses := b.createSession("u1")
+	watch, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Header(); err != nil {
+		t.Fatal(err)
+	}
+	lst, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u2"})
+	var want []string
+	post := func(text string) {
+		r, err := b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: text})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.MessageId)
+	}
+	post("before")
+	killed, err := cl.redis.Client(t).ClientKillByFilter(context.Background(), "TYPE", "pubsub").Result()
+	if err != nil || killed == 0 {
+		t.Fatalf("CLIENT KILL TYPE pubsub: %d, %v", killed, err)
+	}
+	// Right after the drop, while A reconnects: these are published to
+	// nobody, and must still arrive.
+	post("during 1")
+	post("during 2")
+	b.ingest("u2", "hello?")
+	post("after")
+	for i, id := range want {
+		if got := recvOrFail(t, watch.Recv).GetMessage().GetMessageId(); got != id {
+			t.Fatalf("message %d: got %s, want %s (no loss, no duplicate)", i, got, id)
+		}
+	}
+	if got := recvOrFail(t, lst.Recv).GetSuccess().GetMessageText(); got != "hello?" {
+		t.Fatalf("listener got %q", got)
+	}
+}
+
+func TestRedisRestartWhileListenersWait(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 2, redistest.WithAppendOnly())
+	a, b := cl.replicas[0], cl.replicas[1]
+	var streams []receiveStream
+	for i := range 5 {
+		st, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: fmt.Sprint("u", i), TimeoutMinutes: 60})
+		streams = append(streams, st)
+	}
+	cl.redis.Restart()
+	// B's first calls may meet the broken connections; it recovers on its
+	// own, so retry until the deadline.
+	for i := range streams {
+		waitFor(t, "an ingest after the restart", func() bool {
+			_, err := b.chat.IngestMessage(b.ctx(), &pb.IngestMessageRequest{FromUser: fmt.Sprint("u", i), Text: "back"})
+			return err == nil
+		})
+	}
+	for i, st := range streams {
+		if got := recvOrFail(t, st.Recv).GetSuccess().GetMessageText(); got != "back" {
+			t.Fatalf("listener %d after the restart: %q", i, got)
+		}
+	}
+}
+
+func TestRedisDownFailsFastAndRecovers(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 1, redistest.WithAppendOnly())
+	a := cl.replicas[0]
+	ses := a.createSession("u1")
+	health := healthpb.NewHealthClient(a.conn)
+	serving := func(want healthpb.HealthCheckResponse_ServingStatus) func() bool {
+		return func() bool {
+			h, err := health.Check(context.Background(), &healthpb.HealthCheckRequest{})
+			return err == nil && h.Status == want
+		}
+	}
+	waitFor(t, "SERVING", serving(healthpb.HealthCheckResponse_SERVING))
+
+	cl.redis.Kill()
+	start := time.Now()
+	_, err := a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "x"})
+	wantStatus(t, err, codes.Unavailable, "BACKEND_UNAVAILABLE", "")
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("a call took %s to fail while Redis was down; want fast failure", took)
+	}
+	_, err = a.chat.ChatReceive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u9"})
+	if err == nil {
+		st, _ := a.chat.ChatReceive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u9"})
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("ChatReceive while Redis is down: %v", err)
+	}
+	wantREST(t, a.rest("GET", "/v1/sessions/"+ses.SessionId, nil), 503, "BACKEND_UNAVAILABLE")
+	waitFor(t, "NOT_SERVING", serving(healthpb.HealthCheckResponse_NOT_SERVING))
+	if r := a.rest("GET", "/readyz", nil); r.code != 503 {
+		t.Fatalf("/readyz while Redis is down: %d", r.code)
+	}
+
+	cl.redis.Restart()
+	waitFor(t, "SERVING again", serving(healthpb.HealthCheckResponse_SERVING))
+	waitFor(t, "/readyz 200", func() bool { return a.rest("GET", "/readyz", nil).code == 200 })
+	if _, err := a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "back"}); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+}

@@ -1,0 +1,80 @@
+package redisstore
+
+import (
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// NewClient makes a go-redis client from a URL. The forms:
+//
+//	redis://[user:password@]host:6379[/db]                    one server
+//	rediss://…                                                the same over TLS
+//	redis://host:26379?master_name=mymaster&addr=host2:26379  Sentinel
+//	redis://host:7000?addr=host2:7000&addr=host3:7000         Cluster
+//	redis://host:7000?cluster=true                            Cluster, one seed
+//
+// Other query parameters are go-redis's (dial_timeout, pool_size, …).
+// Unless the URL sets them, timeouts are short (dial 1 s, read and write
+// 2 s) and a command is retried once, so that calls fail fast with
+// UNAVAILABLE while Redis is down instead of hanging. The caller closes the
+// client.
+func NewClient(rawURL string) (redis.UniversalClient, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	q := u.Query()
+	explicit := func(name string) bool { return q.Has(name) }
+	failFast := func(dial, read, write *time.Duration, retries *int) {
+		if !explicit("dial_timeout") {
+			*dial = time.Second
+		}
+		if !explicit("read_timeout") {
+			*read = 2 * time.Second
+		}
+		if !explicit("write_timeout") {
+			*write = 2 * time.Second
+		}
+		if !explicit("max_retries") {
+			*retries = 1
+		}
+	}
+	switch {
+	case q.Has("master_name"):
+		o, err := redis.ParseFailoverURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("redis sentinel url: %w", err)
+		}
+		failFast(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries)
+		setName(&o.ClientName)
+		return redis.NewFailoverClient(o), nil
+	case q.Has("cluster") || len(q["addr"]) > 0:
+		q.Del("cluster")
+		u.RawQuery = q.Encode()
+		o, err := redis.ParseClusterURL(u.String())
+		if err != nil {
+			return nil, fmt.Errorf("redis cluster url: %w", err)
+		}
+		failFast(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries)
+		setName(&o.ClientName)
+		return redis.NewClusterClient(o), nil
+	}
+	o, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	failFast(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries)
+	setName(&o.ClientName)
+	return redis.NewClient(o), nil
+}
+
+// setName names the connections "chatrelay" in CLIENT LIST, unless the URL
+// named them.
+func setName(name *string) {
+	if *name == "" {
+		*name = "chatrelay"
+	}
+}

@@ -1,0 +1,44 @@
+package redisstore_test
+
+import (
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/store/redisstore"
+)
+
+func TestNewClientUnderstandsEachURLForm(t *testing.T) {
+	cases := []struct {
+		url  string
+		want string
+	}{
+		{"redis://localhost:6379/0", "*redis.Client"},
+		{"rediss://user:pw@localhost:6380", "*redis.Client"},
+		{"redis://localhost:26379?master_name=mymaster&addr=localhost:26380", "*redis.Client"},
+		{"redis://localhost:7000?addr=localhost:7001&addr=localhost:7002", "*redis.ClusterClient"},
+		{"redis://localhost:7000?cluster=true", "*redis.ClusterClient"},
+	}
+	for _, c := range cases {
+		cl, err := redisstore.NewClient(c.url)
+		if err != nil {
+			t.Fatalf("%s: %v", c.url, err)
+		}
+		got := ""
+		switch cl.(type) {
+		case *redis.Client:
+			got = "*redis.Client"
+		case *redis.ClusterClient:
+			got = "*redis.ClusterClient"
+		}
+		if got != c.want {
+			t.Errorf("%s: %s, want %s", c.url, got, c.want)
+		}
+		_ = cl.Close()
+	}
+	for _, bad := range []string{"http://x", "redis://localhost:6379?nonsense=1", "://"} {
+		if _, err := redisstore.NewClient(bad); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+}
