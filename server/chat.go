@@ -46,9 +46,14 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 		return nil, err
 	}
 	tenant := tenantFrom(ctx)
-	ses, err := c.cfg.Store.GetSession(ctx, tenant, req.SessionId)
-	if err != nil {
-		return nil, err
+	platform, known := c.platforms.get(tenant, req.SessionId)
+	if !known {
+		ses, err := c.cfg.Store.GetSession(ctx, tenant, req.SessionId)
+		if err != nil {
+			return nil, err
+		}
+		platform = ses.Platform
+		c.platforms.put(tenant, req.SessionId, platform)
 	}
 	out := store.OutboundMessage{
 		Tenant:      tenant,
@@ -59,7 +64,7 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	}
 	// An ended session is refused by the store, unless the key replays a
 	// result from before it ended.
-	out.Status, out.Error = deliver(ses.Platform)
+	out.Status, out.Error = deliver(platform)
 	msg, _, _, err := c.cfg.Store.AppendOutbound(ctx, out)
 	if err != nil {
 		return nil, err

@@ -29,6 +29,7 @@ type cluster struct {
 	redis    *redistest.Server
 	prefix   string
 	replicas []*testServer
+	trips    []*redistest.RoundTrips // per replica
 }
 
 func startCluster(t *testing.T, n int, opts ...redistest.Option) *cluster {
@@ -41,6 +42,9 @@ func startCluster(t *testing.T, n int, opts ...redistest.Option) *cluster {
 			Addr: srv.Addr, ClientName: fmt.Sprintf("%s-replica%d", cl.prefix, i),
 			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: 1,
 		})
+		trips := &redistest.RoundTrips{}
+		c.AddHook(trips)
+		cl.trips = append(cl.trips, trips)
 		st, err := redisstore.New(c, redisstore.Options{Prefix: cl.prefix, Clock: clk})
 		if err != nil {
 			t.Fatal(err)
@@ -397,5 +401,58 @@ func TestRedisDownFailsFastAndRecovers(t *testing.T) {
 	waitFor(t, "/readyz 200", func() bool { return a.rest("GET", "/readyz", nil).code == 200 })
 	if _, err := a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "back"}); err != nil {
 		t.Fatalf("after recovery: %v", err)
+	}
+}
+
+// TestRedisRoundTripsPerRPC pins the cost of each RPC in Redis round trips
+// (scripts already loaded, the session's platform already seen).
+func TestRedisRoundTripsPerRPC(t *testing.T) {
+	t.Parallel()
+	cl := startCluster(t, 1)
+	a, trips := cl.replicas[0], cl.trips[0]
+	ses := a.createSession("u1")
+	// Warm up: load every script once and let the replica see the session.
+	a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "warm", IdempotencyKey: "w"})
+	a.ingest("u1", "warm")
+	a.chat.SendChatbotMessage(a.ctx(), &pb.SendChatbotMessageRequest{Chatbot: "bot_plain", From: "api", To: "u0"})
+	a.sessions.UpdateSession(a.ctx(), &pb.UpdateSessionRequest{SessionId: ses.SessionId, Metadata: map[string]string{"k": "v"}})
+	warm, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "warm"})
+	a.ingest("warm", "x")
+	recvOrFail(t, warm.Recv)
+	other := a.createSession("u3")
+	a.sessions.CloseSession(a.ctx(), &pb.CloseSessionRequest{SessionId: other.SessionId})
+
+	cases := []struct {
+		rpc  string
+		want int64
+		call func()
+	}{
+		{"PostMessage", 1, func() {
+			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "m"})
+		}},
+		{"PostMessage with idempotency_key", 1, func() {
+			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "m", IdempotencyKey: "k1"})
+		}},
+		{"IngestMessage, no listener", 1, func() { a.ingest("u1", "in") }},
+		{"IngestMessage opening a session", 1, func() { a.ingest("u2", "in") }},
+		{"CreateSession", 1, func() { a.createSession("u4") }},
+		{"GetSession", 1, func() { a.sessions.GetSession(a.ctx(), &pb.GetSessionRequest{SessionId: ses.SessionId}) }},
+		{"UpdateSession", 1, func() {
+			a.sessions.UpdateSession(a.ctx(), &pb.UpdateSessionRequest{SessionId: ses.SessionId, Metadata: map[string]string{"k": "w"}})
+		}},
+		{"ListMessages", 1, func() { a.history(ses.SessionId) }},
+		{"CloseSession", 1, func() { a.sessions.CloseSession(a.ctx(), &pb.CloseSessionRequest{SessionId: ses.SessionId}) }},
+		{"SendChatbotMessage", 2, func() {
+			a.chat.SendChatbotMessage(a.ctx(), &pb.SendChatbotMessageRequest{Chatbot: "bot_plain", From: "api", To: "u5"})
+		}},
+	}
+	for _, c := range cases {
+		before := trips.Count()
+		c.call()
+		if got := trips.Count() - before; got != c.want {
+			t.Errorf("%s: %d round trips, want %d", c.rpc, got, c.want)
+		} else {
+			t.Logf("%s: %d round trip(s)", c.rpc, got)
+		}
 	}
 }

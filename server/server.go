@@ -33,6 +33,8 @@ type Server struct {
 	// status instead of holding GracefulStop up forever.
 	stopping chan struct{}
 	stopOnce sync.Once
+	// platforms caches session platforms for PostMessage.
+	platforms platformCache
 }
 
 // New validates cfg and builds a Server.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,5 +155,31 @@ func (s *Server) Restart() {
 	s.Kill()
 	if err := s.start(); err != nil {
 		s.t.Fatalf("restarting redis-server: %v", err)
+	}
+}
+
+// RoundTrips is a go-redis hook that counts round trips: each command sent
+// alone and each pipeline counts one. PING is not counted: it is the
+// readiness probe, not the cost of a call. Add it with client.AddHook.
+type RoundTrips struct{ n atomic.Int64 }
+
+// Count returns the round trips so far.
+func (r *RoundTrips) Count() int64 { return r.n.Load() }
+
+func (r *RoundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r *RoundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() != "ping" {
+			r.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (r *RoundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		r.n.Add(1)
+		return next(ctx, cmds)
 	}
 }

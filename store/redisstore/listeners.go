@@ -21,10 +21,7 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	if _, err := nl.Filter.Compile(); err != nil {
 		return store.Listener{}, err
 	}
-	fjson, err := json.Marshal(nl.Filter)
-	if err != nil {
-		return store.Listener{}, err
-	}
+	fjson := encodeFilter(&nl.Filter)
 	now := s.o.Clock.Now()
 	var deadline int64
 	life := nl.ResumeWindow
@@ -33,10 +30,9 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 		life = nl.Timeout
 	}
 	bucket := s.bucketKey(nl.Tenant, &nl.Filter)
-	member := nl.ID + " " + string(fjson)
+	member := nl.ID + " " + fjson
 	keys := []string{s.listenerKey(nl.ID)}
-	args := []any{nl.Tenant, string(fjson), bucket, member, now.UnixMilli(), deadline,
-		now.Add(nl.ResumeWindow).UnixMilli(), ms(s.o.OutcomeRetention)}
+	args := []any{nl.Tenant, fjson, now.UnixMilli(), deadline, now.Add(nl.ResumeWindow).UnixMilli(), ms(s.o.OutcomeRetention)}
 	idxArgs := []any{member, ms(life + s.o.OutcomeRetention)}
 
 	pipe := s.c.Pipeline()
@@ -66,6 +62,31 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	return decodeListener(nl.ID, out[0])
 }
 
+// wireFilter is a filter as stored: short keys, empty fields left out, so
+// a listener record stays in Redis's compact (listpack) hash encoding.
+type wireFilter struct {
+	Platform  string `json:"p,omitempty"`
+	Channel   string `json:"c,omitempty"`
+	User      string `json:"u,omitempty"`
+	SessionID string `json:"s,omitempty"`
+	Keyword   string `json:"k,omitempty"`
+	Match     int    `json:"m,omitempty"`
+}
+
+func encodeFilter(f *store.Filter) string {
+	b, _ := json.Marshal(wireFilter{f.Platform, f.Channel, f.User, f.SessionID, f.Keyword, int(f.Match)})
+	return string(b)
+}
+
+func decodeFilter(raw string) (store.Filter, error) {
+	var w wireFilter
+	if err := json.Unmarshal([]byte(raw), &w); err != nil {
+		return store.Filter{}, fmt.Errorf("redisstore: listener filter: %w", err)
+	}
+	return store.Filter{Platform: w.Platform, Channel: w.Channel, User: w.User, SessionID: w.SessionID,
+		Keyword: w.Keyword, Match: store.MatchMode(w.Match)}, nil
+}
+
 // GetListener is one script, which also decides a timeout that is due: 1
 // round trip (plus a background index clean-up when the listener was
 // decided or dropped).
@@ -85,7 +106,7 @@ func (s *Store) GetListener(ctx context.Context, tenant, id string) (store.Liste
 		if err != nil {
 			return l, err
 		}
-		s.unindex(out[0])
+		s.unindex(&l)
 		if code == "GONE" {
 			return store.Listener{}, store.ErrListenerNotFound
 		}
@@ -96,15 +117,12 @@ func (s *Store) GetListener(ctx context.Context, tenant, id string) (store.Liste
 
 // unindex removes a decided or dropped listener from its index set, in the
 // background: stale members are harmless, only wasteful.
-func (s *Store) unindex(raw string) {
-	var m map[string]string
-	if json.Unmarshal([]byte(raw), &m) != nil || m["x"] == "" {
-		return
-	}
+func (s *Store) unindex(l *store.Listener) {
+	bucket, member := s.bucketKey(l.Tenant, &l.Filter), l.ID+" "+encodeFilter(&l.Filter)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := s.c.SRem(ctx, m["x"], m["mem"]).Err(); err != nil && err != redis.Nil {
+		if err := s.c.SRem(ctx, bucket, member).Err(); err != nil && err != redis.Nil {
 			s.o.Logger.Debug("cannot remove a listener from its index", "err", err)
 		}
 	}()
@@ -137,8 +155,9 @@ func decodeListener(id, raw string) (store.Listener, error) {
 		SawMismatch: m["mm"] == "1",
 		DecidedAt:   fromMs(m["da"]),
 	}
-	if err := json.Unmarshal([]byte(m["flt"]), &l.Filter); err != nil {
-		return store.Listener{}, fmt.Errorf("redisstore: listener filter: %w", err)
+	var err error
+	if l.Filter, err = decodeFilter(m["flt"]); err != nil {
+		return store.Listener{}, err
 	}
 	oc, _ := strconv.Atoi(m["oc"])
 	l.Outcome = store.OutcomeKind(oc)

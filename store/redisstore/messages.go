@@ -194,8 +194,8 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 			continue
 		}
 		seen[lid] = true
-		var f store.Filter
-		if json.Unmarshal([]byte(fjson), &f) != nil {
+		f, err := decodeFilter(fjson)
+		if err != nil {
 			continue
 		}
 		m, err := f.Compile()
