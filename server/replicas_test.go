@@ -257,13 +257,17 @@ func TestReplicaMultiplexesStreamsOverOnePubSubConnection(t *testing.T) {
 	t.Parallel()
 	cl := startCluster(t, 2)
 	a, b := cl.replicas[0], cl.replicas[1]
-	const sessions, listeners = 500, 1500
+	const sessions, listeners = 5000, 5000
+	// Opening 10,000 streams under -race takes a while: one context for
+	// all of them, longer than ts.ctx()'s.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	var streams []func() error
 	var sesIDs []string
 	for i := range sessions {
 		ses := b.createSession(fmt.Sprint("w", i))
 		sesIDs = append(sesIDs, ses.SessionId)
-		st, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
+		st, err := a.sessions.WatchSession(ctx, &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +277,7 @@ func TestReplicaMultiplexesStreamsOverOnePubSubConnection(t *testing.T) {
 		streams = append(streams, func() error { _, err := st.Recv(); return err })
 	}
 	for i := range listeners {
-		st, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: fmt.Sprint("l", i)})
+		st, _ := a.receive(ctx, &pb.ChatReceiveRequest{FromUser: fmt.Sprint("l", i)})
 		streams = append(streams, func() error { _, err := st.Recv(); return err })
 	}
 	if n := pubsubConns(t, cl, 0); n != 1 {
