@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/chatrelay/chatrelay/store"
 )
 
@@ -119,13 +117,11 @@ func (s *Store) GetListener(ctx context.Context, tenant, id string) (store.Liste
 // background: stale members are harmless, only wasteful.
 func (s *Store) unindex(l *store.Listener) {
 	bucket, member := s.bucketKey(l.Tenant, &l.Filter), l.ID+" "+encodeFilter(&l.Filter)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.c.SRem(ctx, bucket, member).Err(); err != nil && err != redis.Nil {
+	s.background(func(ctx context.Context) {
+		if err := s.c.SRem(ctx, bucket, member).Err(); err != nil {
 			s.o.Logger.Debug("cannot remove a listener from its index", "err", err)
 		}
-	}()
+	})
 }
 
 // TouchListener is one script: 1 round trip.

@@ -256,15 +256,13 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		// Drop decided and vanished listeners from their indexes. Off the
 		// critical path and best effort: a stale member only costs a
 		// compare-and-set that answers DECIDED.
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
+		s.background(func(ctx context.Context) {
 			p := s.c.Pipeline()
 			for _, c := range stale {
 				p.SRem(ctx, c.bucket, c.member)
 			}
 			_, _ = p.Exec(ctx)
-		}()
+		})
 	}
 	sort.Strings(matched)
 	return matched, nil

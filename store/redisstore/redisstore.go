@@ -57,6 +57,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -92,6 +93,9 @@ type Store struct {
 	c   redis.UniversalClient
 	o   Options
 	hub *hub
+	// bg tracks background clean-ups, so Close can wait for them before
+	// the caller closes the client.
+	bg sync.WaitGroup
 }
 
 var _ store.Store = (*Store)(nil)
@@ -133,10 +137,24 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the pub/sub connection. Open subscriptions stop receiving.
+// Close stops the pub/sub connection and waits for background clean-ups.
+// Open subscriptions stop receiving.
 func (s *Store) Close() error {
 	s.hub.close()
+	s.bg.Wait()
 	return nil
+}
+
+// background runs a best-effort clean-up off the request path, bounded in
+// time.
+func (s *Store) background(fn func(ctx context.Context)) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		fn(ctx)
+	}()
 }
 
 // Ping reports whether Redis answers. 1 round trip.
