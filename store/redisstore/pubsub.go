@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -42,6 +43,12 @@ type hub struct {
 	mu    sync.Mutex
 	chans map[string]*channel
 
+	// idleAfter is how long a channel without subscribers stays
+	// subscribed; sweepEvery how often that is checked. sweeps counts the
+	// checks, for tests.
+	idleAfter, sweepEvery time.Duration
+	sweeps                atomic.Int64
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -58,23 +65,25 @@ type channel struct {
 	idleSince time.Time
 }
 
-// Idle channels are unsubscribed after idleUnsubscribe, checked every
-// sweepEvery.
+// Idle channels are unsubscribed after 30 s, checked every 10 s; Subscribe
+// gives up if Redis has not confirmed within confirmTimeout.
 const (
-	idleUnsubscribe = 30 * time.Second
-	sweepEvery      = 10 * time.Second
-	confirmTimeout  = 3 * time.Second
+	defaultIdleAfter  = 30 * time.Second
+	defaultSweepEvery = 10 * time.Second
+	confirmTimeout    = 3 * time.Second
 )
 
-func newHub(c redis.UniversalClient, log *slog.Logger) *hub {
+func newHub(c redis.UniversalClient, log *slog.Logger, idleAfter, sweepEvery time.Duration) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &hub{
-		ps:     c.Subscribe(ctx),
-		log:    log,
-		chans:  make(map[string]*channel),
-		ctx:    ctx,
-		cancel: cancel,
-		done:   make(chan struct{}),
+		ps:         c.Subscribe(ctx),
+		log:        log,
+		chans:      make(map[string]*channel),
+		idleAfter:  idleAfter,
+		sweepEvery: sweepEvery,
+		ctx:        ctx,
+		cancel:     cancel,
+		done:       make(chan struct{}),
 	}
 	go h.run()
 	return h
@@ -140,12 +149,13 @@ func (h *hub) sweep() {
 	h.mu.Lock()
 	var idle []string
 	for name, ch := range h.chans {
-		if len(ch.subs) == 0 && time.Since(ch.idleSince) >= idleUnsubscribe {
+		if len(ch.subs) == 0 && time.Since(ch.idleSince) >= h.idleAfter {
 			idle = append(idle, name)
 			delete(h.chans, name)
 		}
 	}
 	h.mu.Unlock()
+	defer h.sweeps.Add(1)
 	if len(idle) == 0 {
 		return
 	}
@@ -162,11 +172,11 @@ func (h *hub) run() {
 	backoff := 50 * time.Millisecond
 	lastSweep := time.Now()
 	for {
-		if time.Since(lastSweep) >= sweepEvery {
+		if time.Since(lastSweep) >= h.sweepEvery {
 			h.sweep()
 			lastSweep = time.Now()
 		}
-		msg, err := h.ps.ReceiveTimeout(h.ctx, sweepEvery)
+		msg, err := h.ps.ReceiveTimeout(h.ctx, h.sweepEvery)
 		if h.ctx.Err() != nil {
 			return
 		}

@@ -133,7 +133,7 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 		return nil, errors.New("redisstore: durations and limits must not be negative")
 	}
 	s := &Store{c: c, o: o}
-	s.hub = newHub(c, o.Logger)
+	s.hub = newHub(c, o.Logger, defaultIdleAfter, defaultSweepEvery)
 	return s, nil
 }
 

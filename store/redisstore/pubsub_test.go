@@ -1,0 +1,72 @@
+package redisstore
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/chatrelay/chatrelay/internal/redistest"
+	"github.com/chatrelay/chatrelay/store"
+)
+
+func TestHubUnsubscribesOnlyIdleChannels(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	ctx := context.Background()
+	h := newHub(c, slog.New(slog.NewTextHandler(io.Discard, nil)), 50*time.Millisecond, 20*time.Millisecond)
+	t.Cleanup(h.close)
+	numsub := func(ch string) int64 {
+		n, err := c.PubSubNumSub(ctx, ch).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n[ch]
+	}
+	waitSweeps := func(n int64) {
+		target := h.sweeps.Load() + n
+		deadline := time.Now().Add(10 * time.Second)
+		for h.sweeps.Load() < target {
+			if time.Now().After(deadline) {
+				t.Fatal("the hub stopped sweeping")
+			}
+			time.Sleep(time.Millisecond) // polling the sweep counter, with a deadline
+		}
+	}
+
+	kept, err := h.subscribe(ctx, "kept", store.Topic{Tenant: "t", SessionID: "kept"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := h.subscribe(ctx, "left", store.Topic{Tenant: "t", SessionID: "left"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left.Close()
+	waitSweeps(5) // well past the idle time
+	if numsub("left") != 0 {
+		t.Fatal("an idle channel was never unsubscribed")
+	}
+	if numsub("kept") != 1 {
+		t.Fatal("a channel with a subscriber was unsubscribed")
+	}
+	// A channel that was dropped works again when wanted again.
+	again, err := h.subscribe(ctx, "left", store.Topic{Tenant: "t", SessionID: "left"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if err := c.Publish(ctx, "left", "end").Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-again.Ready():
+		if evs, _ := again.Next(); len(evs) != 1 || evs[0].Kind != store.EventSessionEnded {
+			t.Fatalf("events = %+v", evs)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event on the resubscribed channel")
+	}
+	kept.Close()
+}
