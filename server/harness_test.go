@@ -10,10 +10,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -30,6 +32,19 @@ import (
 )
 
 var epoch = time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
+
+// quiet discards logs: the fault tests provoke warnings on purpose.
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestMain(m *testing.M) {
+	// go-redis logs its reconnect attempts while a test has Redis down.
+	redis.SetLogger(discardLogger{})
+	os.Exit(m.Run())
+}
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(context.Context, string, ...any) {}
 
 // testServer is a real chatrelay server on loopback, with clients of both
 // kinds.
@@ -65,7 +80,7 @@ func start(t *testing.T, st store.Store, clk *clock.Fake, opts ...option) *testS
 	cfg := server.Config{
 		Store:  st,
 		Clock:  clk,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: quiet,
 		Channels: []server.Channel{
 			{Name: "support", Platform: "whatsapp", ID: "15550001111"},
 			{Name: "team", Platform: "slack", ID: "C0123"},
