@@ -353,7 +353,9 @@ func TestRedisRestartWhileListenersWait(t *testing.T) {
 		st, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: fmt.Sprint("u", i), TimeoutMinutes: 60})
 		streams = append(streams, st)
 	}
-	cl.redis.Restart()
+	if err := cl.redis.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	// B's first calls may meet the broken connections; it recovers on its
 	// own, so retry until the deadline.
 	for i := range streams {
@@ -404,7 +406,9 @@ func TestRedisDownFailsFastAndRecovers(t *testing.T) {
 		t.Fatalf("/readyz while Redis is down: %d", r.code)
 	}
 
-	cl.redis.Restart()
+	if err := cl.redis.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "SERVING again", serving(healthpb.HealthCheckResponse_SERVING))
 	waitFor(t, "/readyz 200", func() bool { return a.rest("GET", "/readyz", nil).code == 200 })
 	if _, err := a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "back"}); err != nil {

@@ -1,7 +1,7 @@
-// Package redistest runs private redis-server instances for tests: each on
-// a free loopback port, with its own data directory, killed at cleanup.
-// Tests skip when redis-server is not installed, unless
-// CHATRELAY_REQUIRE_REDIS=1 (as in CI), where they fail instead.
+// Package redistest runs private redis-server instances for tests and the
+// benchmark: each on a free loopback port, with its own data directory.
+// Start (for tests) kills it at cleanup, and skips when redis-server is not
+// installed unless CHATRELAY_REQUIRE_REDIS=1 (as in CI), where it fails.
 package redistest
 
 import (
@@ -22,7 +22,6 @@ import (
 
 // Server is a running (or stopped) private redis-server.
 type Server struct {
-	t    testing.TB
 	Addr string
 	port int
 	dir  string
@@ -48,7 +47,18 @@ func Start(t testing.TB, opts ...Option) *Server {
 		}
 		t.Skip("redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests")
 	}
-	s := &Server{t: t, dir: t.TempDir()}
+	s, err := Launch(t.TempDir(), opts...)
+	if err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Launch starts a redis-server keeping its files in dir. The caller kills
+// it.
+func Launch(dir string, opts ...Option) (*Server, error) {
+	s := &Server{dir: dir}
 	for _, o := range opts {
 		o(s)
 	}
@@ -59,14 +69,10 @@ func Start(t testing.TB, opts ...Option) *Server {
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 		if err = s.start(); err == nil {
-			break
+			return s, nil
 		}
 	}
-	if err != nil {
-		t.Fatalf("starting redis-server: %v", err)
-	}
-	t.Cleanup(s.Kill)
-	return s
+	return nil, err
 }
 
 func freePort() (int, error) {
@@ -150,12 +156,12 @@ func (s *Server) Kill() {
 }
 
 // Restart starts the server again on the same port and directory.
-func (s *Server) Restart() {
-	s.t.Helper()
+func (s *Server) Restart() error {
 	s.Kill()
 	if err := s.start(); err != nil {
-		s.t.Fatalf("restarting redis-server: %v", err)
+		return fmt.Errorf("restarting redis-server: %w", err)
 	}
+	return nil
 }
 
 // RoundTrips is a go-redis hook that counts round trips: each command sent

@@ -1,0 +1,486 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+)
+
+// child is a server under test.
+type child struct {
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	grpcAddr string
+	httpAddr string
+	conn     *grpc.ClientConn
+	chat     pb.ChatServiceClient
+	sessions pb.SessionServiceClient
+}
+
+func startChild(backend, redisURL string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "-serve", "-backend", backend, "-redis-url", redisURL)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil {
+			ready <- fmt.Errorf("server under test did not start: %w", err)
+			return
+		}
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != "READY" {
+			ready <- fmt.Errorf("server under test said %q", line)
+			return
+		}
+		c.grpcAddr, c.httpAddr = f[1], f[2]
+		ready <- nil
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			_ = cmd.Process.Kill()
+			return nil, err
+		}
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		return nil, errors.New("server under test did not start within 30s")
+	}
+	if c.conn, err = dial(c.grpcAddr); err != nil {
+		c.stop()
+		return nil, err
+	}
+	c.chat, c.sessions = pb.NewChatServiceClient(c.conn), pb.NewSessionServiceClient(c.conn)
+	return c, nil
+}
+
+func dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func (c *child) stop() {
+	if c.conn != nil {
+		c.conn.Close()
+	}
+	c.stdin.Close()
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// rss is the server's resident set size, from /proc.
+func (c *child) rss() int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// closedLoop runs call from n goroutines for d after a short warm-up and
+// records every latency. Workers stop starting calls when the time is up
+// and finish the one in flight, so no call is cut off and miscounted.
+func closedLoop(ctx context.Context, n int, d time.Duration, call func(context.Context) error) (*recorder, time.Duration) {
+	warm := min(d/4, time.Second)
+	begin := time.Now()
+	measureFrom, end := begin.Add(warm), begin.Add(warm+d)
+	rec := &recorder{}
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				start := time.Now()
+				if !start.Before(end) {
+					return
+				}
+				err := call(ctx)
+				if !start.Before(measureFrom) {
+					rec.add(time.Since(start), err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return rec, time.Since(measureFrom)
+}
+
+func benchEcho(ctx context.Context, cfg config) ([]row, error) {
+	c, err := startChild("echo", "")
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	req := &pb.PostMessageRequest{SessionId: "ses_bench", Message: "Your order has shipped."}
+	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
+		return c.conn.Invoke(ctx, echoMethod, req, new(pb.PostMessageResponse))
+	})
+	r := rec.row("echo (bare grpc-go handler)", 0, elapsed)
+	r.rssBytes = c.rss()
+	return []row{r}, nil
+}
+
+func benchPostGRPC(ctx context.Context, cfg config, backend string) ([]row, error) {
+	c, err := startChild(backend, cfg.redisURL)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	ses, err := c.sessions.CreateSession(ctx, &pb.CreateSessionRequest{User: "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)})
+	if err != nil {
+		return nil, err
+	}
+	req := &pb.PostMessageRequest{SessionId: ses.Session.SessionId, Message: "Your order has shipped."}
+	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
+		_, err := c.chat.PostMessage(ctx, req)
+		return err
+	})
+	r := rec.row("PostMessage over gRPC, "+backend+" backend", 0, elapsed)
+	r.rssBytes = c.rss()
+	return []row{r}, nil
+}
+
+func benchPostREST(ctx context.Context, cfg config) ([]row, error) {
+	c, err := startChild("memory", "")
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	ses, err := c.sessions.CreateSession(ctx, &pb.CreateSessionRequest{User: "bench-rest"})
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.concurrency}}
+	url := "http://" + c.httpAddr + "/v1/sessions/" + ses.Session.SessionId + "/messages"
+	body := []byte(`{"message":"Your order has shipped."}`)
+	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		return nil
+	})
+	r := rec.row("PostMessage over REST, memory backend", 0, elapsed)
+	r.rssBytes = c.rss()
+	return []row{r}, nil
+}
+
+// openListeners opens n ChatReceive streams spread over conns and waits for
+// every waiting frame. Each stream's cancel is returned.
+func openListeners(ctx context.Context, conns []*grpc.ClientConn, n int, req func(i int) *pb.ChatReceiveRequest) ([]pb.ChatService_ChatReceiveClient, *recorder, error) {
+	streams := make([]pb.ChatService_ChatReceiveClient, n)
+	rec := &recorder{}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	sem := make(chan struct{}, 256) // registrations in flight
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			begin := time.Now()
+			st, err := pb.NewChatServiceClient(conns[i%len(conns)]).ChatReceive(ctx, req(i))
+			if err == nil {
+				var first *pb.ChatReceiveResponse
+				if first, err = st.Recv(); err == nil && first.GetWaiting() == nil {
+					err = fmt.Errorf("first frame %v", first)
+				}
+			}
+			rec.add(time.Since(begin), err)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			streams[i] = st
+		}()
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		return nil, rec, fmt.Errorf("%d of %d listeners failed to register; first: %v", failed.Load(), n, rec.first)
+	}
+	return streams, rec, nil
+}
+
+func dialMany(addr string, n int) ([]*grpc.ClientConn, error) {
+	var conns []*grpc.ClientConn
+	for range n {
+		c, err := dial(addr)
+		if err != nil {
+			return nil, err
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
+func closeAll(conns []*grpc.ClientConn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// benchIdle opens N idle listeners on a fresh server and reports the time
+// to register them and the server's RSS per listener.
+func benchIdle(ctx context.Context, cfg config) ([]row, error) {
+	var rows []row
+	for _, n := range cfg.idleNs {
+		c, err := startChild("memory", "")
+		if err != nil {
+			return nil, err
+		}
+		// Warm the server up with a few streams, so fixed costs (buffers,
+		// first allocations) are in the baseline, not the per-listener cost.
+		conns, err := dialMany(c.grpcAddr, max(1, n/10_000))
+		if err != nil {
+			c.stop()
+			return nil, err
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		if _, _, err := openListeners(sctx, conns, 100, func(i int) *pb.ChatReceiveRequest {
+			return &pb.ChatReceiveRequest{FromUser: fmt.Sprint("warm-", i)}
+		}); err != nil {
+			cancel()
+			c.stop()
+			return nil, err
+		}
+		base := c.rss()
+		begin := time.Now()
+		_, rec, err := openListeners(sctx, conns, n, func(i int) *pb.ChatReceiveRequest {
+			return &pb.ChatReceiveRequest{FromUser: fmt.Sprint("idle-", i), KeywordFilter: "yes"}
+		})
+		elapsed := time.Since(begin)
+		if err != nil {
+			cancel()
+			c.stop()
+			return nil, err
+		}
+		rss := c.rss()
+		r := rec.row("idle ChatReceive listeners (register all)", n, elapsed)
+		r.rssBytes = rss
+		r.extra = fmt.Sprintf("%.1f KiB RSS per listener; all registered in %s", float64(rss-base)/1024/float64(n), elapsed.Round(time.Millisecond))
+		rows = append(rows, r)
+		cancel()
+		closeAll(conns)
+		c.stop()
+	}
+	return rows, nil
+}
+
+// benchMatch measures, with N idle non-matching listeners on replica A,
+// the latency from an ingest on replica B to the success frame on A, at a
+// fixed rate.
+func benchMatch(ctx context.Context, cfg config) ([]row, error) {
+	var rows []row
+	for _, n := range cfg.matchNs {
+		a, err := startChild("redis", cfg.redisURL)
+		if err != nil {
+			return nil, err
+		}
+		b, err := startChild("redis", cfg.redisURL)
+		if err != nil {
+			a.stop()
+			return nil, err
+		}
+		r, err := matchOnce(ctx, cfg, n, a, b)
+		a.stop()
+		b.stop()
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error) {
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	conns, err := dialMany(a.grpcAddr, max(1, n/10_000))
+	if err != nil {
+		return row{}, err
+	}
+	defer closeAll(conns)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if n > 0 {
+		if _, _, err := openListeners(sctx, conns, n, func(i int) *pb.ChatReceiveRequest {
+			return &pb.ChatReceiveRequest{FromUser: fmt.Sprintf("idle-%s-%d", run, i)}
+		}); err != nil {
+			return row{}, err
+		}
+	}
+	msgs := int(cfg.matchFor.Seconds() * float64(cfg.matchRate))
+	waiters, _, err := openListeners(sctx, conns, msgs, func(i int) *pb.ChatReceiveRequest {
+		return &pb.ChatReceiveRequest{FromUser: fmt.Sprintf("match-%s-%d", run, i)}
+	})
+	if err != nil {
+		return row{}, err
+	}
+	sent := make([]time.Time, msgs)
+	rec := &recorder{}
+	var wg sync.WaitGroup
+	for i, st := range waiters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := st.Recv()
+			if err == nil && f.GetSuccess() == nil {
+				err = fmt.Errorf("frame %v", f)
+			}
+			rec.add(time.Since(sent[i]), err)
+		}()
+	}
+	tick := time.NewTicker(time.Second / time.Duration(cfg.matchRate))
+	defer tick.Stop()
+	ingester := pb.NewChatServiceClient(b.conn)
+	var ingests sync.WaitGroup
+	begin := time.Now()
+	for i := range msgs {
+		<-tick.C
+		sent[i] = time.Now()
+		ingests.Add(1)
+		go func() {
+			defer ingests.Done()
+			if _, err := ingester.IngestMessage(ctx, &pb.IngestMessageRequest{FromUser: fmt.Sprintf("match-%s-%d", run, i), Text: "yes"}); err != nil {
+				rec.add(0, err)
+			}
+		}()
+	}
+	ingests.Wait()
+	wg.Wait()
+	r := rec.row(fmt.Sprintf("ingest on B → success on A, %d msg/s", cfg.matchRate), n, time.Since(begin))
+	r.rssBytes = a.rss()
+	r.extra = "N = idle listeners on A"
+	return r, nil
+}
+
+// benchFanout posts into one session watched by K streams split across two
+// replicas and reports the delivery latency.
+func benchFanout(ctx context.Context, cfg config) ([]row, error) {
+	var rows []row
+	a, err := startChild("redis", cfg.redisURL)
+	if err != nil {
+		return nil, err
+	}
+	defer a.stop()
+	b, err := startChild("redis", cfg.redisURL)
+	if err != nil {
+		return nil, err
+	}
+	defer b.stop()
+	for _, k := range cfg.fanoutKs {
+		ses, err := a.sessions.CreateSession(ctx, &pb.CreateSessionRequest{User: "fanout-" + strconv.FormatInt(time.Now().UnixNano(), 36)})
+		if err != nil {
+			return nil, err
+		}
+		sid := ses.Session.SessionId
+		const posts = 50
+		sent := make([]time.Time, posts+1) // by message index in the text
+		var sentMu sync.Mutex
+		rec := &recorder{}
+		sctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		var ready sync.WaitGroup
+		for i := range k {
+			replica := []*child{a, b}[i%2]
+			st, err := replica.sessions.WatchSession(sctx, &pb.WatchSessionRequest{SessionId: sid, LiveOnly: true})
+			if err != nil {
+				cancel()
+				return nil, err
+			}
+			ready.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := st.Header(); err != nil {
+					rec.add(0, err)
+				}
+				ready.Done()
+				for range posts {
+					f, err := st.Recv()
+					if err != nil {
+						rec.add(0, err)
+						return
+					}
+					idx, _ := strconv.Atoi(f.GetMessage().GetText())
+					sentMu.Lock()
+					at := sent[idx]
+					sentMu.Unlock()
+					rec.add(time.Since(at), nil)
+				}
+			}()
+		}
+		ready.Wait()
+		interval := cfg.fanoutFor / posts
+		begin := time.Now()
+		for i := range posts {
+			sentMu.Lock()
+			sent[i] = time.Now()
+			sentMu.Unlock()
+			if _, err := a.chat.PostMessage(ctx, &pb.PostMessageRequest{SessionId: sid, Message: strconv.Itoa(i)}); err != nil {
+				rec.add(0, err)
+			}
+			time.Sleep(interval) // pacing the posts, not synchronising
+		}
+		wg.Wait()
+		cancel()
+		r := rec.row("post → every watcher, 2 replicas", k, time.Since(begin))
+		r.rssBytes = a.rss()
+		r.extra = fmt.Sprintf("K = watchers; %d posts; ops = deliveries", posts)
+		rows = append(rows, r)
+	}
+	return rows, nil
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/server"
+	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/store/memory"
+	"github.com/chatrelay/chatrelay/store/redisstore"
+)
+
+// The server under test runs in a child process (chatbench -serve …), so
+// its RSS is its own and the load generator's allocations don't disturb it.
+// It prints "READY <grpc addr> <http addr>" and stops when stdin closes.
+
+const echoMethod = "/chatbench.Echo/Post"
+
+// echoDesc is the baseline: a bare grpc-go unary handler that decodes a
+// PostMessageRequest and answers a PostMessageResponse, with no
+// interceptors, validation or storage.
+var echoDesc = grpc.ServiceDesc{
+	ServiceName: "chatbench.Echo",
+	HandlerType: (*any)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Post",
+		Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			in := new(pb.PostMessageRequest)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			return &pb.PostMessageResponse{
+				Status: pb.MessageStatus_MESSAGE_STATUS_DELIVERED, MessageId: "msg_echo", SessionId: in.SessionId,
+				DeliveredAt: timestamppb.Now(), Platform: "api", Channel: "api",
+			}, nil
+		},
+	}},
+}
+
+func serveChild(backend, redisURL string) error {
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // the parent closes our stdin to stop us
+		_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+		cancel()
+	}()
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+
+	if backend == "echo" {
+		s := grpc.NewServer()
+		s.RegisterService(&echoDesc, struct{}{})
+		fmt.Printf("READY %s %s\n", gl.Addr(), hl.Addr())
+		go func() { <-ctx.Done(); s.Stop() }()
+		return s.Serve(gl)
+	}
+
+	var st store.Store
+	switch backend {
+	case "memory":
+		ms, err := memory.New(memory.Options{})
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+		st = ms
+	case "redis":
+		c, err := redisstore.NewClient(redisURL)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		rs, err := redisstore.New(c, redisstore.Options{Prefix: "bench", Logger: quiet})
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		st = rs
+	default:
+		return fmt.Errorf("unknown backend %q", backend)
+	}
+	srv, err := server.New(server.Config{Store: st, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("READY %s %s\n", gl.Addr(), hl.Addr())
+	if err := srv.Serve(ctx, gl, hl); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
