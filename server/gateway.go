@@ -19,10 +19,12 @@ import (
 )
 
 // httpHandler serves the REST gateway, /openapi.json, /healthz and /readyz.
-// The gateway calls the gRPC server over conn, so REST requests pass
-// through the same interceptors (auth, limits, error mapping) as gRPC ones.
+// Unary REST calls run the services in process, through the same
+// interceptors as gRPC (auth, limits, error mapping); the two streaming
+// calls go over a gRPC connection to this server (conn), which the
+// gateway's in-process mode does not support.
 func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Handler {
-	gw := runtime.NewServeMux(
+	opts := []runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
 			Marshaler: &runtime.JSONPb{
 				MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
@@ -36,11 +38,23 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 		runtime.WithStreamErrorHandler(func(_ context.Context, err error) *status.Status {
 			return withErrorInfo(status.Convert(err))
 		}),
-	)
-	// Registration against a client connection cannot fail; the error is
-	// kept for API compatibility.
-	_ = pb.RegisterChatServiceHandler(ctx, gw, conn)
-	_ = pb.RegisterSessionServiceHandler(ctx, gw, conn)
+	}
+	// Registration cannot fail with these arguments; the errors are kept
+	// for API compatibility.
+	unary := runtime.NewServeMux(opts...)
+	direct := &inProcess{chat: s.chat, sessions: s.sessions, unary: s.ic.unary}
+	_ = pb.RegisterChatServiceHandlerServer(ctx, unary, direct)
+	_ = pb.RegisterSessionServiceHandlerServer(ctx, unary, direct)
+	streams := runtime.NewServeMux(opts...)
+	_ = pb.RegisterChatServiceHandler(ctx, streams, conn)
+	_ = pb.RegisterSessionServiceHandler(ctx, streams, conn)
+	gw := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isStream(r) {
+			streams.ServeHTTP(w, r)
+			return
+		}
+		unary.ServeHTTP(w, r)
+	})
 
 	mux := http.NewServeMux()
 	mux.Handle("/", http.MaxBytesHandler(gw, int64(s.cfg.Limits.RequestBytes)*2))
@@ -65,6 +79,12 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 		_, _ = w.Write(chatrelay.OpenAPI)
 	})
 	return mux
+}
+
+// isStream tells the two server-streaming routes (DESIGN §3) apart.
+func isStream(r *http.Request) bool {
+	return (r.Method == http.MethodPost && r.URL.Path == "/v1/chat:receive") ||
+		(r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/sessions/") && strings.HasSuffix(r.URL.Path, ":watch"))
 }
 
 // withErrorInfo adds ErrorInfo to errors the gateway makes itself (bad

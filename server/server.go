@@ -35,6 +35,11 @@ type Server struct {
 	stopOnce sync.Once
 	// platforms caches session platforms for PostMessage.
 	platforms platformCache
+	// The services and interceptors, shared by gRPC and the in-process
+	// REST path.
+	chat     *chatService
+	sessions *sessionService
+	ic       *interceptors
 }
 
 // New validates cfg and builds a Server.
@@ -51,16 +56,17 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{})}
-	ic := &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits}
+	s.ic = &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits}
+	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(ic.unary),
-		grpc.ChainStreamInterceptor(ic.stream),
+		grpc.ChainUnaryInterceptor(s.ic.unary),
+		grpc.ChainStreamInterceptor(s.ic.stream),
 		// The transport's own limit sits above Limits.RequestBytes so that
 		// oversized requests reach the interceptor and get a proper error.
 		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
 	)
-	pb.RegisterChatServiceServer(s.grpc, &chatService{Server: s})
-	pb.RegisterSessionServiceServer(s.grpc, &sessionService{Server: s})
+	pb.RegisterChatServiceServer(s.grpc, s.chat)
+	pb.RegisterSessionServiceServer(s.grpc, s.sessions)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	if len(cfg.APIKeys) == 0 {

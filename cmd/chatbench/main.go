@@ -45,6 +45,8 @@ func main() {
 	serve := flag.Bool("serve", false, "internal: run as the server under test")
 	backend := flag.String("backend", "memory", "internal: the child's backend: echo, memory or redis")
 	childRedis := flag.String("redis-url", "", "internal: the child's Redis URL")
+	childProfile := flag.String("cpuprofile", "", "internal: where the child writes its CPU profile")
+	flag.StringVar(&profileDir, "profile", "", "write each server's CPU profile to this directory, as <backend>-<n>.prof")
 	short := flag.Bool("short", false, "small sizes; finishes in under a minute")
 	full := flag.Bool("full", false, "the sizes in BENCHMARKS.md")
 	scenarios := flag.String("scenarios", strings.Join(allScenarios, ","), "comma-separated: "+strings.Join(allScenarios, ", "))
@@ -53,7 +55,7 @@ func main() {
 	flag.Parse()
 
 	if *serve {
-		if err := serveChild(*backend, *childRedis); err != nil {
+		if err := serveChild(*backend, *childRedis, *childProfile); err != nil {
 			fmt.Fprintln(os.Stderr, "chatbench -serve:", err)
 			os.Exit(1)
 		}

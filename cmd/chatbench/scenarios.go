@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+)
+
+// profileDir, when set, makes each child write a CPU profile there;
+// children numbers them.
+var (
+	profileDir string
+	children   int
 )
 
 // child is a server under test.
@@ -38,7 +46,12 @@ func startChild(backend, redisURL string) (*child, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "-serve", "-backend", backend, "-redis-url", redisURL)
+	args := []string{"-serve", "-backend", backend, "-redis-url", redisURL}
+	if profileDir != "" {
+		children++
+		args = append(args, "-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", backend, children)))
+	}
+	cmd := exec.Command(self, args...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
