@@ -65,7 +65,7 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	// An ended session is refused by the store, unless the key replays a
 	// result from before it ended.
 	out.Status, out.Error = deliver(platform)
-	msg, _, _, err := c.cfg.Store.AppendOutbound(ctx, out)
+	msg, _, err := c.cfg.Store.AppendOutbound(ctx, out)
 	if err != nil {
 		return nil, err
 	}

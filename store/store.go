@@ -299,8 +299,9 @@ type Sessions interface {
 type Messages interface {
 	// AppendOutbound appends to an active session, refreshes its TTL and
 	// publishes EventMessage. With an idempotency key seen before, it returns
-	// the first call's message and appends nothing (replayed = true).
-	AppendOutbound(ctx context.Context, m OutboundMessage) (msg Message, s Session, replayed bool, err error)
+	// the first call's message and appends nothing (replayed = true). The
+	// message carries the session's platform and channel.
+	AppendOutbound(ctx context.Context, m OutboundMessage) (msg Message, replayed bool, err error)
 	// Ingest appends an inbound message (opening a session when needed),
 	// resolves every pending listener it matches, records the channel/user/
 	// session-but-not-keyword sighting on the others, and publishes the events

@@ -313,21 +313,17 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 
 // ---- messages ----
 
-func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (store.Message, store.Session, bool, error) {
+func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (store.Message, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
 	ik := idemKey{m.Tenant, "post", m.SessionID, m.Idempotency.Key}
 	if msg, ok, err := replayed[store.Message](s, ik, m.Idempotency, now); ok || err != nil {
-		var ses store.Session
-		if cur, err := s.lookup(m.Tenant, m.SessionID, now); err == nil {
-			ses = cloneSession(&cur.Session)
-		}
-		return cloneMessage(&msg), ses, ok, err
+		return cloneMessage(&msg), ok, err
 	}
 	ses, err := s.lookupActive(m.Tenant, m.SessionID, now)
 	if err != nil {
-		return store.Message{}, store.Session{}, false, err
+		return store.Message{}, false, err
 	}
 	msg := s.append(ses, store.Message{
 		Direction: store.Outbound,
@@ -338,7 +334,7 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 		Error:     m.Error,
 	}, now)
 	s.remember(ik, m.Idempotency, msg, now)
-	return msg, cloneSession(&ses.Session), false, nil
+	return msg, false, nil
 }
 
 func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.IngestResult, error) {

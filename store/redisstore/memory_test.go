@@ -71,7 +71,7 @@ func TestKeyMemory(t *testing.T) {
 	text := strings.Repeat("x", 100)
 	before := usage(t, c, prefix, "h:")
 	for i := range messages {
-		if _, _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "default", SessionID: sids[i%10], Text: text, Status: store.StatusDelivered}); err != nil {
+		if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "default", SessionID: sids[i%10], Text: text, Status: store.StatusDelivered}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -18,12 +18,12 @@ import (
 
 // AppendOutbound is one script: idempotency check, session state, XADD,
 // TTL refresh, record of the key and PUBLISH to watchers. 1 round trip.
-func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (store.Message, store.Session, bool, error) {
+func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (store.Message, bool, error) {
 	suffix, err := messageSuffix(&store.Message{
 		Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser, Status: m.Status, Metadata: m.Metadata, Error: m.Error,
 	})
 	if err != nil {
-		return store.Message{}, store.Session{}, false, err
+		return store.Message{}, false, err
 	}
 	slotp := s.sessionSlot(m.SessionID)
 	now := s.o.Clock.Now()
@@ -32,22 +32,16 @@ func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (st
 		slotp, s.sessionEventPrefix(), s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency),
 		m.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL))
 	if err != nil {
-		return store.Message{}, store.Session{}, false, err
+		return store.Message{}, false, err
 	}
 	if code != "OK" && code != "REPLAY" {
-		return store.Message{}, store.Session{}, false, codeErr(code)
+		return store.Message{}, false, codeErr(code)
 	}
 	msg, err := decodeMessage(out[0])
 	if err != nil {
-		return store.Message{}, store.Session{}, false, err
+		return store.Message{}, false, err
 	}
-	var ses store.Session
-	if len(out) > 1 {
-		if ses, err = decodeSession(out[1], now); err != nil {
-			return store.Message{}, store.Session{}, false, err
-		}
-	}
-	return msg, ses, code == "REPLAY", nil
+	return msg, code == "REPLAY", nil
 }
 
 // Ingest costs 1 round trip when no listener could match: the ingest script

@@ -189,17 +189,14 @@ return {'OK', cjson.encode(rec)}
 var postScript = script(`
 local now = tonumber(ARGV[1])
 local prev = idem(ARGV[10], ARGV[11], now)
+if prev then return prev end
 local rec = hgetall(KEYS[1])
-if prev then
-  if prev[1] == 'REPLAY' and rec then return {'REPLAY', prev[2], cjson.encode(rec)} end
-  return prev
-end
 if not rec or rec.tn ~= ARGV[2] then return {'NOTFOUND'} end
 local st = state(rec, now)
 if not active(st) then return {ended(st)} end
 local m = append(ARGV[8], ARGV[9], rec, now, ARGV[7], ARGV[6], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
 remember(ARGV[10], ARGV[11], now, tonumber(ARGV[12]), m)
-return {'OK', m, cjson.encode(rec)}
+return {'OK', m}
 `)
 
 // ingestScript appends an inbound message, opening the session when needed,

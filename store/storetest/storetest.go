@@ -122,7 +122,7 @@ func (e *env) create(tenant, user string) store.Session {
 
 func (e *env) post(tenant, sessionID, text string) store.Message {
 	e.t.Helper()
-	m, _, _, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{
+	m, _, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{
 		Tenant: tenant, SessionID: sessionID, Text: text, Status: store.StatusDelivered,
 	})
 	if err != nil {
@@ -245,7 +245,7 @@ func testTenantIsolation(e *env) {
 	m := e.post("t1", s.ID, "hi")
 	_, err := e.s.GetSession(e.ctx, "t2", s.ID)
 	wantErr(e.t, err, store.ErrSessionNotFound)
-	_, _, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t2", SessionID: s.ID, Text: "x", Status: store.StatusDelivered})
+	_, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t2", SessionID: s.ID, Text: "x", Status: store.StatusDelivered})
 	wantErr(e.t, err, store.ErrSessionNotFound)
 	_, err = e.s.ListMessages(e.ctx, "t2", s.ID, "", 10)
 	wantErr(e.t, err, store.ErrSessionNotFound)
@@ -287,7 +287,7 @@ func testExpiry(e *env) {
 	if err != nil || got.State != store.StateExpired {
 		e.t.Fatalf("session past its TTL should be EXPIRED, got %v (%v)", got.State, err)
 	}
-	_, _, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "late", Status: store.StatusDelivered})
+	_, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "late", Status: store.StatusDelivered})
 	wantErr(e.t, err, store.ErrSessionExpired)
 	// The tuple is free again, and history stays readable.
 	if again := e.create("t1", "u1"); again.ID == s.ID {
@@ -356,13 +356,13 @@ func testClose(e *env) {
 // ---- messages ----
 
 func testAppendEnded(e *env) {
-	_, _, _, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: "ses_nope", Text: "x", Status: store.StatusDelivered})
+	_, _, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: "ses_nope", Text: "x", Status: store.StatusDelivered})
 	wantErr(e.t, err, store.ErrSessionNotFound)
 	s := e.create("t1", "u1")
 	if _, err := e.s.CloseSession(e.ctx, "t1", s.ID); err != nil {
 		e.t.Fatal(err)
 	}
-	_, _, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "x", Status: store.StatusDelivered})
+	_, _, err = e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "x", Status: store.StatusDelivered})
 	wantErr(e.t, err, store.ErrSessionClosed)
 }
 
@@ -372,27 +372,27 @@ func testAppendIdempotent(e *env) {
 		Tenant: "t1", SessionID: s.ID, Text: "once", Status: store.StatusDelivered,
 		Idempotency: store.Idempotency{Key: "k1", Fingerprint: "f1"},
 	}
-	first, _, replayed, err := e.s.AppendOutbound(e.ctx, out)
+	first, replayed, err := e.s.AppendOutbound(e.ctx, out)
 	if err != nil || replayed {
 		e.t.Fatalf("first = %v, replayed %v", err, replayed)
 	}
 	e.clk.Advance(time.Hour)
-	second, ses, replayed, err := e.s.AppendOutbound(e.ctx, out)
-	if err != nil || !replayed || second.ID != first.ID || !second.CreatedAt.Equal(first.CreatedAt) || ses.ID != s.ID {
+	second, replayed, err := e.s.AppendOutbound(e.ctx, out)
+	if err != nil || !replayed || second.ID != first.ID || !second.CreatedAt.Equal(first.CreatedAt) || second.SessionID != s.ID {
 		e.t.Fatalf("retry = %+v replayed=%v err=%v; want the first message %s", second, replayed, err, first.ID)
 	}
 	out.Text, out.Idempotency.Fingerprint = "different", "f2"
-	_, _, _, err = e.s.AppendOutbound(e.ctx, out)
+	_, _, err = e.s.AppendOutbound(e.ctx, out)
 	wantErr(e.t, err, store.ErrIdempotencyKeyReused)
 	// Keys are per tenant.
 	s2 := e.create("t2", "u1")
-	if _, _, replayed, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t2", SessionID: s2.ID, Text: "once",
+	if _, replayed, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t2", SessionID: s2.ID, Text: "once",
 		Status: store.StatusDelivered, Idempotency: store.Idempotency{Key: "k1", Fingerprint: "f1"}}); err != nil || replayed {
 		e.t.Fatalf("another tenant's key replayed=%v err=%v", replayed, err)
 	}
 	// Keys are scoped to the session they address.
 	other := e.create("t1", "u9")
-	if _, _, replayed, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: other.ID, Text: "once",
+	if _, replayed, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: other.ID, Text: "once",
 		Status: store.StatusDelivered, Idempotency: store.Idempotency{Key: "k1", Fingerprint: "f-other"}}); err != nil || replayed {
 		e.t.Fatalf("the key of another session replayed=%v err=%v", replayed, err)
 	}
@@ -406,17 +406,17 @@ func testIdempotencyExpiry(e *env) {
 	s := e.create("t1", "u1")
 	out := store.OutboundMessage{Tenant: "t1", SessionID: s.ID, Text: "x", Status: store.StatusDelivered,
 		Idempotency: store.Idempotency{Key: "k", Fingerprint: "f"}}
-	first, _, _, err := e.s.AppendOutbound(e.ctx, out)
+	first, _, err := e.s.AppendOutbound(e.ctx, out)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.clk.Advance(23 * time.Hour)
-	if m, _, replayed, _ := e.s.AppendOutbound(e.ctx, out); !replayed || m.ID != first.ID {
+	if m, replayed, _ := e.s.AppendOutbound(e.ctx, out); !replayed || m.ID != first.ID {
 		e.t.Fatal("key forgotten before 24 h")
 	}
 	e.post("t1", s.ID, "keeps the session alive")
 	e.clk.Advance(time.Hour)
-	if m, _, replayed, err := e.s.AppendOutbound(e.ctx, out); err != nil || replayed || m.ID == first.ID {
+	if m, replayed, err := e.s.AppendOutbound(e.ctx, out); err != nil || replayed || m.ID == first.ID {
 		e.t.Fatalf("key still remembered after 24 h: replayed=%v err=%v", replayed, err)
 	}
 }
