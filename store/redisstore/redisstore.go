@@ -78,6 +78,8 @@ type Options struct {
 	Clock clock.Clock
 	// SessionTTL, HistoryLimit, IdempotencyTTL, OutcomeRetention and
 	// EndedRetention are as in store/memory: 24 h, 1000, 24 h, 24 h, 7 days.
+	// EndedRetention must be at least 2 h here: it is also the margin of
+	// the Redis TTLs, which appends refresh only hourly.
 	SessionTTL       time.Duration
 	HistoryLimit     int
 	IdempotencyTTL   time.Duration
@@ -90,9 +92,10 @@ type Options struct {
 // Store is the Redis backend. It does not own the client: whoever made the
 // client closes it, after closing the Store.
 type Store struct {
-	c   redis.UniversalClient
-	o   Options
-	hub *hub
+	c     redis.UniversalClient
+	o     Options
+	hub   *hub
+	batch *batcher
 	// bg tracks background clean-ups, so Close can wait for them before
 	// the caller closes the client.
 	bg sync.WaitGroup
@@ -132,8 +135,14 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 	if o.SessionTTL < 0 || o.IdempotencyTTL < 0 || o.OutcomeRetention < 0 || o.EndedRetention < 0 || o.HistoryLimit < 0 {
 		return nil, errors.New("redisstore: durations and limits must not be negative")
 	}
+	// Appends refresh the memory-reclaiming TTLs hourly, and those TTLs
+	// carry EndedRetention as their margin.
+	if o.EndedRetention < 2*time.Hour {
+		return nil, errors.New("redisstore: EndedRetention must be at least 2h")
+	}
 	s := &Store{c: c, o: o}
 	s.hub = newHub(c, o.Logger, defaultIdleAfter, defaultSweepEvery)
+	s.batch = newBatcher(c)
 	return s, nil
 }
 
@@ -141,6 +150,7 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 // Open subscriptions stop receiving.
 func (s *Store) Close() error {
 	s.hub.close()
+	s.batch.close()
 	s.bg.Wait()
 	return nil
 }
@@ -243,7 +253,7 @@ func unavailable(err error) error {
 
 // reply runs a script and splits its {code, payload…} answer.
 func (s *Store) reply(ctx context.Context, sc *redis.Script, keys []string, args ...any) (string, []string, error) {
-	v, err := sc.Run(ctx, s.c, keys, args...).Slice()
+	v, err := s.batch.run(ctx, sc, keys, args...).Slice()
 	if err != nil {
 		return "", nil, unavailable(err)
 	}
