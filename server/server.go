@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
@@ -64,6 +65,10 @@ func New(cfg Config) (*Server, error) {
 		// The transport's own limit sits above Limits.RequestBytes so that
 		// oversized requests reach the interceptor and get a proper error.
 		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
+		// Reuse goroutines (and their grown stacks) for calls instead of
+		// starting one per call; when all are busy, as with long streams,
+		// grpc-go starts a new one.
+		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
 	)
 	pb.RegisterChatServiceServer(s.grpc, s.chat)
 	pb.RegisterSessionServiceServer(s.grpc, s.sessions)

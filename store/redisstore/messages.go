@@ -26,22 +26,27 @@ func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (st
 		return store.Message{}, false, err
 	}
 	slotp := s.sessionSlot(m.SessionID)
-	now := s.o.Clock.Now()
 	code, out, err := s.reply(ctx, postScript, []string{slotp + "s:" + m.SessionID},
-		now.UnixMilli(), m.Tenant, ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, randomHex8(), suffix,
+		s.now(), m.Tenant, ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, randomHex8(), suffix,
 		slotp, s.sessionEventPrefix(), s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency),
 		m.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL))
 	if err != nil {
 		return store.Message{}, false, err
 	}
-	if code != "OK" && code != "REPLAY" {
+	switch code {
+	case "REPLAY":
+		msg, err := decodeMessage(out[0])
+		return msg, true, err
+	case "OK":
+	default:
 		return store.Message{}, false, codeErr(code)
 	}
-	msg, err := decodeMessage(out[0])
-	if err != nil {
-		return store.Message{}, false, err
+	seq, _ := strconv.ParseUint(out[1], 10, 64)
+	msg := store.Message{
+		ID: out[0], Seq: seq, SessionID: m.SessionID, Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser,
+		Platform: out[3], Channel: out[4], CreatedAt: fromMs(out[2]), Status: m.Status, Metadata: m.Metadata, Error: m.Error,
 	}
-	return msg, code == "REPLAY", nil
+	return msg, false, nil
 }
 
 // Ingest costs 1 round trip when no listener could match: the ingest script

@@ -202,7 +202,8 @@ local st = state(rec, now)
 if not active(st) then return {ended(st)} end
 local m = append(ARGV[8], ARGV[9], rec, now, ARGV[7], ARGV[6], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
 remember(ARGV[10], ARGV[11], now, tonumber(ARGV[12]), m)
-return {'OK', m}
+-- Only what the script assigned: the caller has the rest.
+return {'OK', rec.lid, rec.seq, tostring(now), rec.pf, rec.ch}
 `)
 
 // ingestScript appends an inbound message, opening the session when needed,
