@@ -150,7 +150,7 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 // Open subscriptions stop receiving.
 func (s *Store) Close() error {
 	s.hub.close()
-	s.batch.close()
+
 	s.bg.Wait()
 	return nil
 }
