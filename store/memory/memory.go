@@ -544,9 +544,9 @@ func (s *Store) gone(l *listener, now time.Time) bool {
 func (s *Store) decide(l *listener, kind store.OutcomeKind, msg *store.Message, now time.Time) {
 	l.Outcome, l.Message, l.DecidedAt = kind, msg, now
 	s.unindex(l)
-	snap := cloneListener(&l.Listener)
-	s.publish(store.ListenerTopic(l.Tenant, l.ID), store.Event{
-		Kind: store.EventListenerResolved, ListenerID: l.ID, Listener: &snap,
+	s.publish(store.ListenerTopic(l.Tenant, l.ID), func() store.Event {
+		snap := cloneListener(&l.Listener)
+		return store.Event{Kind: store.EventListenerResolved, ListenerID: l.ID, Listener: &snap}
 	})
 }
 
@@ -589,10 +589,17 @@ func (s *Store) Subscribe(_ context.Context, topic store.Topic) (*store.Subscrip
 	return sub, nil
 }
 
-func (s *Store) publish(topic store.Topic, e store.Event) {
+// publish delivers an event to topic's subscribers. The event is built only
+// if there are any: most appends have no watcher.
+func (s *Store) publish(topic store.Topic, event func() store.Event) {
 	s.subsMu.Lock()
 	defer s.subsMu.Unlock()
-	for sub := range s.subs[topic] {
+	subs := s.subs[topic]
+	if len(subs) == 0 {
+		return
+	}
+	e := event()
+	for sub := range subs {
 		sub.Publish(e)
 	}
 }
@@ -678,9 +685,9 @@ func (s *Store) end(ses *session, now time.Time) {
 	if s.active[t] == ses {
 		delete(s.active, t)
 	}
-	snap := cloneSession(&ses.Session)
-	s.publish(store.SessionTopic(ses.Tenant, ses.ID), store.Event{
-		Kind: store.EventSessionEnded, SessionID: ses.ID, Session: &snap,
+	s.publish(store.SessionTopic(ses.Tenant, ses.ID), func() store.Event {
+		snap := cloneSession(&ses.Session)
+		return store.Event{Kind: store.EventSessionEnded, SessionID: ses.ID, Session: &snap}
 	})
 }
 
@@ -719,12 +726,11 @@ func (s *Store) append(ses *session, m store.Message, now time.Time) store.Messa
 		}
 	}
 	ses.history = append(ses.history, m)
-	out := cloneMessage(&m)
-	ev := cloneMessage(&m)
-	s.publish(store.SessionTopic(ses.Tenant, ses.ID), store.Event{
-		Kind: store.EventMessage, SessionID: ses.ID, Message: &ev,
+	s.publish(store.SessionTopic(ses.Tenant, ses.ID), func() store.Event {
+		ev := cloneMessage(&m)
+		return store.Event{Kind: store.EventMessage, SessionID: ses.ID, Message: &ev}
 	})
-	return out
+	return cloneMessage(&m)
 }
 
 // replayed returns the remembered result of an idempotent call, and
