@@ -70,7 +70,7 @@ func start(t *testing.T, st store.Store, clk *clock.Fake, opts ...option) *testS
 		clk = clock.NewFake(epoch)
 	}
 	if st == nil {
-		ms, err := memory.New(memory.Options{Clock: clk})
+		ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
 		if err != nil {
 			t.Fatal(err)
 		}

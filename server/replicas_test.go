@@ -18,6 +18,7 @@ import (
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/internal/redistest"
+	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/store/redisstore"
 )
 
@@ -45,7 +46,7 @@ func startCluster(t *testing.T, n int, opts ...redistest.Option) *cluster {
 		trips := &redistest.RoundTrips{}
 		c.AddHook(trips)
 		cl.trips = append(cl.trips, trips)
-		st, err := redisstore.New(c, redisstore.Options{Prefix: cl.prefix, Clock: clk, Logger: quiet})
+		st, err := redisstore.New(c, redisstore.Options{Options: store.Options{Clock: clk}, Prefix: cl.prefix, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -73,8 +73,9 @@ func run() error {
 // openStore opens the Redis backend when a URL is given, else the memory
 // one, and returns how to close what it opened.
 func openStore(redisURL string, f *server.File, logger *slog.Logger) (store.Store, func(), error) {
+	opts := store.Options{SessionTTL: f.SessionTTL, HistoryLimit: f.HistoryLimit}
 	if redisURL == "" {
-		st, err := memory.New(memory.Options{SessionTTL: f.SessionTTL, HistoryLimit: f.HistoryLimit})
+		st, err := memory.New(memory.Options{Options: opts})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -85,7 +86,7 @@ func openStore(redisURL string, f *server.File, logger *slog.Logger) (store.Stor
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := redisstore.New(client, redisstore.Options{SessionTTL: f.SessionTTL, HistoryLimit: f.HistoryLimit, Logger: logger})
+	st, err := redisstore.New(client, redisstore.Options{Options: opts, Logger: logger})
 	if err != nil {
 		_ = client.Close()
 		return nil, nil, err

@@ -17,55 +17,28 @@ import (
 	"sync"
 	"time"
 
-	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// Options configures a Store. Zero values take the defaults noted.
+// Options configures a Store: the settings every backend honours, and how
+// often memory is swept.
 type Options struct {
-	// Clock is the time source; default the wall clock.
-	Clock clock.Clock
-	// SessionTTL is how long a session stays active without a message;
-	// default 24 h.
-	SessionTTL time.Duration
-	// HistoryLimit caps the messages retained per session (oldest dropped
-	// first); default 1000.
-	HistoryLimit int
-	// IdempotencyTTL is how long an idempotency key is remembered; default
-	// 24 h.
-	IdempotencyTTL time.Duration
-	// OutcomeRetention is how long a listener's outcome is kept after it is
-	// decided; default 24 h.
-	OutcomeRetention time.Duration
-	// EndedRetention is how long a closed or expired session, its history
-	// and an idle contact are kept; default 7 days.
-	EndedRetention time.Duration
+	store.Options
 	// SweepInterval is how often memory held by expired records is freed;
 	// default 1 minute. Expiry itself is exact regardless.
 	SweepInterval time.Duration
 }
 
 func (o *Options) setDefaults() error {
-	if o.Clock == nil {
-		o.Clock = clock.Real{}
+	if err := o.Options.SetDefaults(); err != nil {
+		return fmt.Errorf("memory: %w", err)
 	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Minute
 	}
-	def(&o.SessionTTL, 24*time.Hour)
-	def(&o.IdempotencyTTL, 24*time.Hour)
-	def(&o.OutcomeRetention, 24*time.Hour)
-	def(&o.EndedRetention, 7*24*time.Hour)
-	def(&o.SweepInterval, time.Minute)
-	if o.HistoryLimit == 0 {
-		o.HistoryLimit = 1000
-	}
-	if o.SessionTTL < 0 || o.IdempotencyTTL < 0 || o.OutcomeRetention < 0 ||
-		o.EndedRetention < 0 || o.SweepInterval < 0 || o.HistoryLimit < 0 {
-		return errors.New("memory: durations and limits must not be negative")
+	if o.SweepInterval < 0 {
+		return errors.New("memory: SweepInterval must not be negative")
 	}
 	return nil
 }

@@ -12,14 +12,8 @@ func TestConformance(t *testing.T) { storetest.Run(t, newStore, storetest.Featur
 
 func BenchmarkIngest(b *testing.B) { storetest.BenchmarkIngest(b, newStore) }
 
-func newStore(t testing.TB, o storetest.Options) store.Store {
-	s, err := memory.New(memory.Options{
-		Clock:            o.Clock,
-		SessionTTL:       o.SessionTTL,
-		HistoryLimit:     o.HistoryLimit,
-		IdempotencyTTL:   o.IdempotencyTTL,
-		OutcomeRetention: o.OutcomeRetention,
-	})
+func newStore(t testing.TB, o store.Options) store.Store {
+	s, err := memory.New(memory.Options{Options: o})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,23 +34,13 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	idxArgs := []any{member, ms(life + s.o.OutcomeRetention)}
 
 	pipe := s.c.Pipeline()
-	idx := indexAddScript.EvalSha(ctx, pipe, []string{bucket}, idxArgs...)
-	add := listenerAddScript.EvalSha(ctx, pipe, keys, args...)
+	indexed := s.inPipe(ctx, pipe, indexAddScript, []string{bucket}, idxArgs...)
+	added := s.inPipe(ctx, pipe, listenerAddScript, keys, args...)
 	_, _ = pipe.Exec(ctx)
-	if isNoScript(idx.Err()) {
-		idx = indexAddScript.Run(ctx, s.c, []string{bucket}, idxArgs...)
+	if _, _, err := indexed(); err != nil {
+		return store.Listener{}, err
 	}
-	if err := idx.Err(); err != nil {
-		return store.Listener{}, unavailable(err)
-	}
-	if isNoScript(add.Err()) {
-		add = listenerAddScript.Run(ctx, s.c, keys, args...)
-	}
-	v, err := add.Slice()
-	if err != nil {
-		return store.Listener{}, unavailable(err)
-	}
-	code, out, err := splitReply(v)
+	code, out, err := added()
 	if err != nil {
 		return store.Listener{}, err
 	}

@@ -49,7 +49,7 @@ func TestKeyMemory(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	const prefix = "mem"
-	s, err := redisstore.New(c, redisstore.Options{Prefix: prefix, Clock: clock.NewFake(time.Now())})
+	s, err := redisstore.New(c, redisstore.Options{Options: store.Options{Clock: clock.NewFake(time.Now())}, Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}

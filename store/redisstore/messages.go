@@ -85,16 +85,9 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 		chanCmd = pipe.SMembers(ctx, s.channelBucket(in.Tenant, in.Channel))
 	}
 	anyCmd := pipe.SMembers(ctx, s.anyBucket(in.Tenant))
-	scriptCmd := ingestScript.EvalSha(ctx, pipe, []string{key}, args...)
+	answer := s.inPipe(ctx, pipe, ingestScript, []string{key}, args...)
 	_, _ = pipe.Exec(ctx)
-	if isNoScript(scriptCmd.Err()) {
-		scriptCmd = ingestScript.Run(ctx, s.c, []string{key}, args...)
-	}
-	v, err := scriptCmd.Slice()
-	if err != nil {
-		return store.IngestResult{}, unavailable(err)
-	}
-	code, out, err := splitReply(v)
+	code, out, err := answer()
 	if err != nil {
 		return store.IngestResult{}, err
 	}

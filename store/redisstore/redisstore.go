@@ -62,29 +62,20 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// Options configures a Store. Zero values take the defaults noted.
+// Options configures a Store: the settings every backend honours, plus the
+// key prefix and logger. EndedRetention must be at least 2 h here: it is
+// also the margin of the memory-reclaiming Redis TTLs, which appends
+// refresh only hourly. Replicas' clocks should agree to well within a
+// second (NTP), since each decides expiry by its own.
 type Options struct {
+	store.Options
 	// Prefix starts every key and channel; default "chatrelay". Replicas
 	// that serve one deployment share it.
 	Prefix string
-	// Clock is the time source; default the wall clock. Replicas' clocks
-	// should agree to well within a second (NTP), since each decides
-	// expiry by its own.
-	Clock clock.Clock
-	// SessionTTL, HistoryLimit, IdempotencyTTL, OutcomeRetention and
-	// EndedRetention are as in store/memory: 24 h, 1000, 24 h, 24 h, 7 days.
-	// EndedRetention must be at least 2 h here: it is also the margin of
-	// the Redis TTLs, which appends refresh only hourly.
-	SessionTTL       time.Duration
-	HistoryLimit     int
-	IdempotencyTTL   time.Duration
-	OutcomeRetention time.Duration
-	EndedRetention   time.Duration
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -108,37 +99,20 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 	if c == nil {
 		return nil, errors.New("redisstore: client is required")
 	}
+	if err := o.Options.SetDefaults(); err != nil {
+		return nil, fmt.Errorf("redisstore: %w", err)
+	}
+	if o.EndedRetention < 2*time.Hour {
+		return nil, errors.New("redisstore: EndedRetention must be at least 2h")
+	}
 	if o.Prefix == "" {
 		o.Prefix = "chatrelay"
 	}
 	if strings.ContainsAny(o.Prefix, "{}") {
 		return nil, errors.New("redisstore: prefix must not contain { or }")
 	}
-	if o.Clock == nil {
-		o.Clock = clock.Real{}
-	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
-	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&o.SessionTTL, 24*time.Hour)
-	def(&o.IdempotencyTTL, 24*time.Hour)
-	def(&o.OutcomeRetention, 24*time.Hour)
-	def(&o.EndedRetention, 7*24*time.Hour)
-	if o.HistoryLimit == 0 {
-		o.HistoryLimit = 1000
-	}
-	if o.SessionTTL < 0 || o.IdempotencyTTL < 0 || o.OutcomeRetention < 0 || o.EndedRetention < 0 || o.HistoryLimit < 0 {
-		return nil, errors.New("redisstore: durations and limits must not be negative")
-	}
-	// Appends refresh the memory-reclaiming TTLs hourly, and those TTLs
-	// carry EndedRetention as their margin.
-	if o.EndedRetention < 2*time.Hour {
-		return nil, errors.New("redisstore: EndedRetention must be at least 2h")
 	}
 	s := &Store{c: c, o: o}
 	s.hub = newHub(c, o.Logger, defaultIdleAfter, defaultSweepEvery)
@@ -251,6 +225,23 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 }
 
+// inPipe queues sc on pipe. The function it returns, called after the
+// pipeline ran, gives the script's split answer, running the script
+// directly if Redis had lost its script cache (a restart).
+func (s *Store) inPipe(ctx context.Context, pipe redis.Pipeliner, sc *redis.Script, keys []string, args ...any) func() (string, []string, error) {
+	cmd := sc.EvalSha(ctx, pipe, keys, args...)
+	return func() (string, []string, error) {
+		if isNoScript(cmd.Err()) {
+			cmd = sc.Run(ctx, s.c, keys, args...)
+		}
+		v, err := cmd.Slice()
+		if err != nil {
+			return "", nil, unavailable(err)
+		}
+		return splitReply(v)
+	}
+}
+
 // reply runs a script and splits its {code, payload…} answer.
 func (s *Store) reply(ctx context.Context, sc *redis.Script, keys []string, args ...any) (string, []string, error) {
 	v, err := s.batch.run(ctx, sc, keys, args...).Slice()
@@ -349,18 +340,22 @@ func decodeContact(raw, tenant, platform, user string) (store.Contact, error) {
 	return c, nil
 }
 
-// wireMessage is a message as stored in history and published. The scripts
-// write id, seq, sid, pf, ch and at; Go writes the rest (messageSuffix).
+// wireMessage is a message as stored in history and published: the fields
+// a script assigns, then wireBody, which Go writes (messageSuffix).
 type wireMessage struct {
-	ID        string            `json:"id"`
-	Seq       uint64            `json:"seq"`
-	SessionID string            `json:"sid"`
-	Platform  string            `json:"pf"`
-	Channel   string            `json:"ch"`
-	At        int64             `json:"at"`
+	ID        string `json:"id"`
+	Seq       uint64 `json:"seq"`
+	SessionID string `json:"sid"`
+	Platform  string `json:"pf"`
+	Channel   string `json:"ch"`
+	At        int64  `json:"at"`
+	wireBody
+}
+
+type wireBody struct {
 	Direction int               `json:"dir"`
 	Text      string            `json:"text"`
-	FromUser  string            `json:"from"`
+	FromUser  string            `json:"from,omitempty"`
 	Status    int               `json:"st"`
 	Metadata  map[string]string `json:"md,omitempty"`
 	Raw       json.RawMessage   `json:"raw,omitempty"`
@@ -368,19 +363,10 @@ type wireMessage struct {
 	ErrMsg    string            `json:"em,omitempty"`
 }
 
-// messageSuffix is the JSON of the fields Go fills, without its opening
-// brace, for a script to complete.
+// messageSuffix is the JSON of wireBody without its opening brace, for a
+// script to complete.
 func messageSuffix(m *store.Message) (string, error) {
-	w := struct {
-		Direction int               `json:"dir"`
-		Text      string            `json:"text"`
-		FromUser  string            `json:"from,omitempty"`
-		Status    int               `json:"st"`
-		Metadata  map[string]string `json:"md,omitempty"`
-		Raw       json.RawMessage   `json:"raw,omitempty"`
-		ErrCode   string            `json:"ec,omitempty"`
-		ErrMsg    string            `json:"em,omitempty"`
-	}{Direction: int(m.Direction), Text: m.Text, FromUser: m.FromUser, Status: int(m.Status), Metadata: m.Metadata, Raw: m.Raw}
+	w := wireBody{Direction: int(m.Direction), Text: m.Text, FromUser: m.FromUser, Status: int(m.Status), Metadata: m.Metadata, Raw: m.Raw}
 	if m.Error != nil {
 		w.ErrCode, w.ErrMsg = m.Error.Code, m.Error.Message
 	}

@@ -18,16 +18,9 @@ var prefixes atomic.Int64
 // newFactory runs the suite's stores on one private redis-server, each test
 // under its own key prefix.
 func newFactory(srv *redistest.Server) storetest.Factory {
-	return func(t testing.TB, o storetest.Options) store.Store {
+	return func(t testing.TB, o store.Options) store.Store {
 		c := redis.NewClient(&redis.Options{Addr: srv.Addr})
-		s, err := redisstore.New(c, redisstore.Options{
-			Prefix:           fmt.Sprintf("t%d", prefixes.Add(1)),
-			Clock:            o.Clock,
-			SessionTTL:       o.SessionTTL,
-			HistoryLimit:     o.HistoryLimit,
-			IdempotencyTTL:   o.IdempotencyTTL,
-			OutcomeRetention: o.OutcomeRetention,
-		})
+		s, err := redisstore.New(c, redisstore.Options{Options: o, Prefix: fmt.Sprintf("t%d", prefixes.Add(1))})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,7 +20,7 @@ func BenchmarkIngest(b *testing.B, f Factory) {
 	for _, n := range []int{1_000, 10_000, 100_000} {
 		b.Run(fmt.Sprintf("idle=%d", n), func(b *testing.B) {
 			clk := clock.NewFake(epoch)
-			s := f(b, Options{Clock: clk, SessionTTL: ttl, HistoryLimit: 100,
+			s := f(b, store.Options{Clock: clk, SessionTTL: ttl, HistoryLimit: 100,
 				IdempotencyTTL: 24 * time.Hour, OutcomeRetention: 24 * time.Hour})
 			ctx := context.Background()
 			for i := range n {

@@ -18,24 +18,15 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// Options are the settings the suite runs a backend with. A factory must
-// honour every field.
-type Options struct {
-	Clock            *clock.Fake
-	SessionTTL       time.Duration
-	HistoryLimit     int
-	IdempotencyTTL   time.Duration
-	OutcomeRetention time.Duration
-}
-
 // Features declares what differs between backends, so the suite adapts in
 // one visible place instead of in scattered ifs. Both backends honour the
 // whole contract today, so it is empty.
 type Features struct{}
 
-// Factory returns a fresh, empty store for one test and arranges its cleanup
-// with t.Cleanup.
-type Factory func(t testing.TB, o Options) store.Store
+// Factory returns a fresh, empty store for one test, configured with o (the
+// suite's fake clock and short limits), and arranges its cleanup with
+// t.Cleanup.
+type Factory func(t testing.TB, o store.Options) store.Store
 
 const (
 	ttl       = 24 * time.Hour
@@ -54,7 +45,7 @@ type env struct {
 func setup(t *testing.T, f Factory) *env {
 	t.Helper()
 	clk := clock.NewFake(epoch)
-	s := f(t, Options{
+	s := f(t, store.Options{
 		Clock:            clk,
 		SessionTTL:       ttl,
 		HistoryLimit:     histLimit,
