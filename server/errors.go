@@ -128,10 +128,7 @@ type protoDetail = protoadapt.MessageV1
 
 func withDetails(code codes.Code, reason, msg string, meta map[string]string, extra ...protoDetail) *status.Status {
 	st := status.New(code, msg)
-	details := []protoDetail{&errdetails.ErrorInfo{Domain: errorDomain, Reason: reason, Metadata: meta}}
-	for _, d := range extra {
-		details = append(details, d)
-	}
+	details := append([]protoDetail{&errdetails.ErrorInfo{Domain: errorDomain, Reason: reason, Metadata: meta}}, extra...)
 	if withD, err := st.WithDetails(details...); err == nil {
 		return withD
 	}
