@@ -70,3 +70,29 @@ func TestHubUnsubscribesOnlyIdleChannels(t *testing.T) {
 	}
 	kept.Close()
 }
+
+// A listener kept alive by touches must stay findable: its index set has to
+// outlive the extended window, not just the window it was registered with.
+func TestTouchExtendsTheListenersIndex(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	s, err := New(c, Options{Prefix: "touch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := context.Background()
+	l, err := s.RegisterListener(ctx, store.NewListener{ID: "cr_touch", Tenant: "t", Filter: store.Filter{User: "u"}, ResumeWindow: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket := s.bucketKey("t", &l.Filter)
+	before := c.PTTL(ctx, bucket).Val()
+	if err := s.TouchListener(ctx, "t", l.ID, time.Now().Add(72*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	after := c.PTTL(ctx, bucket).Val()
+	if after < 72*time.Hour || after <= before {
+		t.Fatalf("index TTL %s after touching to 72 h (was %s); the listener would stop matching", after, before)
+	}
+}

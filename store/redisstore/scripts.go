@@ -368,7 +368,8 @@ end
 return {'OK', cjson.encode(l)}
 `)
 
-// listenerTouchScript extends a pending listener's idle window. KEYS[1]
+// listenerTouchScript extends a pending listener's idle window, and answers
+// its filter (so the caller can extend its index set too). KEYS[1]
 // listener. ARGV now, tenant, until, retention.
 var listenerTouchScript = script(`
 local now, untl = tonumber(ARGV[1]), tonumber(ARGV[3])
@@ -379,9 +380,10 @@ if (oc == 0 and dl == 0 and now >= tonumber(l.iu)) or (oc ~= 0 and now >= tonumb
   redis.call('DEL', KEYS[1])
   return {'NOTFOUND'}
 end
-if oc == 0 and untl > tonumber(l.iu) then
+if oc == 0 and dl == 0 and untl > tonumber(l.iu) then
   redis.call('HSET', KEYS[1], 'iu', untl)
-  if dl == 0 then expire(KEYS[1], untl - now + tonumber(ARGV[4])) end
+  expire(KEYS[1], untl - now + tonumber(ARGV[4]))
+  return {'EXTENDED', l.flt}
 end
 return {'OK'}
 `)
