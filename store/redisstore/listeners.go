@@ -114,15 +114,27 @@ func (s *Store) unindex(l *store.Listener) {
 	})
 }
 
-// TouchListener is one script: 1 round trip.
+// TouchListener is one script, plus one to make the listener's index set
+// outlive the extended window when it was extended: 1 or 2 round trips
+// (touches come every few hours per attached stream).
 func (s *Store) TouchListener(ctx context.Context, tenant, id string, until time.Time) error {
-	code, _, err := s.reply(ctx, listenerTouchScript, []string{s.listenerKey(id)},
-		s.now(), tenant, until.UnixMilli(), ms(s.o.OutcomeRetention))
+	now := s.o.Clock.Now()
+	code, out, err := s.reply(ctx, listenerTouchScript, []string{s.listenerKey(id)},
+		now.UnixMilli(), tenant, until.UnixMilli(), ms(s.o.OutcomeRetention))
 	if err != nil {
 		return err
 	}
-	if code == "NOTFOUND" {
+	switch code {
+	case "NOTFOUND":
 		return store.ErrListenerNotFound
+	case "EXTENDED":
+		f, err := decodeFilter(out[0])
+		if err != nil {
+			return err
+		}
+		_, _, err = s.reply(ctx, indexAddScript, []string{s.bucketKey(tenant, &f)},
+			id+" "+out[0], ms(until.Sub(now)+s.o.OutcomeRetention))
+		return err
 	}
 	return nil
 }

@@ -137,6 +137,7 @@ local function append(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
     expire(key, ttl + ret)
     expire(hkey, ttl + ret)
     redis.call('PEXPIRE', pointer(slotp, rec), math.floor(ttl + ret))
+    redis.call('PEXPIRE', slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us, math.floor(ttl + ret))
   end
   redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, m)
   return m
