@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,7 +111,13 @@ func (s *Server) start() error {
 			return fmt.Errorf("redis-server exited: %v\n%s", err, log)
 		default:
 		}
-		if c.Ping(context.Background()).Err() == nil {
+		// Ready when the server answering is this process: between
+		// finding a free port and binding it, a parallel test may take it.
+		if info, err := c.Info(context.Background(), "server").Result(); err == nil {
+			if !strings.Contains(info, fmt.Sprintf("process_id:%d\r", cmd.Process.Pid)) {
+				_ = cmd.Process.Kill()
+				return fmt.Errorf("port %d answered by another redis-server", s.port)
+			}
 			break
 		}
 		if time.Now().After(deadline) {
