@@ -144,6 +144,7 @@ func TestBadInputOverREST(t *testing.T) {
 		{"message not UTF-8", "POST", "/v1/sessions/" + ses.SessionId + "/messages", "{\"message\":\"\xff\xfe\"}", 400, "INVALID_ARGUMENT"},
 		{"malformed JSON", "POST", "/v1/sessions/" + ses.SessionId + "/messages", `{"message":`, 400, "INVALID_ARGUMENT"},
 		{"unknown field", "POST", "/v1/sessions/" + ses.SessionId + "/messages", `{"message":"x","colour":"red"}`, 400, "INVALID_ARGUMENT"},
+		{"trailing garbage after the object", "POST", "/v1/sessions/" + ses.SessionId + "/messages", `{"message":"x"} {"message":"y"}`, 400, "INVALID_ARGUMENT"},
 		{"missing message", "POST", "/v1/sessions/" + ses.SessionId + "/messages", `{}`, 400, "INVALID_ARGUMENT"},
 		{"both timeouts on a stream", "POST", "/v1/chat:receive", `{"timeout_minutes":1,"timeout":"60s"}`, 400, "INVALID_ARGUMENT"},
 		{"unknown chatbot", "POST", "/v1/chatbot-messages", `{"chatbot":"nobody","from":"api","to":"u1"}`, 400, "INVALID_ARGUMENT"},
