@@ -2,10 +2,11 @@
 package ids
 
 import (
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"hash/fnv"
+	"math/rand/v2"
 	"strings"
 
 	"github.com/google/uuid"
@@ -71,8 +72,11 @@ func TagOf(id string) (string, bool) {
 // larger of now and the previous message's ms — ids sort, as strings, in
 // append order, and the sequence number can be read back from the id.
 func Message(ms int64, seq uint64) string {
+	// The random bits only tell apart ids of different sessions that share
+	// a millisecond and a sequence number; they need no cryptographic
+	// strength, and crypto/rand can cost a system call per message.
 	var r [4]byte
-	_, _ = rand.Read(r[:])
+	binary.BigEndian.PutUint32(r[:], rand.Uint32())
 	return MessageWithRandom(ms, seq, hex.EncodeToString(r[:]))
 }
 
