@@ -36,7 +36,7 @@ type config struct {
 	matchRate   int
 	fanoutKs    []int
 	fanoutFor   time.Duration
-	redisURL    string // set once a private redis-server runs
+	redisURL    string // -use-redis, or a private redis-server's
 }
 
 var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "idle", "match", "fanout"}
@@ -52,6 +52,7 @@ func main() {
 	scenarios := flag.String("scenarios", strings.Join(allScenarios, ","), "comma-separated: "+strings.Join(allScenarios, ", "))
 	duration := flag.Duration("duration", 0, "how long each throughput scenario runs (default 2s short, 10s full)")
 	concurrency := flag.Int("concurrency", 50, "concurrent callers in the throughput scenarios")
+	useRedis := flag.String("use-redis", "", "run the Redis scenarios against this Redis URL instead of a private redis-server (its data under the prefix \"bench\" is written)")
 	flag.Parse()
 
 	if *serve {
@@ -65,7 +66,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "chatbench: choose -short or -full")
 		os.Exit(2)
 	}
-	cfg := config{short: *short, concurrency: *concurrency, matchRate: 1000}
+	cfg := config{short: *short, concurrency: *concurrency, matchRate: 1000, redisURL: *useRedis}
 	if *short {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
 			2*time.Second, []int{1_000, 10_000}, []int{0, 1_000}, time.Second, []int{1, 100}, time.Second
@@ -96,7 +97,7 @@ func run(cfg config, scenarios []string) error {
 	needRedis := slices.ContainsFunc(scenarios, func(s string) bool {
 		return s == "post-grpc-redis" || s == "match" || s == "fanout"
 	})
-	if needRedis {
+	if needRedis && cfg.redisURL == "" {
 		if _, err := exec.LookPath("redis-server"); err != nil {
 			return fmt.Errorf("redis-server is needed for %v: %w", scenarios, err)
 		}
