@@ -13,6 +13,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -29,6 +30,7 @@ import (
 type config struct {
 	short       bool
 	duration    time.Duration
+	rounds      int
 	concurrency int
 	idleNs      []int
 	matchNs     []int
@@ -50,7 +52,8 @@ func main() {
 	short := flag.Bool("short", false, "small sizes; finishes in under a minute")
 	full := flag.Bool("full", false, "the sizes in BENCHMARKS.md")
 	scenarios := flag.String("scenarios", strings.Join(allScenarios, ","), "comma-separated: "+strings.Join(allScenarios, ", "))
-	duration := flag.Duration("duration", 0, "how long each throughput scenario runs (default 2s short, 10s full)")
+	duration := flag.Duration("duration", 0, "how long each throughput case runs per round (default 2s short, 4s full)")
+	rounds := flag.Int("rounds", 0, "rounds of the throughput cases; ratios are medians of per-round ratios (default 1 short, 5 full)")
 	concurrency := flag.Int("concurrency", 50, "concurrent callers in the throughput scenarios")
 	useRedis := flag.String("use-redis", "", "run the Redis scenarios against this Redis URL instead of a private redis-server (its data under the prefix \"bench\" is written)")
 	flag.Parse()
@@ -67,15 +70,22 @@ func main() {
 		os.Exit(2)
 	}
 	cfg := config{short: *short, concurrency: *concurrency, matchRate: 1000, redisURL: *useRedis}
+	cfg.rounds = 5
+	if *short {
+		cfg.rounds = 1
+	}
 	if *short {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
 			2*time.Second, []int{1_000, 10_000}, []int{0, 1_000}, time.Second, []int{1, 100}, time.Second
 	} else {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
-			10*time.Second, []int{1_000, 10_000, 100_000}, []int{0, 10_000, 100_000}, 5*time.Second, []int{1, 100, 1000}, 3*time.Second
+			4*time.Second, []int{1_000, 10_000, 100_000}, []int{0, 10_000, 100_000}, 5*time.Second, []int{1, 100, 1000}, 3*time.Second
 	}
 	if *duration > 0 {
 		cfg.duration = *duration
+	}
+	if *rounds > 0 {
+		cfg.rounds = *rounds
 	}
 	if err := run(cfg, strings.Split(*scenarios, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "chatbench:", err)
@@ -90,9 +100,9 @@ func run(cfg config, scenarios []string) error {
 		}
 	}
 	host, _ := os.Hostname()
-	fmt.Printf("# chatbench (%s)\n\nmachine: %s, %d CPUs, %s %s/%s; concurrency %d, %s per throughput case\n",
+	fmt.Printf("# chatbench (%s)\n\nmachine: %s, %d CPUs, %s %s/%s; concurrency %d; throughput cases: %d round(s) of %s each\n",
 		map[bool]string{true: "-short", false: "-full"}[cfg.short], host, runtime.NumCPU(), runtime.Version(),
-		runtime.GOOS, runtime.GOARCH, cfg.concurrency, cfg.duration)
+		runtime.GOOS, runtime.GOARCH, cfg.concurrency, cfg.rounds, cfg.duration)
 
 	needRedis := slices.ContainsFunc(scenarios, func(s string) bool {
 		return s == "post-grpc-redis" || s == "match" || s == "fanout"
@@ -115,8 +125,6 @@ func run(cfg config, scenarios []string) error {
 	}
 
 	var errs int
-	var echo float64
-	var postGRPC float64
 	report := func(title string, rows []row, err error) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", title, err)
@@ -128,35 +136,21 @@ func run(cfg config, scenarios []string) error {
 		return nil
 	}
 	ctx := context.Background()
+	if err := runThroughput(ctx, cfg, scenarios, report); err != nil {
+		return err
+	}
 	for _, s := range scenarios {
 		var rows []row
 		var err error
 		switch s {
-		case "echo":
-			rows, err = benchEcho(ctx, cfg)
-			if err == nil {
-				echo = rows[0].throughput()
-			}
-		case "post-grpc-memory", "post-grpc-redis":
-			backend := strings.TrimPrefix(s, "post-grpc-")
-			rows, err = benchPostGRPC(ctx, cfg, backend)
-			if err == nil && echo > 0 {
-				rows[0].ratio, rows[0].ratioLabel = rows[0].throughput()/echo, "/ echo"
-			}
-			if err == nil && backend == "memory" {
-				postGRPC = rows[0].throughput()
-			}
-		case "post-rest":
-			rows, err = benchPostREST(ctx, cfg)
-			if err == nil && postGRPC > 0 {
-				rows[0].ratio, rows[0].ratioLabel = rows[0].throughput()/postGRPC, "/ post-grpc (memory)"
-			}
 		case "idle":
 			rows, err = benchIdle(ctx, cfg)
 		case "match":
 			rows, err = benchMatch(ctx, cfg)
 		case "fanout":
 			rows, err = benchFanout(ctx, cfg)
+		default:
+			continue
 		}
 		if err := report(s, rows, err); err != nil {
 			return err
@@ -166,4 +160,79 @@ func run(cfg config, scenarios []string) error {
 		return fmt.Errorf("%d requests failed", errs)
 	}
 	return nil
+}
+
+// throughputCases run in rounds; a ratio compares a case with its
+// baseline measured in the same round, so the machine's drift over minutes
+// cancels out.
+var throughputCases = []struct{ name, baseline, label string }{
+	{"echo", "", ""},
+	{"post-grpc-memory", "echo", "/ echo"},
+	{"post-grpc-redis", "echo", "/ echo"},
+	{"post-rest", "post-grpc-memory", "/ post-grpc (memory)"},
+}
+
+func runThroughput(ctx context.Context, cfg config, scenarios []string, report func(string, []row, error) error) error {
+	rounds := map[string][]row{}
+	for range cfg.rounds {
+		for _, c := range throughputCases {
+			if !slices.Contains(scenarios, c.name) {
+				continue
+			}
+			var rows []row
+			var err error
+			switch c.name {
+			case "echo":
+				rows, err = benchEcho(ctx, cfg)
+			case "post-grpc-memory", "post-grpc-redis":
+				rows, err = benchPostGRPC(ctx, cfg, strings.TrimPrefix(c.name, "post-grpc-"))
+			case "post-rest":
+				rows, err = benchPostREST(ctx, cfg)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			rounds[c.name] = append(rounds[c.name], rows[0])
+		}
+	}
+	for _, c := range throughputCases {
+		rs := rounds[c.name]
+		if len(rs) == 0 {
+			continue
+		}
+		// The median round by throughput stands for the case; the ratio is
+		// the median of the per-round ratios.
+		med := slices.Clone(rs)
+		slices.SortFunc(med, func(a, b row) int { return cmp.Compare(a.throughput(), b.throughput()) })
+		r := med[len(med)/2]
+		errs := 0
+		for _, x := range rs {
+			errs += x.errors
+		}
+		r.errors = errs
+		if base := rounds[c.baseline]; len(base) == len(rs) {
+			var ratios []float64
+			for i := range rs {
+				ratios = append(ratios, rs[i].throughput()/base[i].throughput())
+			}
+			r.extra = "rounds: " + fmtRatios(ratios) + ";"
+			slices.Sort(ratios)
+			r.ratio, r.ratioLabel = ratios[len(ratios)/2], "median "+c.label
+		}
+		if len(rs) > 1 {
+			r.name += fmt.Sprintf(" (median of %d rounds)", len(rs))
+		}
+		if err := report(c.name, []row{r}, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func fmtRatios(rs []float64) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = fmt.Sprintf("%.2f", r)
+	}
+	return strings.Join(parts, " ")
 }
