@@ -48,7 +48,7 @@ func main() {
 	backend := flag.String("backend", "memory", "internal: the child's backend: echo, memory or redis")
 	childRedis := flag.String("redis-url", "", "internal: the child's Redis URL")
 	childProfile := flag.String("cpuprofile", "", "internal: where the child writes its CPU profile")
-	flag.StringVar(&profileDir, "profile", "", "write each server's CPU profile to this directory, as <backend>-<n>.prof")
+	flag.StringVar(&profileDir, "profile", "", "write each server's CPU profile (<backend>-<n>.prof) and final heap (<backend>-<n>.heap) to this directory")
 	short := flag.Bool("short", false, "small sizes; finishes in under a minute")
 	full := flag.Bool("full", false, "the sizes in BENCHMARKS.md")
 	scenarios := flag.String("scenarios", strings.Join(allScenarios, ","), "comma-separated: "+strings.Join(allScenarios, ", "))

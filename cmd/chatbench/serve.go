@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -58,6 +59,13 @@ func serveChild(backend, redisURL, cpuprofile string) error {
 			return err
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+		// And the heap as it stands when the parent stops us.
+		defer func() {
+			if h, err := os.Create(strings.TrimSuffix(cpuprofile, ".prof") + ".heap"); err == nil {
+				_ = pprof.WriteHeapProfile(h)
+				h.Close()
+			}
+		}()
 	}
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
