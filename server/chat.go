@@ -272,6 +272,10 @@ func (c *chatService) receiveFilter(req *pb.ChatReceiveRequest) (store.Filter, t
 	return f, timeout, chk.err()
 }
 
+// rearmFloor is the least a ChatReceive waits before asking the store
+// again about a deadline the store does not yet see as passed.
+const rearmFloor = 50 * time.Millisecond
+
 func hasFilter(req *pb.ChatReceiveRequest) bool {
 	return req.Channel != "" || req.FromUser != "" || req.SessionId != "" || req.KeywordFilter != "" ||
 		req.Match != pb.MatchMode_MATCH_MODE_UNSPECIFIED
@@ -322,12 +326,21 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 		return err
 	}
 
+	// The deadline timer. The store decides a timeout by its own reading
+	// of the clock, which can land a hair before the deadline (millisecond
+	// precision, a clock being slewed); while it still says pending, the
+	// timer is armed again.
 	var timer <-chan struct{}
-	if l.Outcome == store.Pending && !l.Deadline.IsZero() {
+	var stopTimer func() bool
+	arm := func(floor time.Duration) {
 		fired := make(chan struct{})
-		t := c.cfg.Clock.AfterFunc(l.Deadline.Sub(c.cfg.Clock.Now()), func() { close(fired) })
-		defer t.Stop()
+		wait := max(l.Deadline.Sub(c.cfg.Clock.Now()), floor)
+		stopTimer = c.cfg.Clock.AfterFunc(wait, func() { close(fired) }).Stop
 		timer = fired
+	}
+	if l.Outcome == store.Pending && !l.Deadline.IsZero() {
+		arm(0)
+		defer func() { stopTimer() }()
 	}
 	// A listener without a deadline must outlive this stream by the resume
 	// window; keep pushing its idle limit while attached.
@@ -357,10 +370,12 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 				}
 			}
 		case <-timer:
-			timer = nil
 			// The store decides: a match that committed first wins.
 			if l, err = st.GetListener(ctx, tenant, id); err != nil {
 				return err
+			}
+			if l.Outcome == store.Pending {
+				arm(rearmFloor) // never spin on a store whose clock lags
 			}
 		case <-keepAlive:
 			if err := st.TouchListener(ctx, tenant, id, c.cfg.Clock.Now().Add(c.cfg.ResumeWindow)); err != nil {

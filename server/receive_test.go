@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/internal/clock"
+	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/store/memory"
 )
 
 type receiveStream = grpc.ServerStreamingClient[pb.ChatReceiveResponse]
@@ -311,5 +315,48 @@ func TestChatReceiveEndsUndecidedOnShutdownAndResumesElsewhere(t *testing.T) {
 	}
 	if got := recvOrFail(t, st2.Recv).GetSuccess(); got.GetMessageText() != "still there?" {
 		t.Fatalf("resumed outcome = %v", got)
+	}
+}
+
+// laggingStore behaves, once, like a store (a Redis replica) whose clock
+// lags a little: asked about a listener whose deadline has just passed, it
+// still sees it pending, so it decides nothing and tells nobody.
+type laggingStore struct {
+	store.Store
+	clk        *clock.Fake
+	registered atomic.Pointer[store.Listener]
+	lied       atomic.Bool
+}
+
+func (s *laggingStore) RegisterListener(ctx context.Context, nl store.NewListener) (store.Listener, error) {
+	l, err := s.Store.RegisterListener(ctx, nl)
+	s.registered.Store(&l)
+	return l, err
+}
+
+func (s *laggingStore) GetListener(ctx context.Context, tenant, id string) (store.Listener, error) {
+	if l := s.registered.Load(); l != nil && l.ID == id && !s.clk.Now().Before(l.Deadline) && !s.lied.Swap(true) {
+		return *l, nil
+	}
+	return s.Store.GetListener(ctx, tenant, id)
+}
+
+func TestChatReceiveTimesOutEvenWhenTheStoreSeesTheDeadlineLate(t *testing.T) {
+	clk := clock.NewFake(epoch)
+	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	lag := &laggingStore{Store: ms, clk: clk}
+	ts := start(t, lag, clk)
+	st, _ := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u1", TimeoutMinutes: 1})
+	clk.Advance(time.Minute)
+	// The store said pending once; the stream must ask again rather than
+	// wait forever.
+	waitFor(t, "the lie and a re-armed timer", func() bool { return lag.lied.Load() && clk.Timers() > 0 })
+	clk.Advance(time.Second)
+	if e := recvOrFail(t, st.Recv).GetError(); e.GetErrorCode() != "timeout" {
+		t.Fatalf("outcome = %v, want timeout", e)
 	}
 }
