@@ -35,12 +35,23 @@ type cluster struct {
 
 func startCluster(t *testing.T, n int, opts ...redistest.Option) *cluster {
 	t.Helper()
+	return startClusterVia(t, n, nil, opts...)
+}
+
+// startClusterVia is startCluster where replica i reaches Redis at via(i),
+// when via is given (a proxy the test can cut).
+func startClusterVia(t *testing.T, n int, via func(i int, redisAddr string) string, opts ...redistest.Option) *cluster {
+	t.Helper()
 	srv := redistest.Start(t, opts...)
 	cl := &cluster{redis: srv, prefix: fmt.Sprintf("rs%d", replicaSets.Add(1))}
 	clk := clock.NewFake(epoch)
 	for i := range n {
+		addr := srv.Addr
+		if via != nil {
+			addr = via(i, srv.Addr)
+		}
 		c := redis.NewClient(&redis.Options{
-			Addr: srv.Addr, ClientName: fmt.Sprintf("%s-replica%d", cl.prefix, i),
+			Addr: addr, ClientName: fmt.Sprintf("%s-replica%d", cl.prefix, i),
 			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: 1,
 		})
 		trips := &redistest.RoundTrips{}
@@ -341,6 +352,57 @@ func TestPubSubConnectionKilledLosesNothing(t *testing.T) {
 		}
 	}
 	if got := recvOrFail(t, lst.Recv).GetSuccess().GetMessageText(); got != "hello?" {
+		t.Fatalf("listener got %q", got)
+	}
+}
+
+// While replica A is cut off from Redis, messages are posted and a reply
+// ingested on B: their publications reach nobody on A. After A reconnects
+// nothing else is sent, so only A's resync (history after the watcher's
+// last message, the listener's outcome) can deliver them.
+func TestPartitionedReplicaResyncsWhatItMissed(t *testing.T) {
+	t.Parallel()
+	var proxy *redistest.Proxy
+	cl := startClusterVia(t, 2, func(i int, addr string) string {
+		if i > 0 {
+			return addr
+		}
+		proxy = redistest.NewProxy(t, addr)
+		return proxy.Addr
+	})
+	a, b := cl.replicas[0], cl.replicas[1]
+	ses := b.createSession("u1")
+	watch, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Header(); err != nil {
+		t.Fatal(err)
+	}
+	lst, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u2"})
+
+	proxy.Cut()
+	waitFor(t, "A's pub/sub subscribers to be gone", func() bool {
+		n, err := cl.redis.Client(t).PubSubNumSub(context.Background(), fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, ses.SessionId)).Result()
+		return err == nil && n[fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, ses.SessionId)] == 0
+	})
+	var want []string
+	for _, text := range []string{"while cut 1", "while cut 2"} {
+		r, err := b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: text})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, r.MessageId)
+	}
+	b.ingest("u2", "reply while cut")
+	proxy.Restore()
+
+	for i, id := range want {
+		if got := recvOrFail(t, watch.Recv).GetMessage().GetMessageId(); got != id {
+			t.Fatalf("message %d: got %s, want %s", i, got, id)
+		}
+	}
+	if got := recvOrFail(t, lst.Recv).GetSuccess().GetMessageText(); got != "reply while cut" {
 		t.Fatalf("listener got %q", got)
 	}
 }
