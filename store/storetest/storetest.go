@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -694,45 +695,58 @@ func testDeadlineBoundary(e *env) {
 	}
 }
 
+// testOutcomeRace races an ingest against the deadline passing (with two
+// readers deciding the timeout), round after round, until both outcomes
+// have occurred often enough to show the race is really run. The clock
+// moves after a delay that adapts to the outcomes (shorter after a match,
+// longer after a timeout), so it settles where the two collide; the
+// assertions hold for any interleaving.
 func testOutcomeRace(e *env) {
-	for round := range 50 {
-		l := e.listen(store.Filter{User: fmt.Sprint("race", round)}, time.Minute)
-		var wg sync.WaitGroup
-		var matched bool
-		var seen [3]store.OutcomeKind
-		wg.Add(4)
-		go func() {
-			defer wg.Done()
-			r := e.ingest(store.InboundMessage{User: fmt.Sprint("race", round), Text: "now"})
-			matched = len(r.Matched) == 1
-		}()
-		go func() {
-			defer wg.Done()
-			e.clk.Advance(time.Minute)
-		}()
-		for i := range 2 {
-			go func() {
-				defer wg.Done()
-				l, err := e.s.GetListener(e.ctx, "t1", l.ID)
-				if err == nil {
-					seen[i] = l.Outcome
-				}
-			}()
+	begin := time.Now()
+	e.ingest(store.InboundMessage{User: "warmup", Text: "x"})
+	delay := time.Since(begin)
+	seen := map[store.OutcomeKind]int{}
+	for round := 0; seen[store.Matched] < 3 || seen[store.TimedOut] < 3; round++ {
+		if round == 2000 {
+			e.t.Fatalf("after %d rounds the race never went both ways: %v", round, seen)
 		}
-		wg.Wait()
+		user := fmt.Sprint("race", round)
+		l := e.listen(store.Filter{User: user}, time.Minute)
+		var readers sync.WaitGroup
+		var read [2]store.OutcomeKind
+		advanced := make(chan struct{})
+		time.AfterFunc(delay/2+time.Duration(rand.Int64N(int64(delay)+1)), func() {
+			e.clk.Advance(time.Minute)
+			for i := range read {
+				readers.Add(1)
+				go func() {
+					defer readers.Done()
+					if got, err := e.s.GetListener(e.ctx, "t1", l.ID); err == nil {
+						read[i] = got.Outcome
+					}
+				}()
+			}
+			close(advanced)
+		})
+		matched := len(e.ingest(store.InboundMessage{User: user, Text: "now"}).Matched) == 1
+		<-advanced
+		readers.Wait()
 		final := e.getListener(l.ID)
-		if final.Outcome == store.Pending {
-			e.clk.Advance(time.Minute)
-			final = e.getListener(l.ID)
-		}
-		if matched != (final.Outcome == store.Matched) {
+		if matched != (final.Outcome == store.Matched) || final.Outcome == store.Pending {
 			e.t.Fatalf("round %d: ingest says matched=%v, final outcome %v", round, matched, final.Outcome)
 		}
-		for _, o := range seen {
+		for _, o := range read {
 			if o != store.Pending && o != final.Outcome {
 				e.t.Fatalf("round %d: a reader saw %v, final is %v", round, o, final.Outcome)
 			}
 		}
+		seen[final.Outcome]++
+		if matched {
+			delay = delay * 4 / 5
+		} else {
+			delay = delay * 5 / 4
+		}
+		delay = max(delay, time.Microsecond)
 	}
 }
 
