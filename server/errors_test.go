@@ -26,22 +26,8 @@ func TestBadInputIsRejectedWithFieldViolations(t *testing.T) {
 		bigMeta[string(rune('A'+i%26))+long(i)] = "v"
 	}
 	ctx := ts.ctx()
-	stream := func(req *pb.ChatReceiveRequest) error {
-		st, err := ts.chat.ChatReceive(ctx, req)
-		if err != nil {
-			return err
-		}
-		_, err = st.Recv()
-		return err
-	}
-	watch := func(req *pb.WatchSessionRequest) error {
-		st, err := ts.sessions.WatchSession(ctx, req)
-		if err != nil {
-			return err
-		}
-		_, err = st.Recv()
-		return err
-	}
+	stream := func(req *pb.ChatReceiveRequest) error { return firstErr(ts.chat.ChatReceive(ctx, req)) }
+	watch := func(req *pb.WatchSessionRequest) error { return firstErr(ts.sessions.WatchSession(ctx, req)) }
 	post := func(req *pb.PostMessageRequest) error { _, err := ts.chat.PostMessage(ctx, req); return err }
 	bot := func(req *pb.SendChatbotMessageRequest) error {
 		_, err := ts.chat.SendChatbotMessage(ctx, req)
@@ -180,11 +166,7 @@ func TestAPIKeysAuthenticateAndSeparateTenants(t *testing.T) {
 	ts.key = "not-a-key-at-all-xyz"
 	_, err = ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{User: "u1"})
 	wantStatus(t, err, codes.Unauthenticated, "UNAUTHENTICATED", "")
-	_, err = ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{})
-	if err == nil {
-		st, _ := ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{})
-		_, err = st.Recv()
-	}
+	err = firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{}))
 	wantStatus(t, err, codes.Unauthenticated, "UNAUTHENTICATED", "")
 
 	ts.key = keyA

@@ -359,6 +359,16 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// firstErr is the error a server stream fails with: from opening it, or
+// else from its first Recv (nil if that brings a frame).
+func firstErr[T any](st grpc.ServerStreamingClient[T], err error) error {
+	if err != nil {
+		return err
+	}
+	_, err = st.Recv()
+	return err
+}
+
 func recvOrFail[T any](t *testing.T, recv func() (T, error)) T {
 	t.Helper()
 	v, err := recv()

@@ -167,20 +167,14 @@ func TestChatReceiveResumeAfterDrop(t *testing.T) {
 		t.Fatalf("second resume = %v", got)
 	}
 	ts.clk.Advance(24 * time.Hour)
-	_, err := ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
-	if err == nil {
-		_, err = recvErr(ts, w.ConversationId)
-	}
+	err := resumeErr(ts, w.ConversationId)
 	wantStatus(t, err, codes.NotFound, "LISTENER_NOT_FOUND", "")
 }
 
-// recvErr opens a stream and returns its first Recv error.
-func recvErr(ts *testServer, id string) (*pb.ChatReceiveResponse, error) {
-	st, err := ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: id})
-	if err != nil {
-		return nil, err
-	}
-	return st.Recv()
+// resumeErr resumes conversation id and returns how the stream fails, if
+// it does.
+func resumeErr(ts *testServer, id string) error {
+	return firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: id}))
 }
 
 func TestChatReceiveResumeErrors(t *testing.T) {
@@ -189,14 +183,10 @@ func TestChatReceiveResumeErrors(t *testing.T) {
 	_, w := ts.receive(ctx, &pb.ChatReceiveRequest{FromUser: "u1", KeywordFilter: "ok"})
 	cancel()
 
-	_, err := ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId, FromUser: "u2"})
-	if err == nil {
-		st, _ := ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId, FromUser: "u2"})
-		_, err = st.Recv()
-	}
+	err := firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId, FromUser: "u2"}))
 	wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "conversation_id")
 
-	_, err = recvErr(ts, "cr_00000000-0000-0000-0000-000000000000")
+	err = resumeErr(ts, "cr_00000000-0000-0000-0000-000000000000")
 	wantStatus(t, err, codes.NotFound, "LISTENER_NOT_FOUND", "")
 	r := ts.rest("POST", "/v1/chat:receive", map[string]any{"conversation_id": "cr_unknown"})
 	if r.code != 404 {
@@ -206,7 +196,7 @@ func TestChatReceiveResumeErrors(t *testing.T) {
 	// Another tenant's id is unknown too.
 	ts2 := start(t, ts.store, ts.clk, withKeys(testKey{"k-tenant-b-0123456789", "tenant-b"}))
 	ts2.key = "k-tenant-b-0123456789"
-	_, err = recvErr(ts2, w.ConversationId)
+	err = resumeErr(ts2, w.ConversationId)
 	wantStatus(t, err, codes.NotFound, "LISTENER_NOT_FOUND", "")
 }
 
@@ -242,11 +232,11 @@ func TestChatReceiveIdleListenerIsDroppedAfterResumeWindow(t *testing.T) {
 	cancel2() // attached and detached again at 59 min: the window restarts
 	_, _ = st2.Recv()
 	ts.clk.Advance(59 * time.Minute)
-	if _, err := recvErr(ts, w.ConversationId); err != nil {
+	if err := resumeErr(ts, w.ConversationId); err != nil {
 		t.Fatalf("listener dropped inside its renewed resume window: %v", err)
 	}
 	ts.clk.Advance(2 * time.Hour)
-	_, err := recvErr(ts, w.ConversationId)
+	err := resumeErr(ts, w.ConversationId)
 	wantStatus(t, err, codes.NotFound, "LISTENER_NOT_FOUND", "")
 }
 
