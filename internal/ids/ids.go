@@ -71,13 +71,16 @@ func TagOf(id string) (string, bool) {
 // random bits. If ms never decreases within a session — callers pass the
 // larger of now and the previous message's ms — ids sort, as strings, in
 // append order, and the sequence number can be read back from the id.
-func Message(ms int64, seq uint64) string {
-	// The random bits only tell apart ids of different sessions that share
-	// a millisecond and a sequence number; they need no cryptographic
-	// strength, and crypto/rand can cost a system call per message.
+func Message(ms int64, seq uint64) string { return MessageWithRandom(ms, seq, MessageRandom()) }
+
+// MessageRandom returns the 8 random hex digits that end a message id. They
+// only tell apart ids of different sessions that share a millisecond and a
+// sequence number, so they need no cryptographic strength (crypto/rand can
+// cost a system call per message).
+func MessageRandom() string {
 	var r [4]byte
 	binary.BigEndian.PutUint32(r[:], rand.Uint32())
-	return MessageWithRandom(ms, seq, hex.EncodeToString(r[:]))
+	return hex.EncodeToString(r[:])
 }
 
 // MessageWithRandom is Message with the 8 random hex digits given; the Redis

@@ -27,7 +27,7 @@ func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (st
 	}
 	slotp := s.sessionSlot(m.SessionID)
 	code, out, err := s.reply(ctx, postScript, []string{slotp + "s:" + m.SessionID},
-		s.now(), m.Tenant, ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, randomHex8(), suffix,
+		s.now(), m.Tenant, ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix,
 		slotp, s.sessionEventPrefix(), s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency),
 		m.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL))
 	if err != nil {
@@ -76,7 +76,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	now := s.o.Clock.Now()
 	idemKey := s.idemKey(slotp, in.Tenant, "ingest", target, in.Idempotency)
 	args := []any{now.UnixMilli(), in.Tenant, in.Platform, in.Channel, in.User, in.SessionID, newSID,
-		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, randomHex8(), suffix, slotp,
+		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix, slotp,
 		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL)}
 
 	pipe := s.c.Pipeline()
@@ -179,19 +179,20 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		cmd                 *redis.Cmd
 	}
 	var cands []*cand
-	seen := map[string]bool{}
+	// A listener is a member of exactly one index set, so no candidate
+	// comes twice. Scope is checked before compiling the keyword (a regular
+	// expression, perhaps), which only in-scope candidates need.
 	for _, mem := range members {
 		lid, fjson, ok := strings.Cut(mem, " ")
-		if !ok || seen[lid] {
+		if !ok {
 			continue
 		}
-		seen[lid] = true
 		f, err := decodeFilter(fjson)
-		if err != nil {
+		if err != nil || !f.Scope(msg) {
 			continue
 		}
 		m, err := f.Compile()
-		if err != nil || !m.Scope(msg) {
+		if err != nil {
 			continue
 		}
 		cands = append(cands, &cand{lid: lid, member: mem, bucket: s.bucketKey(tenant, &f), matched: m.Text(msg.Text)})

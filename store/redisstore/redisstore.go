@@ -393,11 +393,6 @@ func decodeMessage(raw string) (store.Message, error) {
 	return m, nil
 }
 
-func randomHex8() string {
-	id := ids.Message(0, 0)
-	return id[len(id)-8:]
-}
-
 func jsonMap(m map[string]string) string {
 	if len(m) == 0 {
 		return "{}"

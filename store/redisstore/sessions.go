@@ -181,7 +181,7 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		code, out2, err := s.reply(ctx, chatbotWriteScript, []string{pointer},
 			now.UnixMilli(), c.Tenant, c.Platform, c.Channel, c.User, action, out[2], subject, version, contactVersion,
 			ids.TaggedSession(tag), c.ChatbotID, jsonMap(c.SessionMetadata), jsonMap(c.ContactMetadata), suffix,
-			randomHex8(), ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, slotp, s.sessionEventPrefix(),
+			ids.MessageRandom(), ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, slotp, s.sessionEventPrefix(),
 			idemKey, c.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), int(plan.Skip))
 		if err != nil {
 			return store.ChatbotResult{}, err
