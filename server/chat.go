@@ -272,10 +272,6 @@ func (c *chatService) receiveFilter(req *pb.ChatReceiveRequest) (store.Filter, t
 	return f, timeout, chk.err()
 }
 
-// rearmFloor is the least a ChatReceive waits before asking the store
-// again about a deadline the store does not yet see as passed.
-const rearmFloor = 50 * time.Millisecond
-
 func hasFilter(req *pb.ChatReceiveRequest) bool {
 	return req.Channel != "" || req.FromUser != "" || req.SessionId != "" || req.KeywordFilter != "" ||
 		req.Match != pb.MatchMode_MATCH_MODE_UNSPECIFIED
@@ -326,21 +322,14 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 		return err
 	}
 
-	// The deadline timer. The store decides a timeout by its own reading
-	// of the clock, which can land a hair before the deadline (millisecond
-	// precision, a clock being slewed); while it still says pending, the
-	// timer is armed again.
-	var timer <-chan struct{}
-	var stopTimer func() bool
-	arm := func(floor time.Duration) {
-		fired := make(chan struct{})
-		wait := max(l.Deadline.Sub(c.cfg.Clock.Now()), floor)
-		stopTimer = c.cfg.Clock.AfterFunc(wait, func() { close(fired) }).Stop
-		timer = fired
-	}
+	// The deadline. The store decides a timeout; the alarm says when to
+	// ask it.
+	var deadline <-chan struct{} // nil (never ready) without a deadline
+	due := newAlarm(c.cfg.Clock)
+	defer due.stop()
 	if l.Outcome == store.Pending && !l.Deadline.IsZero() {
-		arm(0)
-		defer func() { stopTimer() }()
+		due.set(l.Deadline, 0)
+		deadline = due.C
 	}
 	// A listener without a deadline must outlive this stream by the resume
 	// window; keep pushing its idle limit while attached.
@@ -369,13 +358,13 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 					return err
 				}
 			}
-		case <-timer:
+		case <-deadline:
 			// The store decides: a match that committed first wins.
 			if l, err = st.GetListener(ctx, tenant, id); err != nil {
 				return err
 			}
 			if l.Outcome == store.Pending {
-				arm(rearmFloor) // never spin on a store whose clock lags
+				due.set(l.Deadline, rearmFloor) // its clock lags
 			}
 		case <-keepAlive:
 			if err := st.TouchListener(ctx, tenant, id, c.cfg.Clock.Now().Add(c.cfg.ResumeWindow)); err != nil {

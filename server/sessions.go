@@ -186,17 +186,9 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 		return w.ended(&ses)
 	}
 
-	expiry := make(chan struct{}, 1)
-	arm := func(ses *store.Session) func() bool {
-		return s.cfg.Clock.AfterFunc(ses.ExpiresAt.Sub(s.cfg.Clock.Now()), func() {
-			select {
-			case expiry <- struct{}{}:
-			default:
-			}
-		}).Stop
-	}
-	stop := arm(&ses)
-	defer func() { stop() }()
+	expiry := newAlarm(s.cfg.Clock)
+	expiry.set(ses.ExpiresAt, 0)
+	defer expiry.stop()
 	for {
 		select {
 		case <-sub.Ready():
@@ -227,7 +219,7 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 					return w.ended(&ses)
 				}
 			}
-		case <-expiry:
+		case <-expiry.C:
 			if ses, err = st.GetSession(ctx, tenant, req.SessionId); err != nil {
 				return err
 			}
@@ -237,8 +229,8 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 				}
 				return w.ended(&ses)
 			}
-			stop() // a message moved the expiry; wait for the new one
-			stop = arm(&ses)
+			// A message moved the expiry, or the store's clock lags.
+			expiry.set(ses.ExpiresAt, rearmFloor)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.stopping:

@@ -7,12 +7,16 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/internal/clock"
+	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/store/memory"
 )
 
 func TestSessionLifecycleOverREST(t *testing.T) {
@@ -296,5 +300,53 @@ func TestWatchSessionThatFallsBehindCatchesUpFromHistory(t *testing.T) {
 		if got := recvOrFail(t, st.Recv).GetMessage().GetMessageId(); got != id {
 			t.Fatalf("message %d: got %s, want %s", i, got, id)
 		}
+	}
+}
+
+// lateExpiryStore sees sessions expire one second late, as a Redis replica
+// whose clock lags would.
+type lateExpiryStore struct {
+	store.Store
+	clk   *clock.Fake
+	reads atomic.Int64
+}
+
+func (s *lateExpiryStore) GetSession(ctx context.Context, tenant, id string) (store.Session, error) {
+	s.reads.Add(1)
+	ses, err := s.Store.GetSession(ctx, tenant, id)
+	if err == nil && ses.State == store.StateExpired && s.clk.Now().Before(ses.ExpiresAt.Add(time.Second)) {
+		ses.State = store.StateOpen
+	}
+	return ses, err
+}
+
+func TestWatchSessionWaitsForAStoreThatSeesExpiryLate(t *testing.T) {
+	clk := clock.NewFake(epoch)
+	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	late := &lateExpiryStore{Store: ms, clk: clk}
+	ts := start(t, late, clk)
+	ses := ts.createSession("u1")
+	st, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Header(); err != nil {
+		t.Fatal(err)
+	}
+	before := late.reads.Load()
+	clk.Advance(24 * time.Hour)
+	// The store still says open: the watcher must wait a little (an armed
+	// timer), not ask it again and again.
+	waitFor(t, "the watcher to re-arm its expiry", func() bool { return late.reads.Load() > before && clk.Timers() > 0 })
+	if n := late.reads.Load() - before; n > 3 {
+		t.Fatalf("the watcher read the session %d times while the store lagged; it spins", n)
+	}
+	clk.Advance(time.Second)
+	if got := recvOrFail(t, st.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_EXPIRED {
+		t.Fatalf("watcher got %v, want the expiry", got)
 	}
 }
