@@ -333,11 +333,13 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 	}
 	// A listener without a deadline must outlive this stream by the resume
 	// window; keep pushing its idle limit while attached.
-	var keepAlive <-chan time.Time
+	var renew <-chan struct{}
+	renewEvery := max(c.cfg.ResumeWindow/4, time.Second)
+	keepAlive := newAlarm(c.cfg.Clock)
+	defer keepAlive.stop()
 	if l.Deadline.IsZero() {
-		tk := time.NewTicker(max(c.cfg.ResumeWindow/4, time.Second))
-		defer tk.Stop()
-		keepAlive = tk.C
+		keepAlive.set(c.cfg.Clock.Now().Add(renewEvery), 0)
+		renew = keepAlive.C
 	}
 	for l.Outcome == store.Pending {
 		select {
@@ -366,10 +368,11 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 			if l.Outcome == store.Pending {
 				due.set(l.Deadline, rearmFloor) // its clock lags
 			}
-		case <-keepAlive:
+		case <-renew:
 			if err := st.TouchListener(ctx, tenant, id, c.cfg.Clock.Now().Add(c.cfg.ResumeWindow)); err != nil {
 				return err
 			}
+			keepAlive.set(c.cfg.Clock.Now().Add(renewEvery), 0)
 		case <-ctx.Done():
 			c.detach(tenant, &l)
 			return ctx.Err()

@@ -350,3 +350,21 @@ func TestChatReceiveTimesOutEvenWhenTheStoreSeesTheDeadlineLate(t *testing.T) {
 		t.Fatalf("outcome = %v, want timeout", e)
 	}
 }
+
+func TestChatReceiveAttachedListenerOutlivesItsResumeWindow(t *testing.T) {
+	ts := start(t, nil, nil, func(c *serverConfig) { c.ResumeWindow = time.Hour })
+	st, _ := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u1"})
+	// Three hours attached, in steps: each step the stream renews the
+	// listener's idle limit (its renewal alarm is armed again afterwards).
+	for range 9 {
+		waitFor(t, "the renewal alarm", func() bool { return ts.clk.Timers() == 1 })
+		ts.clk.Advance(20 * time.Minute)
+	}
+	waitFor(t, "the last renewal", func() bool { return ts.clk.Timers() == 1 })
+	if r := ts.ingest("u1", "still waiting?"); r.ListenersMatched != 1 {
+		t.Fatalf("the attached listener was dropped after 3 h with a 1 h resume window")
+	}
+	if got := recvOrFail(t, st.Recv).GetSuccess().GetMessageText(); got != "still waiting?" {
+		t.Fatalf("got %q", got)
+	}
+}
