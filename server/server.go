@@ -67,8 +67,9 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
 		// Reuse goroutines (and their grown stacks) for calls instead of
 		// starting one per call; when all are busy, as with long streams,
-		// grpc-go starts a new one.
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		// grpc-go starts a new one. Calls that wait on Redis are in flight
+		// for a millisecond or two, so dozens run at once under load.
+		grpc.NumStreamWorkers(uint32(32*runtime.GOMAXPROCS(0))),
 	)
 	pb.RegisterChatServiceServer(s.grpc, s.chat)
 	pb.RegisterSessionServiceServer(s.grpc, s.sessions)
