@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -16,6 +17,11 @@ import (
 // at once, as without batching; under load many calls share one write and
 // one read on both ends. A pipeline is not a transaction: each script still
 // runs, and fails, on its own.
+//
+// Calls of a mergeable script (runMerged) go further: those in one pipeline
+// that share a group are sent as a single call of the script, with all
+// their keys and arguments, so Redis parses, looks up and starts one script
+// for many calls, and the script can read and write a shared record once.
 type batcher struct {
 	c redis.UniversalClient
 
@@ -29,6 +35,11 @@ type batchReq struct {
 	keys []string
 	args []any
 	cmd  *redis.Cmd
+	// group, for a mergeable call, names the calls it may be merged with
+	// (same script, keys one script may touch together); "" for none.
+	// common is how many leading args the calls of a group share.
+	group  string
+	common int
 	// wake is signalled once: with cmd set (answered), or lead set (this
 	// caller now leads the next pipeline).
 	wake chan struct{}
@@ -45,7 +56,17 @@ func newBatcher(c redis.UniversalClient) *batcher { return &batcher{c: c} }
 
 // run sends one script call, batched with concurrent ones.
 func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args ...any) *redis.Cmd {
-	r := &batchReq{sc: sc, keys: keys, args: args}
+	return b.do(ctx, &batchReq{sc: sc, keys: keys, args: args})
+}
+
+// do sends r, batched with concurrent calls. A mergeable call (r.group
+// set) is of a script that takes one key per call, the first r.common args
+// once and the rest once per call, and answers an array with one reply per
+// key; concurrent calls of one group may be merged into one call, and
+// either way r's answer is an array of its own reply alone. The shared args
+// must be comparable; a call whose shared args differ from the group's is
+// sent on its own.
+func (b *batcher) do(ctx context.Context, r *batchReq) *redis.Cmd {
 	b.mu.Lock()
 	if b.leaders < maxLeaders {
 		b.leaders++
@@ -81,41 +102,121 @@ func (b *batcher) leadFrom(first *batchReq) {
 	b.mu.Unlock()
 
 	b.send(batch)
-	for _, r := range batch[1:] {
-		r.wake <- struct{}{}
-	}
-
+	// The next pipeline goes out first; this one's callers are answered
+	// while Redis works on it.
 	b.mu.Lock()
 	if len(b.queue) == 0 {
 		b.leaders--
 		b.mu.Unlock()
-		return
+	} else {
+		next := b.queue[0]
+		b.queue = b.queue[1:]
+		next.lead = true
+		b.mu.Unlock()
+		next.wake <- struct{}{}
 	}
-	next := b.queue[0]
-	b.queue = b.queue[1:]
-	next.lead = true
-	b.mu.Unlock()
-	next.wake <- struct{}{}
+	for _, r := range batch[1:] {
+		r.wake <- struct{}{}
+	}
 }
 
 func (b *batcher) send(batch []*batchReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
-	if len(batch) == 1 {
-		r := batch[0]
-		r.cmd = r.sc.Run(ctx, b.c, r.keys, r.args...)
+	units := merge(batch)
+	if len(units) == 1 {
+		u := units[0]
+		keys, args := u.call()
+		u.deliver(ctx, u[0].sc.Run(ctx, b.c, keys, args...))
 		return
 	}
 	p := b.c.Pipeline()
-	for _, r := range batch {
-		r.cmd = r.sc.EvalSha(ctx, p, r.keys, r.args...)
+	cmds := make([]*redis.Cmd, len(units))
+	for i, u := range units {
+		keys, args := u.call()
+		cmds[i] = u[0].sc.EvalSha(ctx, p, keys, args...)
 	}
 	_, _ = p.Exec(ctx)
-	for _, r := range batch {
-		if isNoScript(r.cmd.Err()) {
+	for i, u := range units {
+		if isNoScript(cmds[i].Err()) {
 			// Redis lost its script cache (a restart): load and run.
-			r.cmd = r.sc.Run(ctx, b.c, r.keys, r.args...)
+			keys, args := u.call()
+			cmds[i] = u[0].sc.Run(ctx, b.c, keys, args...)
 		}
+		u.deliver(ctx, cmds[i])
+	}
+}
+
+// A unit is the calls sent as one script call: one call, or mergeable
+// calls of one group.
+type unit []*batchReq
+
+// merge splits a batch into units, keeping the calls' order within each.
+func merge(batch []*batchReq) []unit {
+	units := make([]unit, 0, len(batch))
+	type groupKey struct {
+		sc    *redis.Script
+		group string
+	}
+	open := map[groupKey]int{} // the index in units of each group's latest unit
+	for _, r := range batch {
+		if r.group != "" {
+			k := groupKey{r.sc, r.group}
+			if i, ok := open[k]; ok && units[i].accepts(r) {
+				units[i] = append(units[i], r)
+				continue
+			}
+			open[k] = len(units)
+		}
+		units = append(units, unit{r})
+	}
+	return units
+}
+
+func (u unit) accepts(r *batchReq) bool {
+	first := u[0]
+	if r.common != first.common || len(r.args) < r.common || len(first.args) < first.common {
+		return false
+	}
+	for i := range r.common {
+		if r.args[i] != first.args[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// call is the unit's keys and args as one script call.
+func (u unit) call() ([]string, []any) {
+	if len(u) == 1 {
+		return u[0].keys, u[0].args
+	}
+	keys := make([]string, 0, len(u))
+	args := append(make([]any, 0, len(u)*len(u[0].args)), u[0].args[:u[0].common]...)
+	for _, r := range u {
+		keys = append(keys, r.keys...)
+		args = append(args, r.args[r.common:]...)
+	}
+	return keys, args
+}
+
+// deliver hands each call of the unit its answer.
+func (u unit) deliver(ctx context.Context, cmd *redis.Cmd) {
+	if len(u) == 1 {
+		u[0].cmd = cmd
+		return
+	}
+	replies, err := cmd.Slice()
+	if err == nil && len(replies) != len(u) {
+		err = fmt.Errorf("redisstore: %d replies to %d merged calls", len(replies), len(u))
+	}
+	for i, r := range u {
+		if err != nil {
+			r.cmd = errCmd(ctx, err)
+			continue
+		}
+		r.cmd = redis.NewCmd(ctx)
+		r.cmd.SetVal([]any{replies[i]})
 	}
 }
 

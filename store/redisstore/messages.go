@@ -17,19 +17,44 @@ import (
 )
 
 // AppendOutbound is one script: idempotency check, session state, XADD,
-// TTL refresh, record of the key and PUBLISH to watchers. 1 round trip.
+// TTL refresh, record of the key and PUBLISH to watchers. 1 round trip, in
+// which concurrent posts share one script call.
 func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (store.Message, bool, error) {
+	r, err := s.postCall(m)
+	if err != nil {
+		return store.Message{}, false, err
+	}
+	return postAnswer(s.batch.do(ctx, r), m)
+}
+
+// postCall is the batcher call that posts m.
+func (s *Store) postCall(m store.OutboundMessage) (*batchReq, error) {
 	suffix, err := messageSuffix(&store.Message{
 		Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser, Status: m.Status, Metadata: m.Metadata, Error: m.Error,
 	})
 	if err != nil {
-		return store.Message{}, false, err
+		return nil, err
 	}
 	slotp := s.sessionSlot(m.SessionID)
-	code, out, err := s.reply(ctx, postScript, []string{slotp + "s:" + m.SessionID},
-		s.now(), m.Tenant, ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix,
-		slotp, s.sessionEventPrefix(), s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency),
-		m.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL))
+	return &batchReq{
+		sc: postScript, keys: []string{slotp + "s:" + m.SessionID}, group: s.mergeGroup(slotp), common: postCommon,
+		args: []any{ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, s.sessionEventPrefix(), ms(s.o.IdempotencyTTL),
+			slotp, s.now(), m.Tenant, ids.MessageRandom(), suffix,
+			s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency), m.Idempotency.Fingerprint},
+	}, nil
+}
+
+// postAnswer reads postScript's answer to the post of m.
+func postAnswer(cmd *redis.Cmd, m store.OutboundMessage) (store.Message, bool, error) {
+	v, err := cmd.Slice()
+	if err != nil {
+		return store.Message{}, false, unavailable(err)
+	}
+	one, ok := v[0].([]any)
+	if len(v) != 1 || !ok {
+		return store.Message{}, false, fmt.Errorf("redisstore: unexpected post reply %#v", v)
+	}
+	code, out, err := splitReply(one)
 	if err != nil {
 		return store.Message{}, false, err
 	}
@@ -38,6 +63,8 @@ func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (st
 		msg, err := decodeMessage(out[0])
 		return msg, true, err
 	case "OK":
+	case "ERROR":
+		return store.Message{}, false, unavailable(errors.New(out[0]))
 	default:
 		return store.Message{}, false, codeErr(code)
 	}

@@ -159,6 +159,17 @@ func (s *Store) sessionSlot(sid string) string {
 	return s.slot(ids.Tag("untagged", sid))
 }
 
+// mergeGroup is the batcher group of a mergeable call on slotp's keys: on
+// a single Redis server (or a Sentinel-managed primary) one script may
+// touch any keys, so all such calls merge; on a Cluster or Ring only those
+// in one slot.
+func (s *Store) mergeGroup(slotp string) string {
+	if _, single := s.c.(*redis.Client); single {
+		return "*"
+	}
+	return slotp
+}
+
 func (s *Store) sessionKey(sid string) string { return s.sessionSlot(sid) + "s:" + sid }
 
 func (s *Store) listenerKey(lid string) string { return s.slot(ids.Tag(lid)) + "l:" + lid }

@@ -46,23 +46,12 @@ local function ended(st)
   if st == 5 then return 'EXPIRED' end
   return 'CLOSED'
 end
-local HEX = '0123456789abcdef'
-local function hex(n, width)
-  local s = ''
-  for _ = 1, width do
-    local d = n % 16
-    s = string.sub(HEX, d + 1, d + 1) .. s
-    n = (n - d) / 16
-  end
-  return s
-end
 -- The id layout of ids.MessageWithRandom: a uuidv7 carrying seq as counter.
 local function msgid(ms, seq, rnd)
-  local t = hex(ms, 12)
-  return 'msg_' .. string.sub(t, 1, 8) .. '-' .. string.sub(t, 9, 12) .. '-7' ..
-    hex(math.floor(seq / 1073741824) % 4096, 3) .. '-' ..
-    hex(8 + math.floor(seq / 268435456) % 4, 1) .. hex(math.floor(seq / 65536) % 4096, 3) .. '-' ..
-    hex(seq % 65536, 4) .. rnd
+  local t = string.format('%012x', ms)
+  return string.format('msg_%s-%s-7%03x-%x%03x-%04x%s', string.sub(t, 1, 8), string.sub(t, 9, 12),
+    math.floor(seq / 1073741824) % 4096, 8 + math.floor(seq / 268435456) % 4,
+    math.floor(seq / 65536) % 4096, seq % 65536, rnd)
 end
 local function merge(json, patch)
   if patch == '' or patch == '{}' then return json end
@@ -114,11 +103,11 @@ local function close(slotp, evp, rec, now, ret)
   if redis.call('GET', pk) == rec.id then redis.call('DEL', pk) end
   redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, 'end')
 end
--- append adds a message to a session's history, refreshes the session and
--- publishes the message. suffix is the message's JSON after the fields the
--- script assigns (a field list ending with '}'); from, when given, is
--- written as the sender.
-local function append(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
+-- entry adds a message to a session's history and publishes it, updating
+-- rec but not writing it: save does, once for any number of entries.
+-- suffix is the message's JSON after the fields the script assigns (a field
+-- list ending with '}'); from, when given, is written as the sender.
+local function entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
   local seq = tonumber(rec.seq) + 1
   local lms = math.max(now, tonumber(rec.lms))
   local id = msgid(lms, seq, rnd)
@@ -126,20 +115,37 @@ local function append(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
     ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch) .. ',"at":' .. now .. ','
   if from then m = m .. '"from":' .. cjson.encode(from) .. ',' end
   m = m .. suffix
-  local key, hkey = slotp .. 's:' .. rec.id, slotp .. 'h:' .. rec.id
-  redis.call('XADD', hkey, 'MAXLEN', limit, seq .. '-0', 'm', m)
-  set(key, rec, 'seq', seq, 'lid', id, 'lms', lms, 'la', now, 'ex', now + ttl, 'v', tonumber(rec.v) + 1)
+  local hkey = slotp .. 'h:' .. rec.id
+  local v = tonumber(rec.v) + 1
   -- The Redis TTLs only reclaim memory and carry the ended-session
   -- retention as margin, so refreshing them hourly, not per message, is
-  -- enough and saves three writes on the hot path.
-  if now - tonumber(rec.gx or 0) >= 3600000 then
-    set(key, rec, 'gx', now)
-    expire(key, ttl + ret)
+  -- enough and saves four writes on the hot path.
+  local refresh = now - tonumber(rec.gx or 0) >= 3600000
+  redis.call('XADD', hkey, 'MAXLEN', limit, seq .. '-0', 'm', m)
+  -- From here rec must be saved, whatever fails next.
+  rec.seq, rec.lid, rec.lms, rec.la = tostring(seq), id, tostring(lms), tostring(now)
+  rec.ex, rec.v, rec.dirty = tostring(now + ttl), tostring(v), true
+  if refresh then
+    rec.gx = tostring(now)
+    expire(slotp .. 's:' .. rec.id, ttl + ret)
     expire(hkey, ttl + ret)
     redis.call('PEXPIRE', pointer(slotp, rec), math.floor(ttl + ret))
     redis.call('PEXPIRE', slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us, math.floor(ttl + ret))
   end
   redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, m)
+  return m
+end
+-- save writes what entry changed in rec, if it added anything.
+local function save(slotp, rec)
+  if not rec.dirty then return end
+  rec.dirty = nil
+  redis.call('HSET', slotp .. 's:' .. rec.id, 'seq', rec.seq, 'lid', rec.lid, 'lms', rec.lms, 'la', rec.la,
+    'ex', rec.ex, 'v', rec.v, 'gx', rec.gx or '0')
+end
+-- append is entry and save, for one message.
+local function append(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
+  local m = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
+  save(slotp, rec)
   return m
 end
 `
@@ -189,23 +195,51 @@ if active(state(rec, now)) then close(ARGV[4], ARGV[5], rec, now, tonumber(ARGV[
 return {'OK', cjson.encode(rec)}
 `)
 
-// postScript appends an outbound message: idempotency, session state,
-// history, TTLs and fan-out in one step — one round trip.
-// KEYS[1] session. ARGV now, tenant, ttl, ret, limit, rnd, suffix, slotp,
-// event prefix, idempotency key (” for none), fingerprint, idempotency ttl.
-var postScript = script(`
-local now = tonumber(ARGV[1])
-local prev = idem(ARGV[10], ARGV[11], now)
-if prev then return prev end
-local rec = hgetall(KEYS[1])
-if not rec or rec.tn ~= ARGV[2] then return {'NOTFOUND'} end
-local st = state(rec, now)
-if not active(st) then return {ended(st)} end
-local m = append(ARGV[8], ARGV[9], rec, now, ARGV[7], ARGV[6], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
-remember(ARGV[10], ARGV[11], now, tonumber(ARGV[12]), m)
--- Only what the script assigned: the caller has the rest.
-return {'OK', rec.lid, rec.seq, tostring(now), rec.pf, rec.ch}
-`)
+// postScript appends outbound messages, any number in one call (the
+// batcher merges concurrent posts into one call; see batch.go): for each,
+// idempotency, session state, history, TTLs and fan-out. A session posted
+// to several times is read once and written once. KEYS[i] is post i's
+// session. ARGV ttl, ret, limit, event prefix, idempotency ttl, then
+// postArgs per post: slotp, now, tenant, rnd, suffix, idempotency key (”
+// for none), fingerprint. The answer holds one reply per post, in order.
+var postScript = script(postBody)
+
+const postBody = `
+local ttl, ret, limit, evp, ittl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local recs, touched, out = {}, {}, {}
+local function post(key, slotp, now, tn, rnd, suffix, ik, fp)
+  local prev = idem(ik, fp, now)
+  if prev then return prev end
+  local rec = recs[key]
+  if rec == nil then
+    rec = hgetall(key) or false
+    recs[key] = rec
+  end
+  if not rec or rec.tn ~= tn then return {'NOTFOUND'} end
+  local st = state(rec, now)
+  if not active(st) then return {ended(st)} end
+  touched[key] = slotp
+  local m = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit)
+  remember(ik, fp, now, ittl, m)
+  -- Only what the script assigned: the caller has the rest.
+  return {'OK', rec.lid, rec.seq, tostring(now), rec.pf, rec.ch}
+end
+for i, key in ipairs(KEYS) do
+  local a = 5 + (i - 1) * 7
+  local ok, res = pcall(post, key, ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+    ARGV[a + 6], ARGV[a + 7])
+  if not ok then
+    res = {'ERROR', type(res) == 'table' and tostring(res.err) or tostring(res)}
+  end
+  out[i] = res
+end
+for key, slotp in pairs(touched) do save(slotp, recs[key]) end
+return out
+`
+
+// postArgs is the number of ARGV postScript takes per post; postCommon,
+// the number it takes once.
+const postArgs, postCommon = 7, 5
 
 // ingestScript appends an inbound message, opening the session when needed,
 // and returns the listeners indexed under the session and the user (they

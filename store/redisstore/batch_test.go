@@ -1,0 +1,169 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/internal/redistest"
+	"github.com/chatrelay/chatrelay/store"
+)
+
+// scriptCalls counts the script calls a client sends, pipelined or not.
+type scriptCalls struct{ n atomic.Int64 }
+
+func (h *scriptCalls) count(cmds ...redis.Cmder) {
+	for _, c := range cmds {
+		if name := c.Name(); name == "evalsha" || name == "eval" {
+			h.n.Add(1)
+		}
+	}
+}
+
+func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.count(cmds...)
+		return next(ctx, cmds)
+	}
+}
+
+// Posts queued together go to Redis as one script call, and each caller
+// still gets its own answer: a new message, a replay, a refusal, or the
+// failure of its own post alone.
+func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	calls := &scriptCalls{}
+	c.AddHook(calls)
+	s, err := New(c, Options{Prefix: "merge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := context.Background()
+	open := func(user string) store.Session {
+		ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ses
+	}
+	a, b, closed, broken := open("a"), open("b"), open("c"), open("d")
+	if _, err := s.CloseSession(ctx, "t", closed.ID); err != nil {
+		t.Fatal(err)
+	}
+	// A record the script cannot read makes that post fail at run time.
+	if err := c.HSet(ctx, s.sessionKey(broken.ID), "seq", "not a number").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	key := store.Idempotency{Key: "k1", Fingerprint: "fp"}
+	posts := []store.OutboundMessage{
+		{Tenant: "t", SessionID: a.ID, Text: "first", Status: store.StatusDelivered, Idempotency: key},
+		{Tenant: "t", SessionID: broken.ID, Text: "lost", Status: store.StatusDelivered},
+		{Tenant: "t", SessionID: b.ID, Text: "to b", Status: store.StatusDelivered},
+		{Tenant: "t", SessionID: a.ID, Text: "second", Status: store.StatusDelivered},
+		{Tenant: "t", SessionID: closed.ID, Text: "late", Status: store.StatusDelivered},
+		{Tenant: "other", SessionID: a.ID, Text: "not yours", Status: store.StatusDelivered},
+		{Tenant: "t", SessionID: a.ID, Text: "first", Status: store.StatusDelivered, Idempotency: key},
+	}
+	batch := make([]*batchReq, len(posts))
+	for i, m := range posts {
+		if batch[i], err = s.postCall(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := postScript.Load(ctx, c).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := calls.n.Load()
+	s.batch.send(batch)
+	if n := calls.n.Load() - before; n != 1 {
+		t.Fatalf("%d posts went as %d script calls, want 1", len(posts), n)
+	}
+
+	type answer struct {
+		msg      store.Message
+		replayed bool
+		err      error
+	}
+	got := make([]answer, len(posts))
+	for i, r := range batch {
+		got[i].msg, got[i].replayed, got[i].err = postAnswer(r.cmd, posts[i])
+	}
+	for i, want := range []struct {
+		seq uint64
+		err error
+	}{{1, nil}, {0, store.ErrUnavailable}, {1, nil}, {2, nil}, {0, store.ErrSessionClosed}, {0, store.ErrSessionNotFound}, {1, nil}} {
+		if !errors.Is(got[i].err, want.err) || got[i].msg.Seq != want.seq {
+			t.Errorf("post %d (%q): seq %d, error %v; want seq %d, error %v", i, posts[i].Text, got[i].msg.Seq, got[i].err, want.seq, want.err)
+		}
+	}
+	if !got[6].replayed || got[6].msg.ID != got[0].msg.ID || got[0].replayed {
+		t.Errorf("the repeated key: replayed=%v id %s; want a replay of %s", got[6].replayed, got[6].msg.ID, got[0].msg.ID)
+	}
+
+	// The history holds exactly what the callers were told, once each.
+	hist, err := s.ListMessages(ctx, "t", a.ID, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids, texts []string
+	for _, m := range hist {
+		ids, texts = append(ids, m.ID), append(texts, m.Text)
+	}
+	if want := []string{got[0].msg.ID, got[3].msg.ID}; !reflect.DeepEqual(ids, want) || !reflect.DeepEqual(texts, []string{"first", "second"}) {
+		t.Errorf("session a's history: %v %q; want %v [first second]", ids, texts, want)
+	}
+	ses, err := s.GetSession(ctx, "t", a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ses.LastMessageID != got[3].msg.ID {
+		t.Errorf("session a's last message %s, want %s", ses.LastMessageID, got[3].msg.ID)
+	}
+	// The next post continues the sequence: the merged call saved the record.
+	next, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: a.ID, Text: "third", Status: store.StatusDelivered})
+	if err != nil || next.Seq != 3 {
+		t.Errorf("the post after the merged call: seq %d, %v; want seq 3", next.Seq, err)
+	}
+}
+
+// Only calls of one script, group and shared arguments merge, in order.
+func TestMergeGroupsCallsByScriptGroupAndSharedArgs(t *testing.T) {
+	call := func(sc *redis.Script, group string, args ...any) *batchReq {
+		return &batchReq{sc: sc, keys: []string{"k"}, group: group, common: 1, args: args}
+	}
+	other := redis.NewScript("return 1")
+	batch := []*batchReq{
+		call(postScript, "x", 1, "a"),
+		call(postScript, "y", 1, "b"),
+		call(postScript, "x", 1, "c"),
+		call(other, "x", 1, "d"),
+		call(postScript, "x", 2, "e"),                              // shared arg differs
+		{sc: postScript, keys: []string{"k"}, args: []any{1, "f"}}, // not mergeable
+		call(postScript, "x", 2, "g"),
+	}
+	var got [][]any
+	for _, u := range merge(batch) {
+		_, args := u.call()
+		got = append(got, args)
+	}
+	want := [][]any{{1, "a", "c"}, {1, "b"}, {1, "d"}, {2, "e", "g"}, {1, "f"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("units' args %v, want %v", got, want)
+	}
+}
