@@ -56,8 +56,18 @@ func main() {
 	rounds := flag.Int("rounds", 0, "rounds of the throughput cases; ratios are medians of per-round ratios (default 1 short, 5 full)")
 	concurrency := flag.Int("concurrency", 50, "concurrent callers in the throughput scenarios")
 	useRedis := flag.String("use-redis", "", "run the Redis scenarios against this Redis URL instead of a private redis-server (its data under the prefix \"bench\" is written)")
+	hold := flag.String("hold", "", "internal: hold idle ChatReceive listeners open against this gRPC address")
+	holdN := flag.Int("hold-n", 0, "internal: how many listeners -hold opens")
+	holdPrefix := flag.String("hold-prefix", "idle", "internal: -hold's listeners wait for users <prefix>-<i>")
 	flag.Parse()
 
+	if *hold != "" {
+		if err := holdListeners(*hold, *holdN, *holdPrefix); err != nil {
+			fmt.Fprintln(os.Stderr, "chatbench -hold:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *serve {
 		if err := serveChild(*backend, *childRedis, *childProfile); err != nil {
 			fmt.Fprintln(os.Stderr, "chatbench -serve:", err)

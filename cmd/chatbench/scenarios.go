@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -42,61 +41,81 @@ type child struct {
 }
 
 func startChild(backend, redisURL string) (*child, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	args := []string{"-serve", "-backend", backend, "-redis-url", redisURL}
 	if profileDir != "" {
 		children++
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", backend, children)))
 	}
-	cmd := exec.Command(self, args...)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
+	cmd, stdin, f, err := spawn(30*time.Second, args...)
 	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("server under test: %w", err)
 	}
 	c := &child{cmd: cmd, stdin: stdin}
-	ready := make(chan error, 1)
-	go func() {
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			ready <- fmt.Errorf("server under test did not start: %w", err)
-			return
-		}
-		f := strings.Fields(line)
-		if len(f) != 3 || f[0] != "READY" {
-			ready <- fmt.Errorf("server under test said %q", line)
-			return
-		}
-		c.grpcAddr, c.httpAddr = f[1], f[2]
-		ready <- nil
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			_ = cmd.Process.Kill()
-			return nil, err
-		}
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		return nil, errors.New("server under test did not start within 30s")
+	if len(f) != 2 {
+		c.stop()
+		return nil, fmt.Errorf("server under test said READY %q", f)
 	}
+	c.grpcAddr, c.httpAddr = f[0], f[1]
 	if c.conn, err = dial(c.grpcAddr); err != nil {
 		c.stop()
 		return nil, err
 	}
 	c.chat, c.sessions = pb.NewChatServiceClient(c.conn), pb.NewSessionServiceClient(c.conn)
 	return c, nil
+}
+
+// spawn re-executes chatbench with args and waits up to within for its
+// first line, "READY <fields…>". The child stops when its stdin closes.
+func spawn(within time.Duration, args ...string) (*exec.Cmd, io.WriteCloser, []string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, nil, err
+	}
+	type answer struct {
+		fields []string
+		err    error
+	}
+	ready := make(chan answer, 1)
+	go func() {
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		f := strings.Fields(line)
+		switch {
+		case err != nil:
+			ready <- answer{err: fmt.Errorf("did not start: %w", err)}
+			return
+		case len(f) == 0 || f[0] != "READY":
+			ready <- answer{err: fmt.Errorf("said %q", line)}
+			return
+		}
+		ready <- answer{fields: f[1:]}
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case a := <-ready:
+		if a.err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return nil, nil, nil, a.err
+		}
+		return cmd, stdin, a.fields, nil
+	case <-time.After(within):
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, nil, nil, fmt.Errorf("did not start within %s", within)
+	}
 }
 
 func dial(addr string) (*grpc.ClientConn, error) {
@@ -336,6 +355,26 @@ func benchIdle(ctx context.Context, cfg config) ([]row, error) {
 // benchMatch measures, with N idle non-matching listeners on replica A,
 // the latency from an ingest on replica B to the success frame on A, at a
 // fixed rate.
+// holdListeners is chatbench -hold: it opens n idle listeners against addr,
+// says READY once every one is waiting, and holds them until stdin closes.
+func holdListeners(addr string, n int, prefix string) error {
+	conns, err := dialMany(addr, max(1, n/10_000))
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, _, err := openListeners(ctx, conns, n, func(i int) *pb.ChatReceiveRequest {
+		return &pb.ChatReceiveRequest{FromUser: fmt.Sprintf("%s-%d", prefix, i)}
+	}); err != nil {
+		return err
+	}
+	fmt.Println("READY")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
 func benchMatch(ctx context.Context, cfg config) ([]row, error) {
 	var rows []row
 	for _, n := range cfg.matchNs {
@@ -369,11 +408,17 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if n > 0 {
-		if _, _, err := openListeners(sctx, conns, n, func(i int) *pb.ChatReceiveRequest {
-			return &pb.ChatReceiveRequest{FromUser: fmt.Sprintf("idle-%s-%d", run, i)}
-		}); err != nil {
-			return row{}, err
+		// The idle listeners' client ends live in another process, as
+		// they would in production: 100k streams' worth of garbage
+		// collection in this one would be measured as latency.
+		cmd, stdin, _, err := spawn(5*time.Minute, "-hold", a.grpcAddr, "-hold-n", strconv.Itoa(n), "-hold-prefix", "idle-"+run)
+		if err != nil {
+			return row{}, fmt.Errorf("idle listeners: %w", err)
 		}
+		defer func() {
+			_ = stdin.Close()
+			_ = cmd.Wait()
+		}()
 	}
 	msgs := int(cfg.matchFor.Seconds() * float64(cfg.matchRate))
 	waiters, _, err := openListeners(sctx, conns, msgs, func(i int) *pb.ChatReceiveRequest {
