@@ -18,8 +18,8 @@ import (
 // one read on both ends. A pipeline is not a transaction: each script still
 // runs, and fails, on its own.
 //
-// Calls of a mergeable script (runMerged) go further: those in one pipeline
-// that share a group are sent as a single call of the script, with all
+// Mergeable calls (see do) go further: those in one pipeline that share a
+// group are sent as a single call of the script, with all
 // their keys and arguments, so Redis parses, looks up and starts one script
 // for many calls, and the script can read and write a shared record once.
 type batcher struct {
@@ -131,19 +131,25 @@ func (b *batcher) send(batch []*batchReq) {
 		return
 	}
 	p := b.c.Pipeline()
-	cmds := make([]*redis.Cmd, len(units))
+	type sent struct {
+		keys []string
+		args []any
+		cmd  *redis.Cmd
+	}
+	calls := make([]sent, len(units))
 	for i, u := range units {
-		keys, args := u.call()
-		cmds[i] = u[0].sc.EvalSha(ctx, p, keys, args...)
+		c := &calls[i]
+		c.keys, c.args = u.call()
+		c.cmd = u[0].sc.EvalSha(ctx, p, c.keys, c.args...)
 	}
 	_, _ = p.Exec(ctx)
 	for i, u := range units {
-		if isNoScript(cmds[i].Err()) {
+		c := &calls[i]
+		if isNoScript(c.cmd.Err()) {
 			// Redis lost its script cache (a restart): load and run.
-			keys, args := u.call()
-			cmds[i] = u[0].sc.Run(ctx, b.c, keys, args...)
+			c.cmd = u[0].sc.Run(ctx, b.c, c.keys, c.args...)
 		}
-		u.deliver(ctx, cmds[i])
+		u.deliver(ctx, c.cmd)
 	}
 }
 
@@ -175,7 +181,7 @@ func merge(batch []*batchReq) []unit {
 
 func (u unit) accepts(r *batchReq) bool {
 	first := u[0]
-	if r.common != first.common || len(r.args) < r.common || len(first.args) < first.common {
+	if r.common != first.common {
 		return false
 	}
 	for i := range r.common {

@@ -167,3 +167,27 @@ func TestMergeGroupsCallsByScriptGroupAndSharedArgs(t *testing.T) {
 		t.Errorf("units' args %v, want %v", got, want)
 	}
 }
+
+// An answer of the wrong shape is an error for its callers, not a panic.
+func TestMalformedPostAnswersAreErrors(t *testing.T) {
+	ctx := context.Background()
+	answer := func(v any) *redis.Cmd {
+		cmd := redis.NewCmd(ctx)
+		cmd.SetVal(v)
+		return cmd
+	}
+	m := store.OutboundMessage{Tenant: "t", SessionID: "s"}
+	for _, v := range []any{[]any{}, []any{"OK"}, []any{[]any{"OK"}, []any{"OK"}}, "OK"} {
+		if _, _, err := postAnswer(answer(v), m); err == nil {
+			t.Errorf("answer %#v: no error", v)
+		}
+	}
+	// A merged call answered with fewer replies than calls fails each call.
+	u := unit{{group: "g"}, {group: "g"}}
+	u.deliver(ctx, answer([]any{[]any{"OK"}}))
+	for i, r := range u {
+		if r.cmd.Err() == nil {
+			t.Errorf("call %d of 2 answered by 1 reply: no error", i)
+		}
+	}
+}

@@ -50,8 +50,11 @@ func postAnswer(cmd *redis.Cmd, m store.OutboundMessage) (store.Message, bool, e
 	if err != nil {
 		return store.Message{}, false, unavailable(err)
 	}
-	one, ok := v[0].([]any)
-	if len(v) != 1 || !ok {
+	var one []any
+	if len(v) == 1 {
+		one, _ = v[0].([]any)
+	}
+	if one == nil {
 		return store.Message{}, false, fmt.Errorf("redisstore: unexpected post reply %#v", v)
 	}
 	code, out, err := splitReply(one)
