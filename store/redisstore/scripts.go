@@ -135,17 +135,18 @@ local function entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
   redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, m)
   return m
 end
--- save writes what entry changed in rec, if it added anything.
-local function save(slotp, rec)
+-- save writes what entry changed in rec, the record at key, if it added
+-- anything.
+local function save(key, rec)
   if not rec.dirty then return end
   rec.dirty = nil
-  redis.call('HSET', slotp .. 's:' .. rec.id, 'seq', rec.seq, 'lid', rec.lid, 'lms', rec.lms, 'la', rec.la,
+  redis.call('HSET', key, 'seq', rec.seq, 'lid', rec.lid, 'lms', rec.lms, 'la', rec.la,
     'ex', rec.ex, 'v', rec.v, 'gx', rec.gx or '0')
 end
 -- append is entry and save, for one message.
 local function append(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
   local m = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
-  save(slotp, rec)
+  save(slotp .. 's:' .. rec.id, rec)
   return m
 end
 `
@@ -200,13 +201,11 @@ return {'OK', cjson.encode(rec)}
 // idempotency, session state, history, TTLs and fan-out. A session posted
 // to several times is read once and written once. KEYS[i] is post i's
 // session. ARGV ttl, ret, limit, event prefix, idempotency ttl, then
-// postArgs per post: slotp, now, tenant, rnd, suffix, idempotency key (”
+// 7 per post: slotp, now, tenant, rnd, suffix, idempotency key (”
 // for none), fingerprint. The answer holds one reply per post, in order.
-var postScript = script(postBody)
-
-const postBody = `
+var postScript = script(`
 local ttl, ret, limit, evp, ittl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local recs, touched, out = {}, {}, {}
+local recs, out = {}, {}
 local function post(key, slotp, now, tn, rnd, suffix, ik, fp)
   local prev = idem(ik, fp, now)
   if prev then return prev end
@@ -218,7 +217,6 @@ local function post(key, slotp, now, tn, rnd, suffix, ik, fp)
   if not rec or rec.tn ~= tn then return {'NOTFOUND'} end
   local st = state(rec, now)
   if not active(st) then return {ended(st)} end
-  touched[key] = slotp
   local m = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit)
   remember(ik, fp, now, ittl, m)
   -- Only what the script assigned: the caller has the rest.
@@ -233,13 +231,15 @@ for i, key in ipairs(KEYS) do
   end
   out[i] = res
 end
-for key, slotp in pairs(touched) do save(slotp, recs[key]) end
+for key, rec in pairs(recs) do
+  if rec then save(key, rec) end
+end
 return out
-`
+`)
 
-// postArgs is the number of ARGV postScript takes per post; postCommon,
-// the number it takes once.
-const postArgs, postCommon = 7, 5
+// postCommon is the number of ARGV postScript takes once, before the
+// posts' own.
+const postCommon = 5
 
 // ingestScript appends an inbound message, opening the session when needed,
 // and returns the listeners indexed under the session and the user (they
