@@ -173,11 +173,24 @@ func (s *Server) Restart() error {
 
 // RoundTrips is a go-redis hook that counts round trips: each command sent
 // alone and each pipeline counts one. PING is not counted: it is the
-// readiness probe, not the cost of a call. Add it with client.AddHook.
-type RoundTrips struct{ n atomic.Int64 }
+// readiness probe, not the cost of a call. It also counts the script calls
+// (EVALSHA and EVAL) sent, alone or in pipelines. Add it with
+// client.AddHook.
+type RoundTrips struct{ n, scripts atomic.Int64 }
 
 // Count returns the round trips so far.
 func (r *RoundTrips) Count() int64 { return r.n.Load() }
+
+// Scripts returns the script calls so far.
+func (r *RoundTrips) Scripts() int64 { return r.scripts.Load() }
+
+func (r *RoundTrips) countScripts(cmds ...redis.Cmder) {
+	for _, c := range cmds {
+		if name := c.Name(); name == "evalsha" || name == "eval" {
+			r.scripts.Add(1)
+		}
+	}
+}
 
 func (r *RoundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
 
@@ -186,6 +199,7 @@ func (r *RoundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if cmd.Name() != "ping" {
 			r.n.Add(1)
 		}
+		r.countScripts(cmd)
 		return next(ctx, cmd)
 	}
 }
@@ -193,6 +207,7 @@ func (r *RoundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (r *RoundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		r.n.Add(1)
+		r.countScripts(cmds...)
 		return next(ctx, cmds)
 	}
 }

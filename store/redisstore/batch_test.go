@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"reflect"
-	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -13,41 +12,14 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// scriptCalls counts the script calls a client sends, pipelined or not.
-type scriptCalls struct{ n atomic.Int64 }
-
-func (h *scriptCalls) count(cmds ...redis.Cmder) {
-	for _, c := range cmds {
-		if name := c.Name(); name == "evalsha" || name == "eval" {
-			h.n.Add(1)
-		}
-	}
-}
-
-func (h *scriptCalls) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h *scriptCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.count(cmd)
-		return next(ctx, cmd)
-	}
-}
-
-func (h *scriptCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		h.count(cmds...)
-		return next(ctx, cmds)
-	}
-}
-
 // Posts queued together go to Redis as one script call, and each caller
 // still gets its own answer: a new message, a replay, a refusal, or the
 // failure of its own post alone.
 func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 	srv := redistest.Start(t)
 	c := srv.Client(t)
-	calls := &scriptCalls{}
-	c.AddHook(calls)
+	trips := &redistest.RoundTrips{}
+	c.AddHook(trips)
 	s, err := New(c, Options{Prefix: "merge"})
 	if err != nil {
 		t.Fatal(err)
@@ -89,10 +61,10 @@ func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 	if err := postScript.Load(ctx, c).Err(); err != nil {
 		t.Fatal(err)
 	}
-	before := calls.n.Load()
+	scripts, before := trips.Scripts(), trips.Count()
 	s.batch.send(batch)
-	if n := calls.n.Load() - before; n != 1 {
-		t.Fatalf("%d posts went as %d script calls, want 1", len(posts), n)
+	if n, rt := trips.Scripts()-scripts, trips.Count()-before; n != 1 || rt != 1 {
+		t.Fatalf("%d posts went as %d script calls in %d round trips, want 1 in 1", len(posts), n, rt)
 	}
 
 	type answer struct {

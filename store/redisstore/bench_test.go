@@ -12,7 +12,8 @@ import (
 )
 
 // BenchmarkAppendOutbound measures the Redis post path and reports its
-// round trips per operation (the figure TestRedisRoundTripsPerRPC pins).
+// round trips per operation (the figure TestRedisRoundTripsPerRPC pins) and
+// script calls per operation (below 1 when concurrent posts merge).
 func BenchmarkAppendOutbound(b *testing.B) {
 	srv := redistest.Start(b)
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr})
@@ -35,18 +36,19 @@ func BenchmarkAppendOutbound(b *testing.B) {
 	}
 	b.Run("sequential", func(b *testing.B) {
 		b.ReportAllocs()
-		before := trips.Count()
+		before, scripts := trips.Count(), trips.Scripts()
 		for b.Loop() {
 			if _, _, err := s.AppendOutbound(ctx, out); err != nil {
 				b.Fatal(err)
 			}
 		}
 		b.ReportMetric(float64(trips.Count()-before)/float64(b.N), "roundtrips/op")
+		b.ReportMetric(float64(trips.Scripts()-scripts)/float64(b.N), "scripts/op")
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
 		b.SetParallelism(25) // 50 callers on 2 cores, as in chatbench
-		before := trips.Count()
+		before, scripts := trips.Count(), trips.Scripts()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				if _, _, err := s.AppendOutbound(ctx, out); err != nil {
@@ -56,5 +58,6 @@ func BenchmarkAppendOutbound(b *testing.B) {
 			}
 		})
 		b.ReportMetric(float64(trips.Count()-before)/float64(b.N), "roundtrips/op")
+		b.ReportMetric(float64(trips.Scripts()-scripts)/float64(b.N), "scripts/op")
 	})
 }
