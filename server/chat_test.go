@@ -19,6 +19,41 @@ func (ts *testServer) createSession(user string) *pb.Session {
 	return r.Session
 }
 
+// post posts text into a session over gRPC and returns the message's id.
+func (ts *testServer) post(sessionID, text string) string {
+	ts.t.Helper()
+	r, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: sessionID, Message: text})
+	if err != nil {
+		ts.t.Fatalf("PostMessage: %v", err)
+	}
+	return r.MessageId
+}
+
+// liveWatch opens a live-only WatchSession and waits until the server has
+// set it up (its headers arrive then), so later posts reach it.
+func (ts *testServer) liveWatch(sessionID string) pb.SessionService_WatchSessionClient {
+	ts.t.Helper()
+	st, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: sessionID, LiveOnly: true})
+	if err != nil {
+		ts.t.Fatalf("WatchSession: %v", err)
+	}
+	if _, err := st.Header(); err != nil {
+		ts.t.Fatalf("WatchSession headers: %v", err)
+	}
+	return st
+}
+
+// wantMessages reads the watch's next frames: messages with ids want, in
+// order, each once.
+func wantMessages(t *testing.T, watch pb.SessionService_WatchSessionClient, want []string) {
+	t.Helper()
+	for i, id := range want {
+		if got := recvOrFail(t, watch.Recv).GetMessage().GetMessageId(); got != id {
+			t.Fatalf("message %d: got %s, want %s", i, got, id)
+		}
+	}
+}
+
 func (ts *testServer) history(sessionID string) []*pb.Message {
 	ts.t.Helper()
 	r, err := ts.sessions.ListMessages(ts.ctx(), &pb.ListMessagesRequest{SessionId: sessionID, PageSize: 1000})
@@ -31,13 +66,7 @@ func (ts *testServer) history(sessionID string) []*pb.Message {
 func TestPostMessageDeliversStoresAndFansOut(t *testing.T) {
 	ts := start(t, nil, nil)
 	ses := ts.createSession("u1")
-	watch, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := watch.Header(); err != nil { // the watch is set up
-		t.Fatal(err)
-	}
+	watch := ts.liveWatch(ses.SessionId)
 
 	// Over REST, as a low-code HTTP node would.
 	r := ts.rest("POST", "/v1/sessions/"+ses.SessionId+"/messages", map[string]any{

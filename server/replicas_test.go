@@ -99,11 +99,7 @@ func TestReplicasPostOnBReachesWatchOnA(t *testing.T) {
 	}
 	var want []string
 	for i := range 20 {
-		r, err := b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint("m", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, r.MessageId)
+		want = append(want, b.post(ses.SessionId, fmt.Sprint("m", i)))
 	}
 	for i, id := range want {
 		if got := recvOrFail(t, watchA.Recv).GetMessage().GetMessageId(); got != id {
@@ -304,7 +300,7 @@ func TestReplicaMultiplexesStreamsOverOnePubSubConnection(t *testing.T) {
 		t.Fatalf("PUBSUB NUMSUB = %v, %v; want one subscriber (the shared connection)", numsub, err)
 	}
 	// And the multiplexed streams still all work.
-	b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: sesIDs[7], Message: "x"})
+	b.post(sesIDs[7], "x")
 	if err := streams[7](); err != nil {
 		t.Fatalf("a multiplexed watcher: %v", err)
 	}
@@ -319,22 +315,10 @@ func TestPubSubConnectionKilledLosesNothing(t *testing.T) {
 	cl := startCluster(t, 2)
 	a, b := cl.replicas[0], cl.replicas[1]
 	ses := b.createSession("u1")
-	watch, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := watch.Header(); err != nil {
-		t.Fatal(err)
-	}
+	watch := a.liveWatch(ses.SessionId)
 	lst, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u2"})
 	var want []string
-	post := func(text string) {
-		r, err := b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: text})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, r.MessageId)
-	}
+	post := func(text string) { want = append(want, b.post(ses.SessionId, text)) }
 	post("before")
 	killed, err := cl.redis.Client(t).ClientKillByFilter(context.Background(), "TYPE", "pubsub").Result()
 	if err != nil || killed == 0 {
@@ -346,11 +330,7 @@ func TestPubSubConnectionKilledLosesNothing(t *testing.T) {
 	post("during 2")
 	b.ingest("u2", "hello?")
 	post("after")
-	for i, id := range want {
-		if got := recvOrFail(t, watch.Recv).GetMessage().GetMessageId(); got != id {
-			t.Fatalf("message %d: got %s, want %s (no loss, no duplicate)", i, got, id)
-		}
-	}
+	wantMessages(t, watch, want) // no loss, no duplicate
 	if got := recvOrFail(t, lst.Recv).GetSuccess().GetMessageText(); got != "hello?" {
 		t.Fatalf("listener got %q", got)
 	}
@@ -372,13 +352,7 @@ func TestPartitionedReplicaResyncsWhatItMissed(t *testing.T) {
 	})
 	a, b := cl.replicas[0], cl.replicas[1]
 	ses := b.createSession("u1")
-	watch, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := watch.Header(); err != nil {
-		t.Fatal(err)
-	}
+	watch := a.liveWatch(ses.SessionId)
 	lst, _ := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u2"})
 
 	proxy.Cut()
@@ -386,22 +360,11 @@ func TestPartitionedReplicaResyncsWhatItMissed(t *testing.T) {
 		n, err := cl.redis.Client(t).PubSubNumSub(context.Background(), fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, ses.SessionId)).Result()
 		return err == nil && n[fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, ses.SessionId)] == 0
 	})
-	var want []string
-	for _, text := range []string{"while cut 1", "while cut 2"} {
-		r, err := b.chat.PostMessage(b.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: text})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, r.MessageId)
-	}
+	want := []string{b.post(ses.SessionId, "while cut 1"), b.post(ses.SessionId, "while cut 2")}
 	b.ingest("u2", "reply while cut")
 	proxy.Restore()
 
-	for i, id := range want {
-		if got := recvOrFail(t, watch.Recv).GetMessage().GetMessageId(); got != id {
-			t.Fatalf("message %d: got %s, want %s", i, got, id)
-		}
-	}
+	wantMessages(t, watch, want)
 	if got := recvOrFail(t, lst.Recv).GetSuccess().GetMessageText(); got != "reply while cut" {
 		t.Fatalf("listener got %q", got)
 	}

@@ -84,11 +84,7 @@ func TestListMessagesPaginates(t *testing.T) {
 	ses := ts.createSession("u1")
 	var want []string
 	for i := range 7 {
-		r, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint(i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, r.MessageId)
+		want = append(want, ts.post(ses.SessionId, fmt.Sprint(i)))
 	}
 	var got []string
 	token := ""
@@ -171,29 +167,16 @@ func TestWatchSessionAfterMessageIDAndLiveOnly(t *testing.T) {
 	ses := ts.createSession("u1")
 	var ids []string
 	for i := range 3 {
-		r, _ := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint(i)})
-		ids = append(ids, r.MessageId)
+		ids = append(ids, ts.post(ses.SessionId, fmt.Sprint(i)))
 	}
 	after, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, AfterMessageId: ids[0]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	live, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := live.Header(); err != nil {
-		t.Fatal(err)
-	}
-	next, _ := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "live"})
-	for _, want := range []string{ids[1], ids[2], next.MessageId} {
-		if got := recvOrFail(t, after.Recv).GetMessage().GetMessageId(); got != want {
-			t.Fatalf("after_message_id stream: got %s, want %s", got, want)
-		}
-	}
-	if got := recvOrFail(t, live.Recv).GetMessage().GetMessageId(); got != next.MessageId {
-		t.Fatalf("live_only stream: got %s, want only the new %s", got, next.MessageId)
-	}
+	live := ts.liveWatch(ses.SessionId)
+	next := ts.post(ses.SessionId, "live")
+	wantMessages(t, after, []string{ids[1], ids[2], next}) // after_message_id: history, then live
+	wantMessages(t, live, []string{next})                  // live_only: only the new one
 	err = firstErr(ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, AfterMessageId: "msg_ffffffff-ffff-7fff-bfff-ffffffffffff"}))
 	wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "after_message_id")
 }
@@ -241,9 +224,9 @@ func TestWatchSessionOverRESTFlushesHeadersThenStreams(t *testing.T) {
 	if s.resp.StatusCode != 200 || s.resp.Header.Get("Content-Type") != "application/json" {
 		t.Fatalf("HTTP %d %v", s.resp.StatusCode, s.resp.Header)
 	}
-	r, _ := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "hi"})
-	if got := str(s.next(), "result", "message", "message_id"); got != r.MessageId {
-		t.Fatalf("line message_id = %q, want %s", got, r.MessageId)
+	id := ts.post(ses.SessionId, "hi")
+	if got := str(s.next(), "result", "message", "message_id"); got != id {
+		t.Fatalf("line message_id = %q, want %s", got, id)
 	}
 	ts.sessions.CloseSession(ts.ctx(), &pb.CloseSessionRequest{SessionId: ses.SessionId})
 	if got := str(s.next(), "result", "ended", "state"); got != "SESSION_STATE_CLOSED" {
@@ -276,13 +259,7 @@ func TestWatchSessionEndsCleanlyOnShutdown(t *testing.T) {
 func TestWatchSessionThatFallsBehindCatchesUpFromHistory(t *testing.T) {
 	ts := start(t, nil, nil)
 	ses := ts.createSession("u1")
-	st, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Header(); err != nil {
-		t.Fatal(err)
-	}
+	st := ts.liveWatch(ses.SessionId)
 	// The client reads nothing while far more is posted than flow control
 	// and the server's per-stream queue hold, so the server must drop
 	// events and resync from history. It must still deliver every message
@@ -290,17 +267,9 @@ func TestWatchSessionThatFallsBehindCatchesUpFromHistory(t *testing.T) {
 	text := strings.Repeat("x", 4<<10)
 	var want []string
 	for i := range 900 {
-		r, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: fmt.Sprint(i, text)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, r.MessageId)
+		want = append(want, ts.post(ses.SessionId, fmt.Sprint(i, text)))
 	}
-	for i, id := range want {
-		if got := recvOrFail(t, st.Recv).GetMessage().GetMessageId(); got != id {
-			t.Fatalf("message %d: got %s, want %s", i, got, id)
-		}
-	}
+	wantMessages(t, st, want)
 }
 
 // lateExpiryStore sees sessions expire one second late, as a Redis replica
@@ -330,13 +299,7 @@ func TestWatchSessionWaitsForAStoreThatSeesExpiryLate(t *testing.T) {
 	late := &lateExpiryStore{Store: ms, clk: clk}
 	ts := start(t, late, clk)
 	ses := ts.createSession("u1")
-	st, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Header(); err != nil {
-		t.Fatal(err)
-	}
+	st := ts.liveWatch(ses.SessionId)
 	before := late.reads.Load()
 	clk.Advance(24 * time.Hour)
 	// The store still says open: the watcher must wait a little (an armed
