@@ -13,17 +13,10 @@ import (
 func (s *Store) CreateSession(ctx context.Context, ns store.NewSession) (store.Session, error) {
 	tag := userTag(ns.Tenant, ns.User)
 	slotp := s.slot(tag)
-	code, out, err := s.reply(ctx, createScript,
+	return s.sessionAnswer(s.reply(ctx, createScript,
 		[]string{slotp + "a:" + ns.Tenant + ":" + ns.Platform + ":" + ns.Channel + ":" + ns.User},
 		slotp, s.now(), ms(s.o.SessionTTL), ms(s.o.EndedRetention),
-		ns.Tenant, ns.Platform, ns.Channel, ns.User, ids.TaggedSession(tag), jsonMap(ns.Metadata))
-	if err != nil {
-		return store.Session{}, err
-	}
-	if code != "OK" {
-		return store.Session{}, codeErr(code)
-	}
-	return decodeSession(out[0], s.o.Clock.Now())
+		ns.Tenant, ns.Platform, ns.Channel, ns.User, ids.TaggedSession(tag), jsonMap(ns.Metadata)))
 }
 
 // GetSession costs 1 round trip.
@@ -48,28 +41,14 @@ func (s *Store) UpdateSession(ctx context.Context, tenant, id string, u store.Se
 	if u.EndBot {
 		endBot = "1"
 	}
-	code, out, err := s.reply(ctx, updateScript, []string{s.sessionKey(id)},
-		s.now(), tenant, int(u.State), endBot, string(remove), jsonMap(u.Metadata))
-	if err != nil {
-		return store.Session{}, err
-	}
-	if code != "OK" {
-		return store.Session{}, codeErr(code)
-	}
-	return decodeSession(out[0], s.o.Clock.Now())
+	return s.sessionAnswer(s.reply(ctx, updateScript, []string{s.sessionKey(id)},
+		s.now(), tenant, int(u.State), endBot, string(remove), jsonMap(u.Metadata)))
 }
 
 // CloseSession costs 1 round trip.
 func (s *Store) CloseSession(ctx context.Context, tenant, id string) (store.Session, error) {
-	code, out, err := s.reply(ctx, closeScript, []string{s.sessionKey(id)},
-		s.now(), tenant, ms(s.o.EndedRetention), s.sessionSlot(id), s.sessionEventPrefix())
-	if err != nil {
-		return store.Session{}, err
-	}
-	if code != "OK" {
-		return store.Session{}, codeErr(code)
-	}
-	return decodeSession(out[0], s.o.Clock.Now())
+	return s.sessionAnswer(s.reply(ctx, closeScript, []string{s.sessionKey(id)},
+		s.now(), tenant, ms(s.o.EndedRetention), s.sessionSlot(id), s.sessionEventPrefix()))
 }
 
 // maxChatbotAttempts bounds optimistic retries when the session changes
@@ -262,4 +241,16 @@ func mergeMaps(a, b map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// sessionAnswer reads a script's answer that is a session record on "OK"
+// and a refusal otherwise.
+func (s *Store) sessionAnswer(code string, out []string, err error) (store.Session, error) {
+	if err != nil {
+		return store.Session{}, err
+	}
+	if code != "OK" {
+		return store.Session{}, codeErr(code)
+	}
+	return decodeSession(out[0], s.o.Clock.Now())
 }
