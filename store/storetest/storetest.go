@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -697,14 +699,17 @@ func testDeadlineBoundary(e *env) {
 
 // testOutcomeRace races an ingest against the deadline passing (with two
 // readers deciding the timeout), round after round, until both outcomes
-// have occurred often enough to show the race is really run. The clock
-// moves after a delay that adapts to the outcomes (shorter after a match,
-// longer after a timeout), so it settles where the two collide; the
-// assertions hold for any interleaving.
+// have occurred often enough to show the race is really run. The two sides
+// start together: the clock is moved by a goroutine already spinning (a
+// timer or a wake-up is slower than a memory-store ingest), and one side
+// waits out an offset first that adapts to the outcomes (the clock goes
+// earlier after a match, later after a timeout), so it settles where the
+// two collide; the assertions hold for any interleaving.
 func testOutcomeRace(e *env) {
 	begin := time.Now()
 	e.ingest(store.InboundMessage{User: "warmup", Text: "x"})
-	delay := time.Since(begin)
+	step := max(time.Since(begin)/4, 200*time.Nanosecond)
+	var offset time.Duration // > 0: the clock waits; < 0: the ingest waits
 	seen := map[store.OutcomeKind]int{}
 	for round := 0; seen[store.Matched] < 3 || seen[store.TimedOut] < 3; round++ {
 		if round == 2000 {
@@ -714,8 +719,14 @@ func testOutcomeRace(e *env) {
 		l := e.listen(store.Filter{User: user}, time.Minute)
 		var readers sync.WaitGroup
 		var read [2]store.OutcomeKind
+		var started atomic.Bool
 		advanced := make(chan struct{})
-		time.AfterFunc(delay/2+time.Duration(rand.Int64N(int64(delay)+1)), func() {
+		wait := offset + time.Duration(rand.Int64N(int64(step)))
+		go func() {
+			for !started.Load() {
+				runtime.Gosched()
+			}
+			spin(wait)
 			e.clk.Advance(time.Minute)
 			for i := range read {
 				readers.Add(1)
@@ -727,7 +738,9 @@ func testOutcomeRace(e *env) {
 				}()
 			}
 			close(advanced)
-		})
+		}()
+		started.Store(true)
+		spin(-wait)
 		matched := len(e.ingest(store.InboundMessage{User: user, Text: "now"}).Matched) == 1
 		<-advanced
 		readers.Wait()
@@ -742,11 +755,18 @@ func testOutcomeRace(e *env) {
 		}
 		seen[final.Outcome]++
 		if matched {
-			delay = delay * 4 / 5
+			offset -= step
 		} else {
-			delay = delay * 5 / 4
+			offset += step
 		}
-		delay = max(delay, time.Microsecond)
+	}
+}
+
+// spin busy-waits for d (nothing when d <= 0): finer than a timer. It
+// yields as it goes, so that on one CPU the other side runs meanwhile.
+func spin(d time.Duration) {
+	for start := time.Now(); time.Since(start) < d; {
+		runtime.Gosched()
 	}
 }
 
