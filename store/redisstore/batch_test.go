@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strconv"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -111,6 +112,64 @@ func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 	next, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: a.ID, Text: "third", Status: store.StatusDelivered})
 	if err != nil || next.Seq != 3 {
 		t.Errorf("the post after the merged call: seq %d, %v; want seq 3", next.Seq, err)
+	}
+}
+
+// A merged call that adds more messages to a session than its history
+// holds trims it once, to exactly the limit, and saves the record's
+// counters as the integers they are.
+func TestMergedPostsKeepTheHistoryLimit(t *testing.T) {
+	srv := redistest.Start(t)
+	c := srv.Client(t)
+	s, err := New(c, Options{Prefix: "trim", Options: store.Options{HistoryLimit: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := context.Background()
+	ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := postScript.Load(ctx, c).Err(); err != nil {
+		t.Fatal(err)
+	}
+	texts := []string{"m1", "m2", "m3", "m4", "m5"}
+	batch := make([]*batchReq, len(texts))
+	for i, text := range texts {
+		if batch[i], err = s.postCall(store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: text, Status: store.StatusDelivered}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.batch.send(batch)
+	var last store.Message
+	for i, r := range batch {
+		if last, _, err = postAnswer(r.cmd, store.OutboundMessage{SessionID: ses.ID}); err != nil || last.Seq != uint64(i+1) {
+			t.Fatalf("post %d: seq %d, %v", i, last.Seq, err)
+		}
+	}
+	hist, err := s.ListMessages(ctx, "t", ses.ID, "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range hist {
+		got = append(got, m.Text)
+	}
+	if want := texts[2:]; !reflect.DeepEqual(got, want) {
+		t.Errorf("history %q, want the last 3: %q", got, want)
+	}
+	if n := c.XLen(ctx, s.sessionSlot(ses.ID)+"h:"+ses.ID).Val(); n != 3 {
+		t.Errorf("history stream holds %d entries, want 3", n)
+	}
+	rec := c.HGetAll(ctx, s.sessionKey(ses.ID)).Val()
+	for _, f := range []string{"seq", "lms", "la", "ex", "v", "gx"} {
+		if _, err := strconv.ParseInt(rec[f], 10, 64); err != nil {
+			t.Errorf("record field %s = %q, want an integer", f, rec[f])
+		}
+	}
+	if rec["seq"] != "5" || rec["lid"] != last.ID {
+		t.Errorf("record seq %s, lid %s; want the fifth post's", rec["seq"], rec["lid"])
 	}
 }
 

@@ -35,6 +35,9 @@ local function set(key, rec, ...)
   end
   redis.call('HSET', key, unpack(a))
 end
+-- itoa formats an integer. tostring, and concatenating a number, format it
+-- as floating point (%.14g), which costs Redis four times as much.
+local function itoa(n) return string.format('%d', n) end
 local function active(st) return st == 1 or st == 2 or st == 3 end
 -- The state at now: an active session past its expiry has expired (5).
 local function state(rec, now)
@@ -104,15 +107,25 @@ local function close(slotp, evp, rec, now, ret)
   redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, 'end')
 end
 -- entry adds a message to a session's history and publishes it, updating
--- rec but not writing it: save does, once for any number of entries.
+-- rec but not writing it: save does, and trims the history to its limit,
+-- once for any number of entries (an exact trim on every XADD costs three
+-- times the XADD; the script is atomic, so nobody sees the history longer).
+-- Until then the counters entry changes are numbers in rec, not strings.
 -- suffix is the message's JSON after the fields the script assigns (a field
--- list ending with '}'); from, when given, is written as the sender.
+-- list ending with '}'); from, when given, is written as the sender. It
+-- returns the message and its seq and time as strings.
+local heads = {} -- per record: the session's fields of a message, encoded once
 local function entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
   local seq = tonumber(rec.seq) + 1
   local lms = math.max(now, tonumber(rec.lms))
   local id = msgid(lms, seq, rnd)
-  local m = '{"id":"' .. id .. '","seq":' .. seq .. ',"sid":' .. cjson.encode(rec.id) ..
-    ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch) .. ',"at":' .. now .. ','
+  local seqs, nows = itoa(seq), itoa(now)
+  local head = heads[rec]
+  if not head then
+    head = ',"sid":' .. cjson.encode(rec.id) .. ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch)
+    heads[rec] = head
+  end
+  local m = '{"id":"' .. id .. '","seq":' .. seqs .. head .. ',"at":' .. nows .. ','
   if from then m = m .. '"from":' .. cjson.encode(from) .. ',' end
   m = m .. suffix
   local hkey = slotp .. 'h:' .. rec.id
@@ -121,27 +134,29 @@ local function entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
   -- retention as margin, so refreshing them hourly, not per message, is
   -- enough and saves four writes on the hot path.
   local refresh = now - tonumber(rec.gx or 0) >= 3600000
-  redis.call('XADD', hkey, 'MAXLEN', limit, seq .. '-0', 'm', m)
+  redis.call('XADD', hkey, seqs .. '-0', 'm', m)
   -- From here rec must be saved, whatever fails next.
-  rec.seq, rec.lid, rec.lms, rec.la = tostring(seq), id, tostring(lms), tostring(now)
-  rec.ex, rec.v, rec.dirty = tostring(now + ttl), tostring(v), true
+  rec.dirty, rec.limit = hkey, limit
+  rec.seq, rec.lid, rec.lms, rec.la, rec.ex, rec.v = seq, id, lms, now, now + ttl, v
   if refresh then
-    rec.gx = tostring(now)
+    rec.gx = now
     expire(slotp .. 's:' .. rec.id, ttl + ret)
     expire(hkey, ttl + ret)
     redis.call('PEXPIRE', pointer(slotp, rec), math.floor(ttl + ret))
     redis.call('PEXPIRE', slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us, math.floor(ttl + ret))
   end
   redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, m)
-  return m
+  return m, seqs, nows
 end
--- save writes what entry changed in rec, the record at key, if it added
--- anything.
+-- save writes what entry changed in rec, the record at key, and trims its
+-- history (rec.dirty), if entry added anything.
 local function save(key, rec)
   if not rec.dirty then return end
-  rec.dirty = nil
+  redis.call('XTRIM', rec.dirty, 'MAXLEN', rec.limit)
+  rec.dirty, rec.limit = nil, nil
+  for _, f in ipairs({'seq', 'lms', 'la', 'ex', 'v', 'gx'}) do rec[f] = itoa(rec[f] or 0) end
   redis.call('HSET', key, 'seq', rec.seq, 'lid', rec.lid, 'lms', rec.lms, 'la', rec.la,
-    'ex', rec.ex, 'v', rec.v, 'gx', rec.gx or '0')
+    'ex', rec.ex, 'v', rec.v, 'gx', rec.gx)
 end
 -- append is entry and save, for one message.
 local function append(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
@@ -217,10 +232,10 @@ local function post(key, slotp, now, tn, rnd, suffix, ik, fp)
   if not rec or rec.tn ~= tn then return {'NOTFOUND'} end
   local st = state(rec, now)
   if not active(st) then return {ended(st)} end
-  local m = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit)
+  local m, seqs, nows = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit)
   remember(ik, fp, now, ittl, m)
   -- Only what the script assigned: the caller has the rest.
-  return {'OK', rec.lid, rec.seq, tostring(now), rec.pf, rec.ch}
+  return {'OK', rec.lid, seqs, nows, rec.pf, rec.ch}
 end
 for i, key in ipairs(KEYS) do
   local a = 5 + (i - 1) * 7
