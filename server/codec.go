@@ -83,26 +83,28 @@ func newJSONCodec() runtime.Marshaler {
 // reflection. It reports false, and the caller falls back to protojson,
 // for anything off the common path: a platform error, an enum value
 // without a name, a timestamp protojson would refuse, or invalid UTF-8.
-// TestPostMessageResponseJSONMatchesProtojson holds it to protojson's
-// output, field set included.
+// TestPostMessageResponseJSONMatchesProtojson and its fuzz target hold it
+// to protojson's output; TestPostMessageResponseJSONWritesEveryField
+// fails when the message gains a field this does not write.
 func appendPostMessageResponse(b []byte, m *pb.PostMessageResponse) ([]byte, bool) {
-	status, named := pb.MessageStatus_name[int32(m.Status)]
-	if m.Error != nil || !named {
+	// The getters read a nil m as an empty one, as protojson does.
+	status, named := pb.MessageStatus_name[int32(m.GetStatus())]
+	if m.GetError() != nil || !named {
 		return nil, false
 	}
 	ok := true
 	b = append(b, `{"status":"`...)
 	b = append(b, status...)
 	b = append(b, `","message_id":`...)
-	b, ok = appendJSONString(b, m.MessageId, ok)
+	b, ok = appendJSONString(b, m.GetMessageId(), ok)
 	b = append(b, `,"session_id":`...)
-	b, ok = appendJSONString(b, m.SessionId, ok)
+	b, ok = appendJSONString(b, m.GetSessionId(), ok)
 	b = append(b, `,"delivered_at":`...)
-	b, ok = appendTimestamp(b, m.DeliveredAt, ok)
+	b, ok = appendTimestamp(b, m.GetDeliveredAt(), ok)
 	b = append(b, `,"platform":`...)
-	b, ok = appendJSONString(b, m.Platform, ok)
+	b, ok = appendJSONString(b, m.GetPlatform(), ok)
 	b = append(b, `,"channel":`...)
-	b, ok = appendJSONString(b, m.Channel, ok)
+	b, ok = appendJSONString(b, m.GetChannel(), ok)
 	b = append(b, `,"error":null}`...)
 	return b, ok
 }

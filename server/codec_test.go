@@ -42,7 +42,7 @@ func checkPostMessageResponseJSON(t *testing.T, m *pb.PostMessageResponse) (dire
 		t.Fatalf("wrote %q for a message protojson refuses (%v)", got, wantErr)
 	case ok && !bytes.Equal(got, want):
 		t.Fatalf("wrote\n  %s\nprotojson writes\n  %s", got, want)
-	case !ok && wantErr == nil && m.Error == nil && pb.MessageStatus_name[int32(m.Status)] != "":
+	case !ok && wantErr == nil && m.GetError() == nil && pb.MessageStatus_name[int32(m.GetStatus())] != "":
 		t.Fatalf("declined a message protojson writes: %s", want)
 	}
 	return ok
@@ -67,6 +67,7 @@ func TestPostMessageResponseJSONMatchesProtojson(t *testing.T) {
 	}{
 		{"delivered", delivered(nil), true},
 		{"empty message", &pb.PostMessageResponse{}, true},
+		{"nil message", nil, true},
 		{"whole seconds", delivered(func(m *pb.PostMessageResponse) { m.DeliveredAt = ts(1795297498, 0) }), true},
 		{"milliseconds", delivered(func(m *pb.PostMessageResponse) { m.DeliveredAt = ts(1795297498, 120_000_000) }), true},
 		{"microseconds", delivered(func(m *pb.PostMessageResponse) { m.DeliveredAt = ts(1795297498, 1_000) }), true},
