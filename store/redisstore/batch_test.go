@@ -17,23 +17,11 @@ import (
 // still gets its own answer: a new message, a replay, a refusal, or the
 // failure of its own post alone.
 func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
-	srv := redistest.Start(t)
-	c := srv.Client(t)
+	s, c := newTestStore(t, Options{Prefix: "merge"})
 	trips := &redistest.RoundTrips{}
 	c.AddHook(trips)
-	s, err := New(c, Options{Prefix: "merge"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
 	ctx := context.Background()
-	open := func(user string) store.Session {
-		ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: user})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ses
-	}
+	open := func(user string) store.Session { return openTestSession(t, s, user) }
 	a, b, closed, broken := open("a"), open("b"), open("c"), open("d")
 	if _, err := s.CloseSession(ctx, "t", closed.ID); err != nil {
 		t.Fatal(err)
@@ -55,6 +43,7 @@ func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 	}
 	batch := make([]*batchReq, len(posts))
 	for i, m := range posts {
+		var err error
 		if batch[i], err = s.postCall(m); err != nil {
 			t.Fatal(err)
 		}
@@ -119,23 +108,15 @@ func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 // holds trims it once, to exactly the limit, and saves the record's
 // counters as the integers they are.
 func TestMergedPostsKeepTheHistoryLimit(t *testing.T) {
-	srv := redistest.Start(t)
-	c := srv.Client(t)
-	s, err := New(c, Options{Prefix: "trim", Options: store.Options{HistoryLimit: 3}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	s, c := newTestStore(t, Options{Prefix: "trim", Options: store.Options{HistoryLimit: 3}})
 	ctx := context.Background()
-	ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ses := openTestSession(t, s, "u")
 	if err := postScript.Load(ctx, c).Err(); err != nil {
 		t.Fatal(err)
 	}
 	texts := []string{"m1", "m2", "m3", "m4", "m5"}
 	batch := make([]*batchReq, len(texts))
+	var err error
 	for i, text := range texts {
 		if batch[i], err = s.postCall(store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: text, Status: store.StatusDelivered}); err != nil {
 			t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/clock"
-	"github.com/chatrelay/chatrelay/internal/redistest"
 	"github.com/chatrelay/chatrelay/store"
 )
 
@@ -16,13 +15,7 @@ import (
 // A listener kept alive by touches must stay findable: its index set has to
 // outlive the extended window, not just the window it was registered with.
 func TestTouchExtendsTheListenersIndex(t *testing.T) {
-	srv := redistest.Start(t)
-	c := srv.Client(t)
-	s, err := New(c, Options{Prefix: "touch"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	s, c := newTestStore(t, Options{Prefix: "touch"})
 	ctx := context.Background()
 	l, err := s.RegisterListener(ctx, store.NewListener{ID: "cr_touch", Tenant: "t", Filter: store.Filter{User: "u"}, ResumeWindow: time.Hour})
 	if err != nil {
@@ -42,19 +35,10 @@ func TestTouchExtendsTheListenersIndex(t *testing.T) {
 // A busy session keeps its records alive: the hourly refresh on append
 // covers the session, its history, its active pointer and its contact.
 func TestAppendKeepsASessionsRecordsAlive(t *testing.T) {
-	srv := redistest.Start(t)
-	c := srv.Client(t)
 	clk := clock.NewFake(time.Now())
-	s, err := New(c, Options{Options: store.Options{Clock: clk}, Prefix: "alive"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	s, c := newTestStore(t, Options{Options: store.Options{Clock: clk}, Prefix: "alive"})
 	ctx := context.Background()
-	ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ses := openTestSession(t, s, "u")
 	slotp := s.sessionSlot(ses.ID)
 	keys := []string{slotp + "s:" + ses.ID, slotp + "h:" + ses.ID, slotp + "a:t:api:api:u", slotp + "c:t:api:u"}
 	for _, k := range keys {
