@@ -33,6 +33,7 @@ var (
 type child struct {
 	cmd      *exec.Cmd
 	stdin    io.WriteCloser
+	gcs      *gcLog
 	grpcAddr string
 	httpAddr string
 	conn     *grpc.ClientConn
@@ -46,11 +47,12 @@ func startChild(backend, redisURL string) (*child, error) {
 		children++
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", backend, children)))
 	}
-	cmd, stdin, f, err := spawn(30*time.Second, args...)
+	gcs := &gcLog{}
+	cmd, stdin, f, err := spawn(30*time.Second, gcs, gcs.env(), args...)
 	if err != nil {
 		return nil, fmt.Errorf("server under test: %w", err)
 	}
-	c := &child{cmd: cmd, stdin: stdin}
+	c := &child{cmd: cmd, stdin: stdin, gcs: gcs}
 	if len(f) != 2 {
 		c.stop()
 		return nil, fmt.Errorf("server under test said READY %q", f)
@@ -64,15 +66,16 @@ func startChild(backend, redisURL string) (*child, error) {
 	return c, nil
 }
 
-// spawn re-executes chatbench with args and waits up to within for its
-// first line, "READY <fields…>". The child stops when its stdin closes.
-func spawn(within time.Duration, args ...string) (*exec.Cmd, io.WriteCloser, []string, error) {
+// spawn re-executes chatbench with args, its stderr going to stderr and
+// env (nil: ours), and waits up to within for its first line,
+// "READY <fields…>". The child stops when its stdin closes.
+func spawn(within time.Duration, stderr io.Writer, env []string, args ...string) (*exec.Cmd, io.WriteCloser, []string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	cmd := exec.Command(self, args...)
-	cmd.Stderr = os.Stderr
+	cmd.Stderr, cmd.Env = stderr, env
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, nil, nil, err
@@ -150,6 +153,84 @@ func (c *child) rss() int64 {
 		}
 	}
 	return 0
+}
+
+// gcLog takes a child's stderr with the runtime's GC trace on
+// (GODEBUG=gctrace=1): it notes when each collection ended and how long
+// it took, and passes every other line on to our stderr. A latency tail
+// can then be told apart from the server's garbage collection.
+type gcLog struct {
+	mu      sync.Mutex
+	partial []byte
+	ends    []gcEnd
+}
+
+type gcEnd struct {
+	at   time.Time     // when the trace line arrived: the collection's end
+	took time.Duration // its wall time: sweep termination, mark, mark termination
+}
+
+// env is our environment with the GC trace added to GODEBUG.
+func (g *gcLog) env() []string {
+	debug := "gctrace=1"
+	if cur := os.Getenv("GODEBUG"); cur != "" {
+		debug = cur + "," + debug
+	}
+	return append(os.Environ(), "GODEBUG="+debug)
+}
+
+func (g *gcLog) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.partial = append(g.partial, p...)
+	for {
+		i := bytes.IndexByte(g.partial, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := g.partial[:i+1]
+		if took, ok := parseGCTrace(string(line)); ok {
+			g.ends = append(g.ends, gcEnd{at: time.Now(), took: took})
+		} else {
+			_, _ = os.Stderr.Write(line)
+		}
+		g.partial = g.partial[i+1:]
+	}
+}
+
+// parseGCTrace reads the wall time of one collection from a trace line,
+// "gc 13 @22.581s 8%: 8.3+1075+0.092 ms clock, …".
+func parseGCTrace(line string) (time.Duration, bool) {
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "gc" || f[5] != "ms" {
+		return 0, false
+	}
+	var total float64
+	for _, part := range strings.Split(f[4], "+") {
+		ms, err := strconv.ParseFloat(part, 64)
+		if err != nil {
+			return 0, false
+		}
+		total += ms
+	}
+	return time.Duration(total * float64(time.Millisecond)), true
+}
+
+// during says how many collections overlapped [from, to], and the longest.
+func (g *gcLog) during(from, to time.Time) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n, longest := 0, time.Duration(0)
+	for _, e := range g.ends {
+		if !e.at.Before(from) && !e.at.Add(-e.took).After(to) {
+			n++
+			longest = max(longest, e.took)
+		}
+	}
+	if n == 0 {
+		return "no GC on A in the window"
+	}
+	return fmt.Sprintf("%d GC on A in the window (longest %v)", n, longest.Round(time.Millisecond))
 }
 
 // settle waits, up to limit, until the child uses less than a tenth of a
@@ -451,7 +532,7 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 		// The idle listeners' client ends live in another process, as
 		// they would in production: 100k streams' worth of garbage
 		// collection in this one would be measured as latency.
-		cmd, stdin, _, err := spawn(5*time.Minute, "-hold", a.grpcAddr, "-hold-n", strconv.Itoa(n), "-hold-prefix", "idle-"+run)
+		cmd, stdin, _, err := spawn(5*time.Minute, os.Stderr, nil, "-hold", a.grpcAddr, "-hold-n", strconv.Itoa(n), "-hold-prefix", "idle-"+run)
 		if err != nil {
 			return row{}, fmt.Errorf("idle listeners: %w", err)
 		}
@@ -509,7 +590,7 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 	wg.Wait()
 	r := rec.row(fmt.Sprintf("ingest on B → success on A, %d msg/s", cfg.matchRate), n, time.Since(sent[warm]))
 	r.rssBytes = a.rss()
-	r.extra = fmt.Sprintf("N = idle listeners on A; A settled in %v", settled.Round(100*time.Millisecond))
+	r.extra = fmt.Sprintf("N = idle listeners on A; A settled in %v; %s", settled.Round(100*time.Millisecond), a.gcs.during(sent[warm], time.Now()))
 	return r, nil
 }
 
