@@ -66,9 +66,9 @@ func startChild(backend, redisURL string) (*child, error) {
 	return c, nil
 }
 
-// spawn re-executes chatbench with args, its stderr going to stderr and
-// env (nil: ours), and waits up to within for its first line,
-// "READY <fields…>". The child stops when its stdin closes.
+// spawn re-executes chatbench with args, in the environment env (nil for
+// ours) and with its stderr written to stderr, and waits up to within for
+// its first line, "READY <fields…>". The child stops when its stdin closes.
 func spawn(within time.Duration, stderr io.Writer, env []string, args ...string) (*exec.Cmd, io.WriteCloser, []string, error) {
 	self, err := os.Executable()
 	if err != nil {
