@@ -131,25 +131,14 @@ func (b *batcher) send(batch []*batchReq) {
 		return
 	}
 	p := b.c.Pipeline()
-	type sent struct {
-		keys []string
-		args []any
-		cmd  *redis.Cmd
-	}
-	calls := make([]sent, len(units))
+	answers := make([]func() *redis.Cmd, len(units))
 	for i, u := range units {
-		c := &calls[i]
-		c.keys, c.args = u.call()
-		c.cmd = u[0].sc.EvalSha(ctx, p, c.keys, c.args...)
+		keys, args := u.call()
+		answers[i] = piped(ctx, b.c, p, u[0].sc, keys, args...)
 	}
 	_, _ = p.Exec(ctx)
 	for i, u := range units {
-		c := &calls[i]
-		if isNoScript(c.cmd.Err()) {
-			// Redis lost its script cache (a restart): load and run.
-			c.cmd = u[0].sc.Run(ctx, b.c, c.keys, c.args...)
-		}
-		u.deliver(ctx, c.cmd)
+		u.deliver(ctx, answers[i]())
 	}
 }
 

@@ -125,13 +125,14 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	switch code {
 	case "OK":
 	case "REPLAY":
-		res, err = decodeIngest(out[0], now)
+		res, _, err = decodeIngest(out[0], now)
 		res.Replayed = true
 		return res, err
 	default:
 		return res, codeErr(code)
 	}
-	if res, err = decodeIngest(out[0], now); err != nil {
+	res, rawMsg, err := decodeIngest(out[0], now)
+	if err != nil {
 		return res, err
 	}
 	members := out[1:]
@@ -152,7 +153,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 		}
 		members = append(members, more...)
 	}
-	if res.Matched, err = s.match(ctx, in.Tenant, &res.Message, out[0], members); err != nil {
+	if res.Matched, err = s.match(ctx, in.Tenant, &res.Message, rawMsg, members); err != nil {
 		return res, err
 	}
 	if len(res.Matched) > 0 && idemKey != "" {
@@ -161,7 +162,9 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	return res, nil
 }
 
-func decodeIngest(raw string, now time.Time) (store.IngestResult, error) {
+// decodeIngest reads the ingest script's result, and returns the message's
+// own JSON too, for the listeners it resolves.
+func decodeIngest(raw string, now time.Time) (store.IngestResult, string, error) {
 	var w struct {
 		Message json.RawMessage `json:"m"`
 		Session json.RawMessage `json:"s"`
@@ -169,18 +172,18 @@ func decodeIngest(raw string, now time.Time) (store.IngestResult, error) {
 		Matched []string        `json:"matched"`
 	}
 	if err := json.Unmarshal([]byte(raw), &w); err != nil {
-		return store.IngestResult{}, fmt.Errorf("redisstore: ingest result: %w", err)
+		return store.IngestResult{}, "", fmt.Errorf("redisstore: ingest result: %w", err)
 	}
 	var r store.IngestResult
 	var err error
 	if r.Message, err = decodeMessage(string(w.Message)); err != nil {
-		return r, err
+		return r, "", err
 	}
 	if r.Session, err = decodeSession(string(w.Session), now); err != nil {
-		return r, err
+		return r, "", err
 	}
 	r.SessionStarted, r.Matched = w.Started, w.Matched
-	return r, nil
+	return r, string(w.Message), nil
 }
 
 // rememberMatched adds the matched listeners to the idempotency record, so
@@ -199,14 +202,14 @@ func (s *Store) rememberMatched(ctx context.Context, key, fp string, now time.Ti
 	}
 }
 
-// match evaluates candidate listeners against msg and decides, by
-// compare-and-set, those it matches; in-scope mismatches are noted. It
-// returns the ids it resolved.
+// match evaluates candidate listeners against msg (rawMsg is its JSON) and
+// decides, by compare-and-set, those it matches; in-scope mismatches are
+// noted. It returns the ids it resolved.
 func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, rawMsg string, members []string) ([]string, error) {
 	type cand struct {
 		lid, member, bucket string
 		matched             bool
-		cmd                 *redis.Cmd
+		answer              func() *redis.Cmd
 	}
 	var cands []*cand
 	// A listener is a member of exactly one index set, so no candidate
@@ -230,38 +233,24 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 	if len(cands) == 0 {
 		return nil, nil
 	}
-	var w struct {
-		Message json.RawMessage `json:"m"`
-	}
-	_ = json.Unmarshal([]byte(rawMsg), &w)
 	// Judge liveness at the message's own time: a message accepted before
 	// a deadline matches even if its compare-and-set lands just after. The
 	// compare-and-set still gives each listener one outcome.
 	now := msg.CreatedAt.UnixMilli()
-	run := func(sc redis.Scripter, c *cand, viaSha bool) *redis.Cmd {
+	pipe := s.c.Pipeline()
+	for _, c := range cands {
 		kind := "x"
 		if c.matched {
 			kind = "m"
 		}
-		keys := []string{s.listenerKey(c.lid)}
-		args := []any{now, kind, string(w.Message), ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.lid)}
-		if viaSha {
-			return resolveScript.EvalSha(ctx, sc, keys, args...)
-		}
-		return resolveScript.Run(ctx, sc, keys, args...)
-	}
-	pipe := s.c.Pipeline()
-	for _, c := range cands {
-		c.cmd = run(pipe, c, true)
+		c.answer = piped(ctx, s.c, pipe, resolveScript, []string{s.listenerKey(c.lid)},
+			now, kind, rawMsg, ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.lid))
 	}
 	_, _ = pipe.Exec(ctx)
 	var matched []string
 	var stale []*cand
 	for _, c := range cands {
-		if isNoScript(c.cmd.Err()) {
-			c.cmd = run(s.c, c, false)
-		}
-		ans, err := c.cmd.Text()
+		ans, err := c.answer().Text()
 		if err != nil {
 			return matched, unavailable(err)
 		}

@@ -236,16 +236,24 @@ func unavailable(err error) error {
 	return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 }
 
-// inPipe queues sc on pipe. The function it returns, called after the
-// pipeline ran, gives the script's split answer, running the script
-// directly if Redis had lost its script cache (a restart).
-func (s *Store) inPipe(ctx context.Context, pipe redis.Pipeliner, sc *redis.Script, keys []string, args ...any) func() (string, []string, error) {
+// piped queues sc on pipe by its SHA. The function it returns, called
+// after the pipeline ran, gives the script's answer, running the script
+// through c if Redis had lost its script cache (a restart).
+func piped(ctx context.Context, c redis.Scripter, pipe redis.Pipeliner, sc *redis.Script, keys []string, args ...any) func() *redis.Cmd {
 	cmd := sc.EvalSha(ctx, pipe, keys, args...)
-	return func() (string, []string, error) {
+	return func() *redis.Cmd {
 		if isNoScript(cmd.Err()) {
-			cmd = sc.Run(ctx, s.c, keys, args...)
+			cmd = sc.Run(ctx, c, keys, args...)
 		}
-		v, err := cmd.Slice()
+		return cmd
+	}
+}
+
+// inPipe is piped for a script that answers {code, payload…}, split.
+func (s *Store) inPipe(ctx context.Context, pipe redis.Pipeliner, sc *redis.Script, keys []string, args ...any) func() (string, []string, error) {
+	answer := piped(ctx, s.c, pipe, sc, keys, args...)
+	return func() (string, []string, error) {
+		v, err := answer().Slice()
 		if err != nil {
 			return "", nil, unavailable(err)
 		}
