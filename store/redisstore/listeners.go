@@ -28,7 +28,7 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 		life = nl.Timeout
 	}
 	bucket := s.bucketKey(nl.Tenant, &nl.Filter)
-	member := nl.ID + " " + fjson
+	member := indexMember(nl.ID, fjson)
 	keys := []string{s.listenerKey(nl.ID)}
 	args := []any{nl.Tenant, fjson, now.UnixMilli(), deadline, now.Add(nl.ResumeWindow).UnixMilli(), ms(s.o.OutcomeRetention)}
 	idxArgs := []any{member, ms(life + s.o.OutcomeRetention)}
@@ -49,6 +49,11 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	}
 	return decodeListener(nl.ID, out[0])
 }
+
+// indexMember is a listener's member in its index set: "<id> <filter
+// JSON>", so an ingest can judge a candidate without reading its record
+// (match splits it at the first space; ids hold none).
+func indexMember(id, filterJSON string) string { return id + " " + filterJSON }
 
 // wireFilter is a filter as stored: short keys, empty fields left out, so
 // a listener record stays in Redis's compact (listpack) hash encoding.
@@ -106,7 +111,7 @@ func (s *Store) GetListener(ctx context.Context, tenant, id string) (store.Liste
 // unindex removes a decided or dropped listener from its index set, in the
 // background: stale members are harmless, only wasteful.
 func (s *Store) unindex(l *store.Listener) {
-	bucket, member := s.bucketKey(l.Tenant, &l.Filter), l.ID+" "+encodeFilter(&l.Filter)
+	bucket, member := s.bucketKey(l.Tenant, &l.Filter), indexMember(l.ID, encodeFilter(&l.Filter))
 	s.background(func(ctx context.Context) {
 		if err := s.c.SRem(ctx, bucket, member).Err(); err != nil {
 			s.o.Logger.Debug("cannot remove a listener from its index", "err", err)
@@ -133,7 +138,7 @@ func (s *Store) TouchListener(ctx context.Context, tenant, id string, until time
 			return err
 		}
 		_, _, err = s.reply(ctx, indexAddScript, []string{s.bucketKey(tenant, &f)},
-			id+" "+out[0], ms(until.Sub(now)+s.o.OutcomeRetention))
+			indexMember(id, out[0]), ms(until.Sub(now)+s.o.OutcomeRetention))
 		return err
 	}
 	return nil
