@@ -48,7 +48,7 @@ func startChild(backend, redisURL string) (*child, error) {
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", backend, children)))
 	}
 	gcs := &gcLog{}
-	cmd, stdin, f, err := spawn(30*time.Second, gcs, gcs.env(), args...)
+	cmd, stdin, f, err := spawn(30*time.Second, gcs, gcTraceEnv(), args...)
 	if err != nil {
 		return nil, fmt.Errorf("server under test: %w", err)
 	}
@@ -170,8 +170,8 @@ type gcEnd struct {
 	took time.Duration // its wall time: sweep termination, mark, mark termination
 }
 
-// env is our environment with the GC trace added to GODEBUG.
-func (g *gcLog) env() []string {
+// gcTraceEnv is our environment with the GC trace added to GODEBUG.
+func gcTraceEnv() []string {
 	debug := "gctrace=1"
 	if cur := os.Getenv("GODEBUG"); cur != "" {
 		debug = cur + "," + debug
