@@ -322,24 +322,17 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 		return err
 	}
 
-	// The deadline. The store decides a timeout; the alarm says when to
-	// ask it.
-	var deadline <-chan struct{} // nil (never ready) without a deadline
-	due := newAlarm(c.cfg.Clock)
-	defer due.stop()
-	if l.Outcome == store.Pending && !l.Deadline.IsZero() {
-		due.set(l.Deadline, 0)
-		deadline = due.C
-	}
-	// A listener without a deadline must outlive this stream by the resume
-	// window; keep pushing its idle limit while attached.
-	var renew <-chan struct{}
+	// One alarm: the deadline, if the listener has one (the store decides
+	// a timeout; the alarm says when to ask it), or else the next renewal
+	// of its idle limit, since a listener without a deadline must outlive
+	// this stream by the resume window.
 	renewEvery := max(c.cfg.ResumeWindow/4, time.Second)
-	keepAlive := newAlarm(c.cfg.Clock)
-	defer keepAlive.stop()
+	alarm := newAlarm(c.cfg.Clock)
+	defer alarm.stop()
 	if l.Deadline.IsZero() {
-		keepAlive.set(c.cfg.Clock.Now().Add(renewEvery), 0)
-		renew = keepAlive.C
+		alarm.set(c.cfg.Clock.Now().Add(renewEvery), 0)
+	} else {
+		alarm.set(l.Deadline, 0)
 	}
 	for l.Outcome == store.Pending {
 		select {
@@ -360,19 +353,21 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 					return err
 				}
 			}
-		case <-deadline:
+		case <-alarm.C:
+			if l.Deadline.IsZero() {
+				if err := st.TouchListener(ctx, tenant, id, c.cfg.Clock.Now().Add(c.cfg.ResumeWindow)); err != nil {
+					return err
+				}
+				alarm.set(c.cfg.Clock.Now().Add(renewEvery), 0)
+				continue
+			}
 			// The store decides: a match that committed first wins.
 			if l, err = st.GetListener(ctx, tenant, id); err != nil {
 				return err
 			}
 			if l.Outcome == store.Pending {
-				due.set(l.Deadline, rearmFloor) // its clock lags
+				alarm.set(l.Deadline, rearmFloor) // its clock lags
 			}
-		case <-renew:
-			if err := st.TouchListener(ctx, tenant, id, c.cfg.Clock.Now().Add(c.cfg.ResumeWindow)); err != nil {
-				return err
-			}
-			keepAlive.set(c.cfg.Clock.Now().Add(renewEvery), 0)
 		case <-ctx.Done():
 			c.detach(tenant, &l)
 			return ctx.Err()
