@@ -11,6 +11,9 @@
 #
 #   git show HEAD:store/redisstore/scripts.go > /tmp/old.go
 #   tools/postscript-cost.sh /tmp/old.go; tools/postscript-cost.sh
+#
+# KEEP=1 keeps the callgrind output (its directory is printed) for
+# callgrind_annotate.
 set -euo pipefail
 SRC=${1:-store/redisstore/scripts.go}
 N=${2:-200}
@@ -18,7 +21,7 @@ WARM=110 # fills the 1000-entry history: 10 posts a call
 PORT=${PORT:-6399}
 R="redis-cli -p $PORT"
 OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
+trap '[ -n "${KEEP:-}" ] && echo "callgrind output: $OUT/cg" || rm -rf "$OUT"' EXIT
 
 valgrind --tool=callgrind --toggle-collect=evalShaCommand --callgrind-out-file="$OUT/cg" \
 	redis-server --port "$PORT" --save '' --appendonly no >/dev/null 2>&1 &

@@ -50,9 +50,9 @@ local function ended(st)
   return 'CLOSED'
 end
 -- The id layout of ids.MessageWithRandom: a uuidv7 carrying seq as counter.
+-- One string.format: each call costs more than the arithmetic.
 local function msgid(ms, seq, rnd)
-  local t = string.format('%012x', ms)
-  return string.format('msg_%s-%s-7%03x-%x%03x-%04x%s', string.sub(t, 1, 8), string.sub(t, 9, 12),
+  return string.format('msg_%08x-%04x-7%03x-%x%03x-%04x%s', math.floor(ms / 65536), ms % 65536,
     math.floor(seq / 1073741824) % 4096, 8 + math.floor(seq / 268435456) % 4,
     math.floor(seq / 65536) % 4096, seq % 65536, rnd)
 end
@@ -111,15 +111,16 @@ end
 -- once for any number of entries (an exact trim on every XADD costs three
 -- times the XADD; the script is atomic, so nobody sees the history longer).
 -- Until then the counters entry changes are numbers in rec, not strings.
--- suffix is the message's JSON after the fields the script assigns (a field
--- list ending with '}'); from, when given, is written as the sender. It
--- returns the message and its seq and time as strings.
+-- now is the time as a number and nows as the caller's string of it (one
+-- string.format fewer). suffix is the message's JSON after the fields the
+-- script assigns (a field list ending with '}'); from, when given, is written
+-- as the sender. It returns the message and its seq as a string.
 local heads = {} -- per record: the session's fields of a message, encoded once
-local function entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
+local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
   local seq = tonumber(rec.seq) + 1
   local lms = math.max(now, tonumber(rec.lms))
   local id = msgid(lms, seq, rnd)
-  local seqs, nows = itoa(seq), itoa(now)
+  local seqs = itoa(seq)
   local head = heads[rec]
   if not head then
     head = ',"sid":' .. cjson.encode(rec.id) .. ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch)
@@ -146,7 +147,7 @@ local function entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
     redis.call('PEXPIRE', slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us, math.floor(ttl + ret))
   end
   redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, m)
-  return m, seqs, nows
+  return m, seqs
 end
 -- save writes what entry changed in rec, the record at key, and trims its
 -- history (rec.dirty), if entry added anything.
@@ -159,8 +160,8 @@ local function save(key, rec)
     'ex', rec.ex, 'v', rec.v, 'gx', rec.gx)
 end
 -- append is entry and save, for one message.
-local function append(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
-  local m = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit, from)
+local function append(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
+  local m = entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
   save(slotp .. 's:' .. rec.id, rec)
   return m
 end
@@ -217,11 +218,15 @@ return {'OK', cjson.encode(rec)}
 // to several times is read once and written once. KEYS[i] is post i's
 // session. ARGV ttl, ret, limit, event prefix, idempotency ttl, then
 // 7 per post: slotp, now, tenant, rnd, suffix, idempotency key (”
-// for none), fingerprint. The answer holds one reply per post, in order.
+// for none), fingerprint. The answer holds one reply per post, in order:
+// for a posted message the string "<id> <seq> <platform> <channel>" (one
+// string, because Redis converts each table in a reply field by field),
+// for anything else a table {code, payload...}.
 var postScript = script(`
 local ttl, ret, limit, evp, ittl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local recs, out = {}, {}
-local function post(key, slotp, now, tn, rnd, suffix, ik, fp)
+local function post(key, slotp, nows, tn, rnd, suffix, ik, fp)
+  local now = tonumber(nows)
   local prev = idem(ik, fp, now)
   if prev then return prev end
   local rec = recs[key]
@@ -232,14 +237,14 @@ local function post(key, slotp, now, tn, rnd, suffix, ik, fp)
   if not rec or rec.tn ~= tn then return {'NOTFOUND'} end
   local st = state(rec, now)
   if not active(st) then return {ended(st)} end
-  local m, seqs, nows = entry(slotp, evp, rec, now, suffix, rnd, ttl, ret, limit)
+  local m, seqs = entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit)
   remember(ik, fp, now, ittl, m)
-  -- Only what the script assigned: the caller has the rest.
-  return {'OK', rec.lid, seqs, nows, rec.pf, rec.ch}
+  -- Only what the caller does not have, as one string (see postAnswer).
+  return rec.lid .. ' ' .. seqs .. ' ' .. rec.pf .. ' ' .. rec.ch
 end
 for i, key in ipairs(KEYS) do
   local a = 5 + (i - 1) * 7
-  local ok, res = pcall(post, key, ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
+  local ok, res = pcall(post, key, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
     ARGV[a + 6], ARGV[a + 7])
   if not ok then
     res = {'ERROR', type(res) == 'table' and tostring(res.err) or tostring(res)}
@@ -285,7 +290,7 @@ else
     started = true
   end
 end
-local m = append(slotp, ARGV[14], rec, now, ARGV[12], ARGV[11], ttl, ret, tonumber(ARGV[10]), rec.us)
+local m = append(slotp, ARGV[14], rec, now, ARGV[1], ARGV[12], ARGV[11], ttl, ret, tonumber(ARGV[10]), rec.us)
 local res = '{"m":' .. m .. ',"s":' .. cjson.encode(rec) .. ',"started":' .. tostring(started) .. '}'
 remember(ARGV[15], ARGV[16], now, tonumber(ARGV[17]), res)
 local out = {'OK', res}
@@ -365,7 +370,7 @@ if not ct then
 end
 set(ck, ct, 'md', merge(ct.md, ARGV[14]), 'ua', now, 'v', tonumber(ct.v) + 1)
 expire(ck, ttl + ret)
-local m = append(slotp, evp, rec, now, ARGV[15], ARGV[16], ttl, ret, tonumber(ARGV[19]))
+local m = append(slotp, evp, rec, now, ARGV[1], ARGV[15], ARGV[16], ttl, ret, tonumber(ARGV[19]))
 local res = '{"skip":0,"s":' .. cjson.encode(rec) .. ',"c":' .. cjson.encode(ct) .. ',"m":' .. m ..
   ',"started":' .. tostring(started) .. ',"closed":' .. closed .. '}'
 remember(ARGV[22], ARGV[23], now, tonumber(ARGV[24]), res)
