@@ -41,10 +41,10 @@ func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 		{Tenant: "other", SessionID: a.ID, Text: "not yours", Status: store.StatusDelivered},
 		{Tenant: "t", SessionID: a.ID, Text: "first", Status: store.StatusDelivered, Idempotency: key},
 	}
-	batch := make([]*batchReq, len(posts))
+	batch, now := make([]*batchReq, len(posts)), s.now()
 	for i, m := range posts {
 		var err error
-		if batch[i], err = s.postCall(m); err != nil {
+		if batch[i], err = s.postCall(m, now); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -64,7 +64,7 @@ func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 	}
 	got := make([]answer, len(posts))
 	for i, r := range batch {
-		got[i].msg, got[i].replayed, got[i].err = postAnswer(r.cmd, posts[i])
+		got[i].msg, got[i].replayed, got[i].err = postAnswer(r.cmd, posts[i], now)
 	}
 	for i, want := range []struct {
 		seq uint64
@@ -115,17 +115,17 @@ func TestMergedPostsKeepTheHistoryLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	texts := []string{"m1", "m2", "m3", "m4", "m5"}
-	batch := make([]*batchReq, len(texts))
+	batch, now := make([]*batchReq, len(texts)), s.now()
 	var err error
 	for i, text := range texts {
-		if batch[i], err = s.postCall(store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: text, Status: store.StatusDelivered}); err != nil {
+		if batch[i], err = s.postCall(store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: text, Status: store.StatusDelivered}, now); err != nil {
 			t.Fatal(err)
 		}
 	}
 	s.batch.send(batch)
 	var last store.Message
 	for i, r := range batch {
-		if last, _, err = postAnswer(r.cmd, store.OutboundMessage{SessionID: ses.ID}); err != nil || last.Seq != uint64(i+1) {
+		if last, _, err = postAnswer(r.cmd, store.OutboundMessage{SessionID: ses.ID}, now); err != nil || last.Seq != uint64(i+1) {
 			t.Fatalf("post %d: seq %d, %v", i, last.Seq, err)
 		}
 	}
@@ -189,8 +189,11 @@ func TestMalformedPostAnswersAreErrors(t *testing.T) {
 		return cmd
 	}
 	m := store.OutboundMessage{Tenant: "t", SessionID: "s"}
-	for _, v := range []any{[]any{}, []any{"OK"}, []any{[]any{"OK"}, []any{"OK"}}, "OK"} {
-		if _, _, err := postAnswer(answer(v), m); err == nil {
+	for _, v := range []any{
+		[]any{}, []any{"OK"}, []any{[]any{"OK"}}, []any{[]any{"OK"}, []any{"OK"}}, "OK", []any{int64(1)},
+		[]any{"msg_1 1 api"}, []any{"msg_1 one api api"}, []any{"msg_1"}, []any{""},
+	} {
+		if _, _, err := postAnswer(answer(v), m, 0); err == nil {
 			t.Errorf("answer %#v: no error", v)
 		}
 	}

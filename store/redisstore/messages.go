@@ -20,15 +20,16 @@ import (
 // TTL refresh, record of the key and PUBLISH to watchers. 1 round trip, in
 // which concurrent posts share one script call.
 func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (store.Message, bool, error) {
-	r, err := s.postCall(m)
+	now := s.now()
+	r, err := s.postCall(m, now)
 	if err != nil {
 		return store.Message{}, false, err
 	}
-	return postAnswer(s.batch.do(ctx, r), m)
+	return postAnswer(s.batch.do(ctx, r), m, now)
 }
 
-// postCall is the batcher call that posts m.
-func (s *Store) postCall(m store.OutboundMessage) (*batchReq, error) {
+// postCall is the batcher call that posts m at now.
+func (s *Store) postCall(m store.OutboundMessage, now int64) (*batchReq, error) {
 	suffix, err := messageSuffix(&store.Message{
 		Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser, Status: m.Status, Metadata: m.Metadata, Error: m.Error,
 	})
@@ -39,24 +40,24 @@ func (s *Store) postCall(m store.OutboundMessage) (*batchReq, error) {
 	return &batchReq{
 		sc: postScript, keys: []string{slotp + "s:" + m.SessionID}, group: s.mergeGroup(slotp), common: postCommon,
 		args: []any{ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, s.sessionEventPrefix(), ms(s.o.IdempotencyTTL),
-			slotp, s.now(), m.Tenant, ids.MessageRandom(), suffix,
+			slotp, now, m.Tenant, ids.MessageRandom(), suffix,
 			s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency), m.Idempotency.Fingerprint},
 	}, nil
 }
 
-// postAnswer reads postScript's answer to the post of m.
-func postAnswer(cmd *redis.Cmd, m store.OutboundMessage) (store.Message, bool, error) {
+// postAnswer reads postScript's answer to the post of m, sent at now.
+func postAnswer(cmd *redis.Cmd, m store.OutboundMessage, now int64) (store.Message, bool, error) {
 	v, err := cmd.Slice()
 	if err != nil {
 		return store.Message{}, false, unavailable(err)
 	}
-	var one []any
-	if len(v) == 1 {
-		one, _ = v[0].([]any)
-	}
-	if one == nil {
+	if len(v) != 1 {
 		return store.Message{}, false, fmt.Errorf("redisstore: unexpected post reply %#v", v)
 	}
+	if posted, ok := v[0].(string); ok {
+		return postedMessage(posted, m, now)
+	}
+	one, _ := v[0].([]any)
 	code, out, err := splitReply(one)
 	if err != nil {
 		return store.Message{}, false, err
@@ -65,18 +66,29 @@ func postAnswer(cmd *redis.Cmd, m store.OutboundMessage) (store.Message, bool, e
 	case "REPLAY":
 		msg, err := decodeMessage(out[0])
 		return msg, true, err
-	case "OK":
 	case "ERROR":
 		return store.Message{}, false, unavailable(errors.New(out[0]))
 	default:
 		return store.Message{}, false, codeErr(code)
 	}
-	seq, _ := strconv.ParseUint(out[1], 10, 64)
-	msg := store.Message{
-		ID: out[0], Seq: seq, SessionID: m.SessionID, Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser,
-		Platform: out[3], Channel: out[4], CreatedAt: fromMs(out[2]), Status: m.Status, Metadata: m.Metadata, Error: m.Error,
+}
+
+// postedMessage is m as posted, from postScript's "<id> <seq> <platform>
+// <channel>" (ids, platforms and channels hold no spaces; the channel, last,
+// is taken whole).
+func postedMessage(posted string, m store.OutboundMessage, now int64) (store.Message, bool, error) {
+	id, rest, ok1 := strings.Cut(posted, " ")
+	seqs, rest, ok2 := strings.Cut(rest, " ")
+	platform, channel, ok3 := strings.Cut(rest, " ")
+	seq, err := strconv.ParseUint(seqs, 10, 64)
+	if !ok1 || !ok2 || !ok3 || err != nil {
+		return store.Message{}, false, fmt.Errorf("redisstore: unexpected post reply %q", posted)
 	}
-	return msg, false, nil
+	return store.Message{
+		ID: id, Seq: seq, SessionID: m.SessionID, Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser,
+		Platform: platform, Channel: channel, CreatedAt: time.UnixMilli(now).UTC(), Status: m.Status,
+		Metadata: m.Metadata, Error: m.Error,
+	}, false, nil
 }
 
 // Ingest costs 1 round trip when no listener could match: the ingest script
