@@ -59,11 +59,15 @@ func TagOf(id string) (string, bool) {
 	if !ok || len(rest) != 36 {
 		return "", false
 	}
-	if _, err := hex.DecodeString(rest[:8]); err != nil {
-		return "", false
+	for _, c := range []byte(rest[:8]) {
+		if !isHex(c) {
+			return "", false
+		}
 	}
 	return rest[:8], true
 }
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
 
 // Message returns the id of the seq-th message of a session, appended at
 // ms (Unix milliseconds). The id is a uuidv7: 48 bits of ms, then seq as

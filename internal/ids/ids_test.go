@@ -52,7 +52,12 @@ func TestTaggedIDsCarryTheirTag(t *testing.T) {
 			t.Fatalf("%s is not a uuid: %v", id, err)
 		}
 	}
-	if _, ok := TagOf("ses_nope"); ok {
-		t.Fatal("TagOf accepted a malformed id")
+	for _, bad := range []string{"ses_nope", "ses_0123456g-0000-7000-8000-000000000000", "ses_-1234567-0000-7000-8000-000000000000", "ses"} {
+		if _, ok := TagOf(bad); ok {
+			t.Errorf("TagOf accepted the malformed id %q", bad)
+		}
+	}
+	if got, ok := TagOf("ses_ABCDEF01-0000-7000-8000-000000000000"); !ok || got != "ABCDEF01" {
+		t.Errorf("TagOf refused an upper-case tag: %q, %v", got, ok)
 	}
 }
