@@ -34,13 +34,16 @@ type batchReq struct {
 	sc   *redis.Script
 	keys []string
 	args []any
-	cmd  *redis.Cmd
+	// val and err are the answer: the script's, or for a mergeable call
+	// its own reply out of the script's array.
+	val any
+	err error
 	// group, for a mergeable call, names the calls it may be merged with
 	// (same script, keys one script may touch together); "" for none.
 	// common is how many leading args the calls of a group share.
 	group  string
 	common int
-	// wake is signalled once: with cmd set (answered), or lead set (this
+	// wake is signalled once: with the answer set, or lead set (this
 	// caller now leads the next pipeline).
 	wake chan struct{}
 	lead bool
@@ -54,8 +57,9 @@ const (
 
 func newBatcher(c redis.UniversalClient) *batcher { return &batcher{c: c} }
 
-// run sends one script call, batched with concurrent ones.
-func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args ...any) *redis.Cmd {
+// run sends one script call, batched with concurrent ones, and returns
+// its answer.
+func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args ...any) (any, error) {
 	return b.do(ctx, &batchReq{sc: sc, keys: keys, args: args})
 }
 
@@ -63,16 +67,16 @@ func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args
 // set) is of a script that takes one key per call, the first r.common args
 // once and the rest once per call, and answers an array with one reply per
 // key; concurrent calls of one group may be merged into one call, and
-// either way r's answer is an array of its own reply alone. The shared args
-// must be comparable; a call whose shared args differ from the group's is
-// sent on its own.
-func (b *batcher) do(ctx context.Context, r *batchReq) *redis.Cmd {
+// either way r's answer is its own reply alone. The shared args must be
+// comparable; a call whose shared args differ from the group's is sent on
+// its own.
+func (b *batcher) do(ctx context.Context, r *batchReq) (any, error) {
 	b.mu.Lock()
 	if b.leaders < maxLeaders {
 		b.leaders++
 		b.mu.Unlock()
 		b.leadFrom(r)
-		return r.cmd
+		return r.val, r.err
 	}
 	r.wake = make(chan struct{}, 1)
 	b.queue = append(b.queue, r)
@@ -82,12 +86,12 @@ func (b *batcher) do(ctx context.Context, r *batchReq) *redis.Cmd {
 	case <-ctx.Done():
 		// Still queued: it will run, and be answered to nobody; an
 		// idempotency key makes a retry safe.
-		return errCmd(ctx, ctx.Err())
+		return nil, ctx.Err()
 	}
 	if r.lead {
 		b.leadFrom(r)
 	}
-	return r.cmd
+	return r.val, r.err
 }
 
 // leadFrom sends first and the queued calls as one pipeline, then passes
@@ -127,7 +131,7 @@ func (b *batcher) send(batch []*batchReq) {
 	if len(units) == 1 {
 		u := units[0]
 		keys, args := u.call()
-		u.deliver(ctx, u[0].sc.Run(ctx, b.c, keys, args...))
+		u.deliver(u[0].sc.Run(ctx, b.c, keys, args...))
 		return
 	}
 	p := b.c.Pipeline()
@@ -138,7 +142,7 @@ func (b *batcher) send(batch []*batchReq) {
 	}
 	_, _ = p.Exec(ctx)
 	for i, u := range units {
-		u.deliver(ctx, answers[i]())
+		u.deliver(answers[i]())
 	}
 }
 
@@ -196,9 +200,9 @@ func (u unit) call() ([]string, []any) {
 }
 
 // deliver hands each call of the unit its answer.
-func (u unit) deliver(ctx context.Context, cmd *redis.Cmd) {
-	if len(u) == 1 {
-		u[0].cmd = cmd
+func (u unit) deliver(cmd *redis.Cmd) {
+	if u[0].group == "" {
+		u[0].val, u[0].err = cmd.Val(), cmd.Err()
 		return
 	}
 	replies, err := cmd.Slice()
@@ -207,16 +211,9 @@ func (u unit) deliver(ctx context.Context, cmd *redis.Cmd) {
 	}
 	for i, r := range u {
 		if err != nil {
-			r.cmd = errCmd(ctx, err)
+			r.err = err
 			continue
 		}
-		r.cmd = redis.NewCmd(ctx)
-		r.cmd.SetVal([]any{replies[i]})
+		r.val = replies[i]
 	}
-}
-
-func errCmd(ctx context.Context, err error) *redis.Cmd {
-	cmd := redis.NewCmd(ctx)
-	cmd.SetErr(err)
-	return cmd
 }

@@ -64,7 +64,7 @@ func TestMergedPostsAnswerEachCallerOnItsOwn(t *testing.T) {
 	}
 	got := make([]answer, len(posts))
 	for i, r := range batch {
-		got[i].msg, got[i].replayed, got[i].err = postAnswer(r.cmd, posts[i], now)
+		got[i].msg, got[i].replayed, got[i].err = postAnswer(r.val, r.err, posts[i], now)
 	}
 	for i, want := range []struct {
 		seq uint64
@@ -125,7 +125,7 @@ func TestMergedPostsKeepTheHistoryLimit(t *testing.T) {
 	s.batch.send(batch)
 	var last store.Message
 	for i, r := range batch {
-		if last, _, err = postAnswer(r.cmd, store.OutboundMessage{SessionID: ses.ID}, now); err != nil || last.Seq != uint64(i+1) {
+		if last, _, err = postAnswer(r.val, r.err, store.OutboundMessage{SessionID: ses.ID}, now); err != nil || last.Seq != uint64(i+1) {
 			t.Fatalf("post %d: seq %d, %v", i, last.Seq, err)
 		}
 	}
@@ -183,26 +183,29 @@ func TestMergeGroupsCallsByScriptGroupAndSharedArgs(t *testing.T) {
 // An answer of the wrong shape is an error for its callers, not a panic.
 func TestMalformedPostAnswersAreErrors(t *testing.T) {
 	ctx := context.Background()
+	m := store.OutboundMessage{Tenant: "t", SessionID: "s"}
+	for _, v := range []any{
+		nil, []any{}, []any{"OK"}, []any{[]any{"OK"}}, []any{int64(1)}, int64(1), "OK",
+		"msg_1 1 api", "msg_1 one api api", "msg_1", "",
+	} {
+		if _, _, err := postAnswer(v, nil, m, 0); err == nil {
+			t.Errorf("answer %#v: no error", v)
+		}
+	}
 	answer := func(v any) *redis.Cmd {
 		cmd := redis.NewCmd(ctx)
 		cmd.SetVal(v)
 		return cmd
 	}
-	m := store.OutboundMessage{Tenant: "t", SessionID: "s"}
-	for _, v := range []any{
-		[]any{}, []any{"OK"}, []any{[]any{"OK"}}, []any{[]any{"OK"}, []any{"OK"}}, "OK", []any{int64(1)},
-		[]any{"msg_1 1 api"}, []any{"msg_1 one api api"}, []any{"msg_1"}, []any{""},
-	} {
-		if _, _, err := postAnswer(answer(v), m, 0); err == nil {
-			t.Errorf("answer %#v: no error", v)
-		}
-	}
-	// A merged call answered with fewer replies than calls fails each call.
-	u := unit{{group: "g"}, {group: "g"}}
-	u.deliver(ctx, answer([]any{[]any{"OK"}}))
-	for i, r := range u {
-		if r.cmd.Err() == nil {
-			t.Errorf("call %d of 2 answered by 1 reply: no error", i)
+	// A merged call answered with fewer replies than calls, or with no
+	// array, fails each call.
+	for _, v := range []any{[]any{"x"}, "x"} {
+		u := unit{{group: "g"}, {group: "g"}}
+		u.deliver(answer(v))
+		for i, r := range u {
+			if r.err == nil {
+				t.Errorf("calls of 2 answered by %#v: call %d got no error", v, i)
+			}
 		}
 	}
 }

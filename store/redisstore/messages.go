@@ -25,7 +25,8 @@ func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (st
 	if err != nil {
 		return store.Message{}, false, err
 	}
-	return postAnswer(s.batch.do(ctx, r), m, now)
+	v, err := s.batch.do(ctx, r)
+	return postAnswer(v, err, m, now)
 }
 
 // postCall is the batcher call that posts m at now.
@@ -39,25 +40,22 @@ func (s *Store) postCall(m store.OutboundMessage, now int64) (*batchReq, error) 
 	slotp := s.sessionSlot(m.SessionID)
 	return &batchReq{
 		sc: postScript, keys: []string{slotp + "s:" + m.SessionID}, group: s.mergeGroup(slotp), common: postCommon,
-		args: []any{ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, s.sessionEventPrefix(), ms(s.o.IdempotencyTTL),
+		args: append(append(make([]any, 0, postCommon+postEach), s.postShared...),
 			slotp, now, m.Tenant, ids.MessageRandom(), suffix,
-			s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency), m.Idempotency.Fingerprint},
+			s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency), m.Idempotency.Fingerprint),
 	}, nil
 }
 
-// postAnswer reads postScript's answer to the post of m, sent at now.
-func postAnswer(cmd *redis.Cmd, m store.OutboundMessage, now int64) (store.Message, bool, error) {
-	v, err := cmd.Slice()
+// postAnswer reads postScript's reply (or failure) to the post of m, sent
+// at now.
+func postAnswer(v any, err error, m store.OutboundMessage, now int64) (store.Message, bool, error) {
 	if err != nil {
 		return store.Message{}, false, unavailable(err)
 	}
-	if len(v) != 1 {
-		return store.Message{}, false, fmt.Errorf("redisstore: unexpected post reply %#v", v)
-	}
-	if posted, ok := v[0].(string); ok {
+	if posted, ok := v.(string); ok {
 		return postedMessage(posted, m, now)
 	}
-	one, _ := v[0].([]any)
+	one, _ := v.([]any)
 	code, out, err := splitReply(one)
 	if err != nil {
 		return store.Message{}, false, err

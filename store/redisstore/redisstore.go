@@ -87,6 +87,9 @@ type Store struct {
 	o     Options
 	hub   *hub
 	batch *batcher
+	// postShared is postScript's leading args, the same for every post and
+	// boxed once, not per post.
+	postShared []any
 	// bg tracks background clean-ups, so Close can wait for them before
 	// the caller closes the client.
 	bg sync.WaitGroup
@@ -117,6 +120,7 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 	s := &Store{c: c, o: o}
 	s.hub = newHub(c, o.Logger, defaultIdleAfter, defaultSweepEvery)
 	s.batch = newBatcher(c)
+	s.postShared = []any{ms(o.SessionTTL), ms(o.EndedRetention), o.HistoryLimit, s.sessionEventPrefix(), ms(o.IdempotencyTTL)}
 	return s, nil
 }
 
@@ -263,11 +267,12 @@ func (s *Store) inPipe(ctx context.Context, pipe redis.Pipeliner, sc *redis.Scri
 
 // reply runs a script and splits its {code, payload…} answer.
 func (s *Store) reply(ctx context.Context, sc *redis.Script, keys []string, args ...any) (string, []string, error) {
-	v, err := s.batch.run(ctx, sc, keys, args...).Slice()
+	v, err := s.batch.run(ctx, sc, keys, args...)
 	if err != nil {
 		return "", nil, unavailable(err)
 	}
-	return splitReply(v)
+	a, _ := v.([]any)
+	return splitReply(a)
 }
 
 func splitReply(v []any) (string, []string, error) {

@@ -258,8 +258,8 @@ return out
 `)
 
 // postCommon is the number of ARGV postScript takes once, before the
-// posts' own.
-const postCommon = 5
+// posts' own; postEach, the number each post adds.
+const postCommon, postEach = 5, 7
 
 // ingestScript appends an inbound message, opening the session when needed,
 // and returns the listeners indexed under the session and the user (they
