@@ -232,6 +232,8 @@ local function post(key, slotp, nows, tn, rnd, suffix, ik, fp)
   local rec = recs[key]
   if rec == nil then
     rec = hgetall(key) or false
+    -- As a number once, not per post: tonumber parses a string twice.
+    if rec then rec.st = tonumber(rec.st) end
     recs[key] = rec
   end
   if not rec or rec.tn ~= tn then return {'NOTFOUND'} end
