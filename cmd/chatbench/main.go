@@ -94,6 +94,14 @@ func main() {
 	if *duration > 0 {
 		cfg.duration = *duration
 	}
+	if profileDir != "" {
+		// Made here: a child that cannot create its profile fails to
+		// start, which would cost the run.
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "chatbench: -profile:", err)
+			os.Exit(2)
+		}
+	}
 	if *rounds > 0 {
 		cfg.rounds = *rounds
 	}
