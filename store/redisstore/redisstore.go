@@ -387,20 +387,6 @@ type wireBody struct {
 	ErrMsg    string            `json:"em,omitempty"`
 }
 
-// messageSuffix is the JSON of wireBody without its opening brace, for a
-// script to complete.
-func messageSuffix(m *store.Message) (string, error) {
-	w := wireBody{Direction: int(m.Direction), Text: m.Text, FromUser: m.FromUser, Status: int(m.Status), Metadata: m.Metadata, Raw: m.Raw}
-	if m.Error != nil {
-		w.ErrCode, w.ErrMsg = m.Error.Code, m.Error.Message
-	}
-	b, err := json.Marshal(w)
-	if err != nil {
-		return "", err
-	}
-	return string(b[1:]), nil
-}
-
 func decodeMessage(raw string) (store.Message, error) {
 	var w wireMessage
 	if err := json.Unmarshal([]byte(raw), &w); err != nil {
