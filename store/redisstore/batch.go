@@ -57,6 +57,9 @@ const (
 
 func newBatcher(c redis.UniversalClient) *batcher { return &batcher{c: c} }
 
+// wakes recycles batchReq.wake channels: a queued call allocated one each.
+var wakes = sync.Pool{New: func() any { return make(chan struct{}, 1) }}
+
 // run sends one script call, batched with concurrent ones, and returns
 // its answer.
 func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args ...any) (any, error) {
@@ -78,11 +81,13 @@ func (b *batcher) do(ctx context.Context, r *batchReq) (any, error) {
 		b.leadFrom(r)
 		return r.val, r.err
 	}
-	r.wake = make(chan struct{}, 1)
+	r.wake = wakes.Get().(chan struct{})
 	b.queue = append(b.queue, r)
 	b.mu.Unlock()
 	select {
 	case <-r.wake:
+		// Signalled once, and now empty: reusable.
+		wakes.Put(r.wake)
 	case <-ctx.Done():
 		// Still queued: it will run, and be answered to nobody; an
 		// idempotency key makes a retry safe.
