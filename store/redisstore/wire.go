@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/chatrelay/chatrelay/internal/jsonw"
 	"github.com/chatrelay/chatrelay/store"
 )
 
@@ -77,7 +78,6 @@ func marshalSuffix(m *store.Message) (string, error) {
 // characters, and (HTML-safe) '<', '>', '&', U+2028 and U+2029 escaped, and
 // each byte of invalid UTF-8 written as U+FFFD.
 func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
@@ -88,22 +88,7 @@ func appendJSONString(b []byte, s string) []byte {
 				continue
 			}
 			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
+			b = jsonw.AppendEscapedASCII(b, c) // '<', '>' and '&' as \u00XX
 			i++
 			start = i
 			continue
@@ -115,7 +100,7 @@ func appendJSONString(b []byte, s string) []byte {
 			b = append(b, `\ufffd`...)
 		case r == '\u2028' || r == '\u2029':
 			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			b = append(b, '\\', 'u', '2', '0', '2', "0123456789abcdef"[r&0xf])
 		default:
 			i += n
 			continue
