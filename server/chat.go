@@ -46,14 +46,14 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 		return nil, err
 	}
 	tenant := tenantFrom(ctx)
-	platform, known := c.platforms.get(tenant, req.SessionId)
+	at, known := c.places.get(tenant, req.SessionId)
 	if !known {
 		ses, err := c.cfg.Store.GetSession(ctx, tenant, req.SessionId)
 		if err != nil {
 			return nil, err
 		}
-		platform = ses.Platform
-		c.platforms.put(tenant, req.SessionId, platform)
+		at = place{ses.Platform, ses.Channel}
+		c.places.put(tenant, req.SessionId, at)
 	}
 	out := store.OutboundMessage{
 		Tenant:      tenant,
@@ -64,7 +64,7 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	}
 	// An ended session is refused by the store, unless the key replays a
 	// result from before it ended.
-	out.Status, out.Error = deliver(platform)
+	out.Status, out.Error = deliver(at.platform)
 	msg, _, err := c.cfg.Store.AppendOutbound(ctx, out)
 	if err != nil {
 		return nil, err
@@ -195,8 +195,16 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	if err := chk.err(); err != nil {
 		return nil, err
 	}
+	tenant := tenantFrom(ctx)
+	if req.SessionId != "" {
+		// The session's own place, when known, is a better hint than the
+		// caller's.
+		if at, ok := c.places.get(tenant, req.SessionId); ok {
+			platform, channel = at.platform, at.channel
+		}
+	}
 	r, err := c.cfg.Store.Ingest(ctx, store.InboundMessage{
-		Tenant:    tenantFrom(ctx),
+		Tenant:    tenant,
 		Platform:  platform,
 		Channel:   channel,
 		User:      req.FromUser,
@@ -211,6 +219,7 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	if err != nil {
 		return nil, err
 	}
+	c.places.put(tenant, r.Session.ID, place{r.Session.Platform, r.Session.Channel})
 	return &pb.IngestMessageResponse{
 		Message:          messagePB(&r.Message),
 		Session:          sessionPB(&r.Session),

@@ -441,7 +441,7 @@ func TestRedisDownFailsFastAndRecovers(t *testing.T) {
 }
 
 // TestRedisRoundTripsPerRPC pins the cost of each RPC in Redis round trips
-// (scripts already loaded, the session's platform already seen).
+// (scripts already loaded, the session's platform and channel already seen).
 func TestRedisRoundTripsPerRPC(t *testing.T) {
 	t.Parallel()
 	cl := startCluster(t, 1)
@@ -457,6 +457,7 @@ func TestRedisRoundTripsPerRPC(t *testing.T) {
 	recvOrFail(t, warm.Recv)
 	other := a.createSession("u3")
 	a.sessions.CloseSession(a.ctx(), &pb.CloseSessionRequest{SessionId: other.SessionId})
+	unseen := a.createSession("u6") // no post or ingest yet: its channel is not known
 
 	cases := []struct {
 		rpc  string
@@ -471,6 +472,12 @@ func TestRedisRoundTripsPerRPC(t *testing.T) {
 		}},
 		{"IngestMessage, no listener", 1, func() { a.ingest("u1", "in") }},
 		{"IngestMessage opening a session", 1, func() { a.ingest("u2", "in") }},
+		{"IngestMessage into a named session, no listener", 1, func() {
+			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: ses.SessionId, Text: "in"})
+		}},
+		{"IngestMessage into a named session not seen before, no listener", 2, func() {
+			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: unseen.SessionId, Text: "in"})
+		}},
 		{"CreateSession", 1, func() { a.createSession("u4") }},
 		{"GetSession", 1, func() { a.sessions.GetSession(a.ctx(), &pb.GetSessionRequest{SessionId: ses.SessionId}) }},
 		{"UpdateSession", 1, func() {

@@ -34,8 +34,8 @@ type Server struct {
 	// status instead of holding GracefulStop up forever.
 	stopping chan struct{}
 	stopOnce sync.Once
-	// platforms caches session platforms for PostMessage.
-	platforms platformCache
+	// places caches where sessions live, for PostMessage and IngestMessage.
+	places placeCache
 	// The services and interceptors, shared by gRPC and the in-process
 	// REST path.
 	chat     *chatService

@@ -206,9 +206,11 @@ type InboundMessage struct {
 	Platform string
 	Channel  string
 	User     string
-	// SessionID, when set, names the active session to append to; Platform
-	// and Channel are then ignored, and User must be empty or the session's
-	// user (ErrSessionMismatch). When empty, the active session of
+	// SessionID, when set, names the active session to append to, and User
+	// must be empty or the session's user (ErrSessionMismatch). Platform
+	// and Channel are then only a hint of the session's own, which a store
+	// may use to look for listeners sooner; a wrong or missing hint changes
+	// nothing but the cost. When SessionID is empty, the active session of
 	// (Platform, Channel, User) is used or opened.
 	SessionID   string
 	Text        string

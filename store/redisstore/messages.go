@@ -93,8 +93,9 @@ func postedMessage(posted string, m store.OutboundMessage, now int64) (store.Mes
 // (which also returns the session and user listener indexes) pipelined with
 // reading the channel and "any" indexes. Each candidate that matches or is
 // in scope costs one compare-and-set, all pipelined in a second round trip.
-// An ingest into a named session whose channel this replica has not seen
-// reads the channel index after the script, in that second round trip.
+// An ingest into a named session learns the session's channel from the
+// script; if the caller's hint (in.Channel) was missing or wrong, reading
+// that channel's index costs one more round trip.
 func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.IngestResult, error) {
 	// The script writes the sender: the session's user.
 	suffix, err := messageSuffix(&store.Message{
@@ -121,7 +122,10 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 
 	pipe := s.c.Pipeline()
 	var chanCmd *redis.StringSliceCmd
-	if in.SessionID == "" {
+	if in.Channel != "" {
+		// The session's channel, or for a named session the caller's guess
+		// at it: listeners of another channel are out of scope for the
+		// message and are never candidates (match checks scope).
 		chanCmd = pipe.SMembers(ctx, s.channelBucket(in.Tenant, in.Channel))
 	}
 	anyCmd := pipe.SMembers(ctx, s.anyBucket(in.Tenant))
@@ -156,7 +160,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 		return res, unavailable(err)
 	}
 	members = append(members, anyCmd.Val()...)
-	if in.SessionID != "" {
+	if res.Message.Channel != in.Channel {
 		more, err := s.c.SMembers(ctx, s.channelBucket(in.Tenant, res.Message.Channel)).Result()
 		if err != nil {
 			return res, unavailable(err)

@@ -78,6 +78,7 @@ func Run(t *testing.T, f Factory, _ Features) {
 		{"HistoryIsCapped", testHistoryCap},
 		{"IngestOpensAndReusesSessions", testIngestSessions},
 		{"IngestIntoNamedSession", testIngestNamedSession},
+		{"IngestIntoNamedSessionFindsItsChannelsListeners", testIngestNamedSessionChannel},
 		{"IngestIsIdempotent", testIngestIdempotent},
 		{"ListenerMatchesFilters", testListenerFilters},
 		{"KeywordMatchModes", testMatchModes},
@@ -539,6 +540,29 @@ func testIngestNamedSession(e *env) {
 	}
 	_, err = e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", SessionID: s.ID, Text: "late"})
 	wantErr(e.t, err, store.ErrSessionClosed)
+}
+
+// For a named session, Platform and Channel are only a hint: without one,
+// or with a wrong one, the session's own channel's listeners still match,
+// and the hinted channel's do not.
+func testIngestNamedSessionChannel(e *env) {
+	s := e.create("t1", "u1") // on api/api
+	for _, hint := range []struct{ platform, channel string }{{"", ""}, {"slack", "elsewhere"}, {"api", "api"}} {
+		mine := e.listen(store.Filter{Channel: "api"}, 0)
+		hinted := e.listen(store.Filter{Channel: hint.channel}, 0)
+		r, err := e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", SessionID: s.ID, Platform: hint.platform, Channel: hint.channel, Text: "hi"})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		want := []string{mine.ID}
+		if hint.channel == "api" || hint.channel == "" { // hinted is mine, or unfiltered
+			want = []string{mine.ID, hinted.ID}
+			slices.Sort(want)
+		}
+		if !slices.Equal(r.Matched, want) || r.Message.Channel != "api" {
+			e.t.Fatalf("hint %v: matched %v on channel %q, want %v on api", hint, r.Matched, r.Message.Channel, want)
+		}
+	}
 }
 
 func testIngestIdempotent(e *env) {
