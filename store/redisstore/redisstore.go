@@ -311,11 +311,24 @@ func codeErr(code string) error {
 
 // decodeSession reads a session record (as the scripts encode it) at now.
 func decodeSession(raw string, now time.Time) (store.Session, error) {
-	var m map[string]string
-	if err := json.Unmarshal([]byte(raw), &m); err != nil {
-		return store.Session{}, fmt.Errorf("redisstore: session record: %w", err)
+	m, err := decodeRecord("session", raw)
+	if err != nil {
+		return store.Session{}, err
 	}
 	return sessionFromMap(m, now)
+}
+
+// decodeRecord reads a hash record as a script encodes it (a JSON object
+// of strings); "" and "null", for no record, read as nil.
+func decodeRecord(kind, raw string) (map[string]string, error) {
+	if raw == "" || raw == "null" {
+		return nil, nil
+	}
+	var m map[string]string
+	if err := json.Unmarshal([]byte(raw), &m); err != nil {
+		return nil, fmt.Errorf("redisstore: %s record: %w", kind, err)
+	}
+	return m, nil
 }
 
 func sessionFromMap(m map[string]string, now time.Time) (store.Session, error) {
@@ -348,12 +361,17 @@ func sessionFromMap(m map[string]string, now time.Time) (store.Session, error) {
 }
 
 func decodeContact(raw, tenant, platform, user string) (store.Contact, error) {
-	if raw == "" || raw == "null" {
-		return store.Contact{}, nil
+	m, err := decodeRecord("contact", raw)
+	if err != nil {
+		return store.Contact{}, err
 	}
-	var m map[string]string
-	if err := json.Unmarshal([]byte(raw), &m); err != nil {
-		return store.Contact{}, fmt.Errorf("redisstore: contact record: %w", err)
+	return contactFromMap(m, tenant, platform, user)
+}
+
+// contactFromMap reads a contact record; nil is no contact yet.
+func contactFromMap(m map[string]string, tenant, platform, user string) (store.Contact, error) {
+	if m == nil {
+		return store.Contact{}, nil
 	}
 	c := store.Contact{Tenant: tenant, Platform: platform, User: user, CreatedAt: fromMs(m["ca"]), UpdatedAt: fromMs(m["ua"])}
 	if md := m["md"]; md != "" && md != "{}" {

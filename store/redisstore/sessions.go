@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 
 	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/store"
@@ -91,16 +92,31 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		default:
 			return store.ChatbotResult{}, codeErr(code)
 		}
+		// The records read, each decoded once: the named session, the
+		// tuple's active session, and the contact. Their versions ("v")
+		// let the write check that nothing moved.
+		namedRec, err := decodeRecord("session", out[0])
+		if err != nil {
+			return store.ChatbotResult{}, err
+		}
+		activeRec, err := decodeRecord("session", out[1])
+		if err != nil {
+			return store.ChatbotResult{}, err
+		}
+		contactRec, err := decodeRecord("contact", out[3])
+		if err != nil {
+			return store.ChatbotResult{}, err
+		}
 		var named, active *store.Session
-		if out[0] != "" {
-			ses, err := decodeSession(out[0], now)
+		if namedRec != nil {
+			ses, err := sessionFromMap(namedRec, now)
 			if err != nil {
 				return store.ChatbotResult{}, err
 			}
 			named = &ses
 		}
-		if out[1] != "" {
-			ses, err := decodeSession(out[1], now)
+		if activeRec != nil {
+			ses, err := sessionFromMap(activeRec, now)
 			if err != nil {
 				return store.ChatbotResult{}, err
 			}
@@ -108,7 +124,7 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 				active = &ses
 			}
 		}
-		contact, err := decodeContact(out[3], c.Tenant, c.Platform, c.User)
+		contact, err := contactFromMap(contactRec, c.Tenant, c.Platform, c.User)
 		if err != nil {
 			return store.ChatbotResult{}, err
 		}
@@ -116,14 +132,7 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		if err != nil {
 			return store.ChatbotResult{}, err
 		}
-		var contactVersion string
-		if out[3] != "" {
-			var m map[string]string
-			_ = json.Unmarshal([]byte(out[3]), &m)
-			contactVersion = m["v"]
-		}
-		// The session the plan acts on and its version, so the write can
-		// check nothing moved.
+		// The session the plan acts on and its version.
 		action, subject, version := "open", "", ""
 		var subj *store.Session
 		switch {
@@ -135,7 +144,12 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 			action, subj = "reuse", plan.Reuse
 		}
 		if subj != nil {
-			subject, version = subj.ID, versionOf(out, subj.ID)
+			subject = subj.ID
+			for _, rec := range []map[string]string{namedRec, activeRec} {
+				if rec["id"] == subj.ID {
+					version = rec["v"]
+				}
+			}
 		}
 		greeting := ""
 		if action != "skip" && c.Greeting != nil {
@@ -158,7 +172,7 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 			return store.ChatbotResult{}, err
 		}
 		code, out2, err := s.reply(ctx, chatbotWriteScript, []string{pointer},
-			now.UnixMilli(), c.Tenant, c.Platform, c.Channel, c.User, action, out[2], subject, version, contactVersion,
+			now.UnixMilli(), c.Tenant, c.Platform, c.Channel, c.User, action, out[2], subject, version, contactRec["v"],
 			ids.TaggedSession(tag), c.ChatbotID, jsonMap(c.SessionMetadata), jsonMap(c.ContactMetadata), suffix,
 			ids.MessageRandom(), ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, slotp, s.sessionEventPrefix(),
 			idemKey, c.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), int(plan.Skip))
@@ -177,18 +191,6 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		}
 	}
 	return store.ChatbotResult{}, fmt.Errorf("%w: the session kept changing; retry", store.ErrUnavailable)
-}
-
-// versionOf finds the version of session sid among the read script's
-// named and active records.
-func versionOf(out []string, sid string) string {
-	for _, raw := range out[:2] {
-		var m map[string]string
-		if raw != "" && json.Unmarshal([]byte(raw), &m) == nil && m["id"] == sid {
-			return m["v"]
-		}
-	}
-	return ""
 }
 
 func (s *Store) decodeChatbot(raw string, c *store.ChatbotStart) (store.ChatbotResult, error) {
@@ -229,17 +231,17 @@ func (s *Store) decodeChatbot(raw string, c *store.ChatbotStart) (store.ChatbotR
 	return r, nil
 }
 
+// mergeMaps is a with b's entries over it, in a new map (nil when both
+// are empty).
 func mergeMaps(a, b map[string]string) map[string]string {
 	if len(a) == 0 && len(b) == 0 {
 		return nil
 	}
-	out := make(map[string]string, len(a)+len(b))
-	for k, v := range a {
-		out[k] = v
+	out := maps.Clone(a)
+	if out == nil {
+		out = make(map[string]string, len(b))
 	}
-	for k, v := range b {
-		out[k] = v
-	}
+	maps.Copy(out, b)
 	return out
 }
 
