@@ -59,7 +59,6 @@ type channel struct {
 	subs  map[*store.Subscription]struct{}
 	// confirmed is closed when Redis confirms the SUBSCRIBE.
 	confirmed chan struct{}
-	isConfirm bool
 	// idleSince is when the last subscriber left; the channel stays
 	// subscribed a while, so short-lived streams don't churn commands.
 	idleSince time.Time
@@ -227,9 +226,12 @@ func (h *hub) run() {
 func (h *hub) confirm(name string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if ch := h.chans[name]; ch != nil && !ch.isConfirm {
-		ch.isConfirm = true
-		close(ch.confirmed)
+	if ch := h.chans[name]; ch != nil {
+		select {
+		case <-ch.confirmed: // a resubscription after a reconnect
+		default:
+			close(ch.confirmed)
+		}
 	}
 }
 

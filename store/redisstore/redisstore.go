@@ -178,8 +178,10 @@ func (s *Store) sessionKey(sid string) string { return s.sessionSlot(sid) + "s:"
 
 func (s *Store) listenerKey(lid string) string { return s.slot(ids.Tag(lid)) + "l:" + lid }
 
+// sessionChannel is where a session's events are published; the scripts
+// build it from sessionEventPrefix.
 func (s *Store) sessionChannel(tenant, sid string) string {
-	return s.o.Prefix + ":ev:s:" + tenant + ":" + sid
+	return s.sessionEventPrefix() + tenant + ":" + sid
 }
 
 func (s *Store) listenerChannel(tenant, lid string) string {
