@@ -33,7 +33,8 @@ func TestTouchExtendsTheListenersIndex(t *testing.T) {
 }
 
 // A busy session keeps its records alive: the hourly refresh on append
-// covers the session, its history, its active pointer and its contact.
+// covers the session, its history, its active pointer and its contact, and
+// comes again every hour, not only with the first message.
 func TestAppendKeepsASessionsRecordsAlive(t *testing.T) {
 	clk := clock.NewFake(time.Now())
 	s, c := newTestStore(t, Options{Options: store.Options{Clock: clk}, Prefix: "alive"})
@@ -41,16 +42,23 @@ func TestAppendKeepsASessionsRecordsAlive(t *testing.T) {
 	ses := openTestSession(t, s, "u")
 	slotp := s.sessionSlot(ses.ID)
 	keys := []string{slotp + "s:" + ses.ID, slotp + "h:" + ses.ID, slotp + "a:t:api:api:u", slotp + "c:t:api:u"}
-	for _, k := range keys {
-		c.PExpire(ctx, k, time.Minute) // as if they were about to lapse
+	post := func(text string) {
+		t.Helper()
+		if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: text, Status: store.StatusDelivered}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	clk.Advance(2 * time.Hour) // past the refresh interval
-	if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "still here", Status: store.StatusDelivered}); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range keys {
-		if ttl := c.PTTL(ctx, k).Val(); ttl < 24*time.Hour {
-			t.Errorf("%s: TTL %s after a message; want it refreshed", k, ttl)
+	post("first") // refreshes, and starts the hour
+	for hour := range 3 {
+		for _, k := range keys {
+			c.PExpire(ctx, k, time.Minute) // as if they were about to lapse
+		}
+		clk.Advance(2 * time.Hour) // past the refresh interval
+		post("still here")
+		for _, k := range keys {
+			if ttl := c.PTTL(ctx, k).Val(); ttl < 24*time.Hour {
+				t.Errorf("%s: TTL %s after a message %d h on; want it refreshed", k, ttl, 2*(hour+1))
+			}
 		}
 	}
 }
