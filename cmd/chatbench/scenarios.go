@@ -473,9 +473,6 @@ func benchIdle(ctx context.Context, cfg config) ([]row, error) {
 	return rows, nil
 }
 
-// benchMatch measures, with N idle non-matching listeners on replica A,
-// the latency from an ingest on replica B to the success frame on A, at a
-// fixed rate.
 // holdListeners is chatbench -hold: it opens n idle listeners against addr,
 // says READY once every one is waiting, and holds them until stdin closes.
 func holdListeners(addr string, n int, prefix string) error {
@@ -496,6 +493,9 @@ func holdListeners(addr string, n int, prefix string) error {
 	return nil
 }
 
+// benchMatch measures, with N idle non-matching listeners on replica A,
+// the latency from an ingest on replica B to the success frame on A, at a
+// fixed rate.
 func benchMatch(ctx context.Context, cfg config) ([]row, error) {
 	var rows []row
 	for _, n := range cfg.matchNs {
@@ -555,7 +555,15 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 	// registering them (the garbage collections that burst leaves behind),
 	// as in a deployment where they arrived over time.
 	settled := a.settle(30 * time.Second)
+	// When each message was sent, by index: written by the sending loop,
+	// read by the waiter that receives it (nothing else orders the two).
 	sent := make([]time.Time, msgs)
+	var sentMu sync.Mutex
+	sentAt := func(i int) time.Time {
+		sentMu.Lock()
+		defer sentMu.Unlock()
+		return sent[i]
+	}
 	rec := &recorder{}
 	var wg sync.WaitGroup
 	for i, st := range waiters {
@@ -567,7 +575,7 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 				err = fmt.Errorf("frame %v", f)
 			}
 			if i >= warm || err != nil {
-				rec.add(time.Since(sent[i]), err)
+				rec.add(time.Since(sentAt(i)), err)
 			}
 		}()
 	}
@@ -577,7 +585,9 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 	var ingests sync.WaitGroup
 	for i := range msgs {
 		<-tick.C
+		sentMu.Lock()
 		sent[i] = time.Now()
+		sentMu.Unlock()
 		ingests.Add(1)
 		go func() {
 			defer ingests.Done()
