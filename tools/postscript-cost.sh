@@ -2,8 +2,9 @@
 # postscript-cost.sh [scripts.go] [calls]
 #
 # Counts the CPU instructions Redis spends running postScript for one
-# merged call of 10 posts into one session whose history is full (so every
-# call trims), under valgrind's callgrind, counting only inside EVALSHA.
+# merged call of 10 posts (POSTS=n for n) into one session whose history is
+# full (so every call trims), under valgrind's callgrind, counting only
+# inside EVALSHA.
 # Instruction counts are the same from run to run whatever else the
 # machine does, so two versions of the script can be compared on a noisy
 # machine where timings cannot. Needs valgrind, redis-server,
@@ -17,7 +18,8 @@
 set -euo pipefail
 SRC=${1:-store/redisstore/scripts.go}
 N=${2:-200}
-WARM=110 # fills the 1000-entry history: 10 posts a call
+POSTS=${POSTS:-10}
+WARM=$((1100 / POSTS)) # fills the 1000-entry history
 PORT=${PORT:-6399}
 R="redis-cli -p $PORT"
 OUT=$(mktemp -d)
@@ -44,14 +46,14 @@ $R hset $K id ses1 tn t pf api ch api us u st 1 bot '' md '{}' ca 1 ua 1 la 1 \
 # then per post: slotp, now, tenant, rnd, suffix, idempotency key, fingerprint.
 ARGS="86400000 86400000 1000 b:ev: 86400000"
 KEYS=""
-for _ in $(seq 10); do
+for _ in $(seq "$POSTS"); do
 	KEYS="$KEYS $K"
 	ARGS="$ARGS b:{x} 1795297498123 t 0123456789abcdef \"dir\":\"out\",\"text\":\"shipped\",\"st\":\"delivered\"} '' ''"
 done
-eval redis-benchmark -p "$PORT" -c 1 -n "$WARM" -q EVALSHA "$SHA" 10 $KEYS $ARGS >/dev/null 2>&1
-eval redis-benchmark -p "$PORT" -c 1 -n "$N" -q EVALSHA "$SHA" 10 $KEYS $ARGS >/dev/null 2>&1
+eval redis-benchmark -p "$PORT" -c 1 -n "$WARM" -q EVALSHA "$SHA" "$POSTS" $KEYS $ARGS >/dev/null 2>&1
+eval redis-benchmark -p "$PORT" -c 1 -n "$N" -q EVALSHA "$SHA" "$POSTS" $KEYS $ARGS >/dev/null 2>&1
 echo "history: $($R xlen 'b:{x}h:ses1') entries"
 $R shutdown nosave >/dev/null 2>&1 || true
 wait "$VG" 2>/dev/null || true
-callgrind_annotate "$OUT/cg" 2>/dev/null | awk -v n=$((N + WARM)) '/PROGRAM TOTALS/ {
-	gsub(",", "", $1); printf "%.0f instructions per call of 10 posts (%.0f per post)\n", $1 / n, $1 / n / 10 }'
+callgrind_annotate "$OUT/cg" 2>/dev/null | awk -v n=$((N + WARM)) -v p="$POSTS" '/PROGRAM TOTALS/ {
+	gsub(",", "", $1); printf "%.0f instructions per call of %d posts (%.0f per post)\n", $1 / n, p, $1 / n / p }'
