@@ -21,6 +21,22 @@ local function hgetall(key)
   for i = 1, #a, 2 do t[a[i]] = a[i + 1] end
   return t
 end
+-- hmget reads the given fields of a hash whose first field always exists,
+-- or nil if the hash does not.
+local function hmget(key, fields)
+  local a = redis.call('HMGET', key, unpack(fields))
+  if not a[1] then return nil end
+  local t = {}
+  for i = 1, #fields do
+    if a[i] then t[fields[i]] = a[i] end
+  end
+  return t
+end
+-- num reads a number from a string (or a number). tonumber parses a string
+-- twice (lua_isnumber, then lua_tonumber: each a strtod costing more than
+-- the rest of a line); arithmetic coercion parses it once. For the hot
+-- paths: unlike tonumber, it raises an error on a non-number.
+local function num(s) return s + 0 end
 local function expire(key, ms)
   ms = math.floor(ms)
   if ms < 1 then ms = 1 end
@@ -41,8 +57,8 @@ local function itoa(n) return string.format('%d', n) end
 local function active(st) return st == 1 or st == 2 or st == 3 end
 -- The state at now: an active session past its expiry has expired (5).
 local function state(rec, now)
-  local st = tonumber(rec.st)
-  if active(st) and now >= tonumber(rec.ex) then return 5 end
+  local st = num(rec.st)
+  if active(st) and now >= num(rec.ex) then return 5 end
   return st
 end
 local function ended(st)
@@ -50,11 +66,18 @@ local function ended(st)
   return 'CLOSED'
 end
 -- The id layout of ids.MessageWithRandom: a uuidv7 carrying seq as counter.
--- One string.format: each call costs more than the arithmetic.
+-- Each conversion is a sprintf costing more than the arithmetic, and all
+-- but the last changes only with ms or every 65536 seqs: a call formats
+-- that prefix once, and each message its low 16 bits of seq.
+local idms, idhi, idpre
 local function msgid(ms, seq, rnd)
-  return string.format('msg_%08x-%04x-7%03x-%x%03x-%04x%s', math.floor(ms / 65536), ms % 65536,
-    math.floor(seq / 1073741824) % 4096, 8 + math.floor(seq / 268435456) % 4,
-    math.floor(seq / 65536) % 4096, seq % 65536, rnd)
+  local hi = math.floor(seq / 65536)
+  if ms ~= idms or hi ~= idhi then
+    idms, idhi = ms, hi
+    idpre = string.format('msg_%08x-%04x-7%03x-%x%03x-', math.floor(ms / 65536), ms % 65536,
+      math.floor(hi / 16384) % 4096, 8 + math.floor(hi / 4096) % 4, hi % 4096)
+  end
+  return idpre .. string.format('%04x', seq % 65536) .. rnd
 end
 local function merge(json, patch)
   if patch == '' or patch == '{}' then return json end
@@ -114,39 +137,45 @@ end
 -- now is the time as a number and nows as the caller's string of it (one
 -- string.format fewer). suffix is the message's JSON after the fields the
 -- script assigns (a field list ending with '}'); from, when given, is written
--- as the sender. It returns the message and its seq as a string.
-local heads = {} -- per record: the session's fields of a message, encoded once
+-- as the sender. ret may be a string: it is only added to. It returns the
+-- message and its seq as a string.
+local derived = {} -- per record: what entry derives from it, once per call
 local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
-  local seq = tonumber(rec.seq) + 1
-  local lms = math.max(now, tonumber(rec.lms))
+  local d = derived[rec]
+  if not d then
+    d = {
+      -- The session's fields of a message, encoded.
+      head = ',"sid":' .. cjson.encode(rec.id) .. ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch),
+      events = evp .. rec.tn .. ':' .. rec.id,
+      gx = num(rec.gx or 0),
+    }
+    derived[rec] = d
+  end
+  local seq = num(rec.seq) + 1
+  local lms = math.max(now, num(rec.lms))
   local id = msgid(lms, seq, rnd)
   local seqs = itoa(seq)
-  local head = heads[rec]
-  if not head then
-    head = ',"sid":' .. cjson.encode(rec.id) .. ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch)
-    heads[rec] = head
-  end
-  local m = '{"id":"' .. id .. '","seq":' .. seqs .. head .. ',"at":' .. nows .. ','
+  local m = '{"id":"' .. id .. '","seq":' .. seqs .. d.head .. ',"at":' .. nows .. ','
   if from then m = m .. '"from":' .. cjson.encode(from) .. ',' end
   m = m .. suffix
   local hkey = slotp .. 'h:' .. rec.id
-  local v = tonumber(rec.v) + 1
+  local v = num(rec.v) + 1
   -- The Redis TTLs only reclaim memory and carry the ended-session
   -- retention as margin, so refreshing them hourly, not per message, is
   -- enough and saves four writes on the hot path.
-  local refresh = now - tonumber(rec.gx or 0) >= 3600000
+  local refresh = now - d.gx >= 3600000
   redis.call('XADD', hkey, seqs .. '-0', 'm', m)
   -- From here rec must be saved, whatever fails next.
   rec.dirty, rec.limit = hkey, limit
-  rec.seq, rec.lid, rec.lms, rec.la, rec.ex, rec.v = seq, id, lms, now, now + ttl, v
+  rec.seq, rec.lid, rec.lms, rec.la, rec.ex, rec.v = seq, id, lms, nows, now + ttl, v
   if refresh then
-    rec.gx = now
+    d.gx, rec.gx = now, nows
     expire(slotp .. 's:' .. rec.id, ttl + ret)
     expire(hkey, ttl + ret)
     redis.call('PEXPIRE', pointer(slotp, rec), math.floor(ttl + ret))
     redis.call('PEXPIRE', slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us, math.floor(ttl + ret))
   end
-  redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, m)
+  redis.call('PUBLISH', d.events, m)
   return m, seqs
 end
 -- save writes what entry changed in rec, the record at key, and trims its
@@ -155,7 +184,8 @@ local function save(key, rec)
   if not rec.dirty then return end
   redis.call('XTRIM', rec.dirty, 'MAXLEN', rec.limit)
   rec.dirty, rec.limit = nil, nil
-  for _, f in ipairs({'seq', 'lms', 'la', 'ex', 'v', 'gx'}) do rec[f] = itoa(rec[f] or 0) end
+  -- la and gx are the callers' strings already.
+  rec.seq, rec.lms, rec.ex, rec.v = itoa(rec.seq), itoa(rec.lms), itoa(rec.ex), itoa(rec.v)
   redis.call('HSET', key, 'seq', rec.seq, 'lid', rec.lid, 'lms', rec.lms, 'la', rec.la,
     'ex', rec.ex, 'v', rec.v, 'gx', rec.gx)
 end
@@ -223,17 +253,22 @@ return {'OK', cjson.encode(rec)}
 // string, because Redis converts each table in a reply field by field),
 // for anything else a table {code, payload...}.
 var postScript = script(`
-local ttl, ret, limit, evp, ittl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+-- ret and the idempotency ttl stay strings: they are only added to, and
+-- only by an hourly refresh or a post with a key.
+local ttl, ret, limit, evp, ittl = num(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- The record fields entry and save use: HGETALL would bring the metadata
+-- too, on every call.
+local fields = {'id', 'tn', 'pf', 'ch', 'us', 'st', 'ex', 'seq', 'lms', 'v', 'gx'}
 local recs, out = {}, {}
 local function post(key, slotp, nows, tn, rnd, suffix, ik, fp)
-  local now = tonumber(nows)
+  local now = num(nows)
   local prev = idem(ik, fp, now)
   if prev then return prev end
   local rec = recs[key]
   if rec == nil then
-    rec = hgetall(key) or false
-    -- As a number once, not per post: tonumber parses a string twice.
-    if rec then rec.st = tonumber(rec.st) end
+    rec = hmget(key, fields) or false
+    -- As numbers once, not per post.
+    if rec then rec.st, rec.ex = num(rec.st), num(rec.ex) end
     recs[key] = rec
   end
   if not rec or rec.tn ~= tn then return {'NOTFOUND'} end
