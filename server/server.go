@@ -43,6 +43,19 @@ type Server struct {
 	ic       *interceptors
 }
 
+// TransportOptions are the grpc-go settings of the server's transport,
+// which do not depend on Config. chatbench gives its bare echo baseline the
+// same, so that the two differ only by chatrelay's own work.
+func TransportOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		// Reuse goroutines (and their grown stacks) for calls instead of
+		// starting one per call; when all are busy, as with long streams,
+		// grpc-go starts a new one. Calls that wait on Redis are in flight
+		// for a millisecond or two, so dozens run at once under load.
+		grpc.NumStreamWorkers(uint32(32 * runtime.GOMAXPROCS(0))),
+	}
+}
+
 // New validates cfg and builds a Server.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.setDefaults(); err != nil {
@@ -59,18 +72,13 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{})}
 	s.ic = &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits}
 	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append(TransportOptions(),
 		grpc.ChainUnaryInterceptor(s.ic.unary),
 		grpc.ChainStreamInterceptor(s.ic.stream),
 		// The transport's own limit sits above Limits.RequestBytes so that
 		// oversized requests reach the interceptor and get a proper error.
 		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
-		// Reuse goroutines (and their grown stacks) for calls instead of
-		// starting one per call; when all are busy, as with long streams,
-		// grpc-go starts a new one. Calls that wait on Redis are in flight
-		// for a millisecond or two, so dozens run at once under load.
-		grpc.NumStreamWorkers(uint32(32*runtime.GOMAXPROCS(0))),
-	)
+	)...)
 	pb.RegisterChatServiceServer(s.grpc, s.chat)
 	pb.RegisterSessionServiceServer(s.grpc, s.sessions)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
