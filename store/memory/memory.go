@@ -66,8 +66,31 @@ var _ store.Store = (*Store)(nil)
 
 type session struct {
 	store.Session
-	history []store.Message
+	history history
 	lastMs  int64 // ms of the newest message id; ids never go back in time
+}
+
+// history is a session's newest messages, up to a limit. It grows to the
+// limit, then overwrites the oldest in place, so appending to a full
+// history allocates nothing.
+type history struct {
+	buf  []store.Message
+	head int // the oldest message's index in buf, once buf is full
+}
+
+func (h *history) len() int { return len(h.buf) }
+
+// at is the i-th oldest message.
+func (h *history) at(i int) *store.Message { return &h.buf[(h.head+i)%len(h.buf)] }
+
+// push appends m, dropping the oldest message if the history holds limit.
+func (h *history) push(m store.Message, limit int) {
+	if len(h.buf) < limit {
+		h.buf = append(h.buf, m)
+		return
+	}
+	h.buf[h.head] = m
+	h.head = (h.head + 1) % len(h.buf)
 }
 
 type tuple struct{ tenant, platform, channel, user string }
@@ -246,7 +269,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
 			res.Contact = cloneContact(ct)
 		}
-		s.remember(ik, c.Idempotency, res, now)
+		remember(s, ik, c.Idempotency, res, now)
 		return res, nil
 	}
 	if plan.Close != nil {
@@ -280,7 +303,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 	res.Session = cloneSession(&cur.Session)
 	res.Contact = cloneContact(ct)
 	res.Greeting = msg
-	s.remember(ik, c.Idempotency, res, now)
+	remember(s, ik, c.Idempotency, res, now)
 	return res, nil
 }
 
@@ -306,7 +329,7 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 		Metadata:  m.Metadata,
 		Error:     m.Error,
 	}, now)
-	s.remember(ik, m.Idempotency, msg, now)
+	remember(s, ik, m.Idempotency, msg, now)
 	return msg, false, nil
 }
 
@@ -350,7 +373,7 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 	res.Matched = s.match(in.Tenant, &msg, now)
 	res.Message = msg
 	res.Session = cloneSession(&ses.Session)
-	s.remember(ik, in.Idempotency, res, now)
+	remember(s, ik, in.Idempotency, res, now)
 	return res, nil
 }
 
@@ -388,7 +411,7 @@ func (s *Store) ListMessages(_ context.Context, tenant, sessionID, afterID strin
 	if err != nil {
 		return nil, err
 	}
-	h := ses.history
+	h := &ses.history
 	i := 0
 	if afterID != "" {
 		// The id carries its sequence number. A cursor older than
@@ -399,17 +422,17 @@ func (s *Store) ListMessages(_ context.Context, tenant, sessionID, afterID strin
 		if err != nil || seq > ses.LastSeq {
 			return nil, store.ErrMessageNotFound
 		}
-		if len(h) > 0 && seq >= h[0].Seq {
-			i = int(seq - h[0].Seq + 1)
-			if h[i-1].ID != afterID {
+		if h.len() > 0 && seq >= h.at(0).Seq {
+			i = int(seq - h.at(0).Seq + 1)
+			if h.at(i-1).ID != afterID {
 				return nil, store.ErrMessageNotFound
 			}
 		}
 	}
-	end := min(len(h), i+limit)
+	end := min(h.len(), i+limit)
 	out := make([]store.Message, 0, end-i)
 	for j := i; j < end; j++ {
-		out = append(out, cloneMessage(&h[j]))
+		out = append(out, cloneMessage(h.at(j)))
 	}
 	return out, nil
 }
@@ -689,16 +712,7 @@ func (s *Store) append(ses *session, m store.Message, now time.Time) store.Messa
 	ses.LastMessageID = m.ID
 	ses.LastActivityAt = now
 	ses.ExpiresAt = now.Add(s.opts.SessionTTL)
-	if limit := s.opts.HistoryLimit; limit > 0 && len(ses.history) >= limit {
-		// Drop the oldest; compact now and then instead of on every append.
-		drop := len(ses.history) - limit + 1
-		if cap(ses.history) > 2*limit {
-			ses.history = append(make([]store.Message, 0, limit+limit/2), ses.history[drop:]...)
-		} else {
-			ses.history = ses.history[drop:]
-		}
-	}
-	ses.history = append(ses.history, m)
+	ses.history.push(m, s.opts.HistoryLimit)
 	s.publish(store.SessionTopic(ses.Tenant, ses.ID), func() store.Event {
 		ev := cloneMessage(&m)
 		return store.Event{Kind: store.EventMessage, SessionID: ses.ID, Message: &ev}
@@ -722,7 +736,9 @@ func replayed[T any](s *Store, k idemKey, idem store.Idempotency, now time.Time)
 	return e.result.(T), true, nil
 }
 
-func (s *Store) remember(k idemKey, idem store.Idempotency, result any, now time.Time) {
+// remember records the result of an idempotent call. Generic, like
+// replayed, so that a call without a key does not box its result.
+func remember[T any](s *Store, k idemKey, idem store.Idempotency, result T, now time.Time) {
 	if idem.Key == "" {
 		return
 	}

@@ -492,14 +492,25 @@ func testHistoryCap(e *env) {
 	for i := range histLimit + 3 {
 		all = append(all, e.post("t1", s.ID, fmt.Sprint(i)))
 	}
+	idsOf := func(ms []store.Message) (out []string) {
+		for _, m := range ms {
+			out = append(out, m.ID)
+		}
+		return out
+	}
 	msgs, err := e.s.ListMessages(e.ctx, "t1", s.ID, "", 100)
-	if err != nil || len(msgs) != histLimit || msgs[0].ID != all[3].ID {
-		e.t.Fatalf("retained = %d from %v, %v", len(msgs), msgs, err)
+	if err != nil || !slices.Equal(idsOf(msgs), idsOf(all[3:])) {
+		e.t.Fatalf("retained %v (%v), want the last %d: %v", idsOf(msgs), err, histLimit, idsOf(all[3:]))
 	}
 	// A cursor at a trimmed message still works: it is before everything.
 	msgs, err = e.s.ListMessages(e.ctx, "t1", s.ID, all[1].ID, 100)
-	if err != nil || len(msgs) != histLimit {
-		e.t.Fatalf("after a trimmed id = %d, %v", len(msgs), err)
+	if err != nil || !slices.Equal(idsOf(msgs), idsOf(all[3:])) {
+		e.t.Fatalf("after a trimmed id: %v, %v", idsOf(msgs), err)
+	}
+	// And one at a retained message that replaced a trimmed one.
+	msgs, err = e.s.ListMessages(e.ctx, "t1", s.ID, all[histLimit].ID, 100)
+	if err != nil || !slices.Equal(idsOf(msgs), idsOf(all[histLimit+1:])) {
+		e.t.Fatalf("after message %d: %v, %v", histLimit, idsOf(msgs), err)
 	}
 }
 
