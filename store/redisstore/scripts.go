@@ -139,51 +139,56 @@ end
 -- script assigns (a field list ending with '}'); from, when given, is written
 -- as the sender. ret may be a string: it is only added to. It returns the
 -- message and its seq as a string.
-local derived = {} -- per record: what entry derives from it, once per call
+--
+-- work[rec] is this call's working state for a record, kept out of rec
+-- (which scripts return encoded): what entry derives from it once, and
+-- trim, the limit save must trim the history to, while entries are unsaved.
+local work = {}
 local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
-  local d = derived[rec]
-  if not d then
-    d = {
+  local w = work[rec]
+  if not w then
+    w = {
       -- The session's fields of a message, encoded.
       head = ',"sid":' .. cjson.encode(rec.id) .. ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch),
       events = evp .. rec.tn .. ':' .. rec.id,
+      history = slotp .. 'h:' .. rec.id,
       gx = num(rec.gx or 0),
     }
-    derived[rec] = d
+    work[rec] = w
   end
   local seq = num(rec.seq) + 1
   local lms = math.max(now, num(rec.lms))
   local id = msgid(lms, seq, rnd)
   local seqs = itoa(seq)
-  local m = '{"id":"' .. id .. '","seq":' .. seqs .. d.head .. ',"at":' .. nows .. ','
+  local m = '{"id":"' .. id .. '","seq":' .. seqs .. w.head .. ',"at":' .. nows .. ','
   if from then m = m .. '"from":' .. cjson.encode(from) .. ',' end
   m = m .. suffix
-  local hkey = slotp .. 'h:' .. rec.id
   local v = num(rec.v) + 1
   -- The Redis TTLs only reclaim memory and carry the ended-session
   -- retention as margin, so refreshing them hourly, not per message, is
   -- enough and saves four writes on the hot path.
-  local refresh = now - d.gx >= 3600000
-  redis.call('XADD', hkey, seqs .. '-0', 'm', m)
+  local refresh = now - w.gx >= 3600000
+  redis.call('XADD', w.history, seqs .. '-0', 'm', m)
   -- From here rec must be saved, whatever fails next.
-  rec.dirty, rec.limit = hkey, limit
+  w.trim = limit
   rec.seq, rec.lid, rec.lms, rec.la, rec.ex, rec.v = seq, id, lms, nows, now + ttl, v
   if refresh then
-    d.gx, rec.gx = now, nows
+    w.gx, rec.gx = now, nows
     expire(slotp .. 's:' .. rec.id, ttl + ret)
-    expire(hkey, ttl + ret)
+    expire(w.history, ttl + ret)
     redis.call('PEXPIRE', pointer(slotp, rec), math.floor(ttl + ret))
     redis.call('PEXPIRE', slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us, math.floor(ttl + ret))
   end
-  redis.call('PUBLISH', d.events, m)
+  redis.call('PUBLISH', w.events, m)
   return m, seqs
 end
 -- save writes what entry changed in rec, the record at key, and trims its
--- history (rec.dirty), if entry added anything.
+-- history, if entry added anything since the last save.
 local function save(key, rec)
-  if not rec.dirty then return end
-  redis.call('XTRIM', rec.dirty, 'MAXLEN', rec.limit)
-  rec.dirty, rec.limit = nil, nil
+  local w = work[rec]
+  if not (w and w.trim) then return end
+  redis.call('XTRIM', w.history, 'MAXLEN', w.trim)
+  w.trim = nil
   -- la and gx are the callers' strings already.
   rec.seq, rec.lms, rec.ex, rec.v = itoa(rec.seq), itoa(rec.lms), itoa(rec.ex), itoa(rec.v)
   redis.call('HSET', key, 'seq', rec.seq, 'lid', rec.lid, 'lms', rec.lms, 'la', rec.la,
