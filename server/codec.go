@@ -6,7 +6,6 @@ import (
 	"io"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -110,32 +109,11 @@ func appendPostMessageResponse(b []byte, m *pb.PostMessageResponse) ([]byte, boo
 	return b, ok
 }
 
-// appendJSONString quotes s with protojson's escaping: '"', '\\' and
-// control characters only. Invalid UTF-8, which protojson refuses, clears ok.
+// appendJSONString quotes s as protojson does; invalid UTF-8, which
+// protojson refuses, clears ok.
 func appendJSONString(b []byte, s string, ok bool) ([]byte, bool) {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= utf8.RuneSelf {
-			r, n := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && n == 1 {
-				ok = false
-			}
-			i += n
-			continue
-		}
-		if c >= ' ' && c != '"' && c != '\\' {
-			i++
-			continue
-		}
-		b = append(b, s[start:i]...)
-		b = jsonw.AppendEscapedASCII(b, c)
-		i++
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"'), ok
+	b, valid := jsonw.AppendString(b, s, jsonw.Protojson)
+	return b, ok && valid
 }
 
 // Timestamps protojson accepts: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
-	"unicode/utf8"
 
 	"github.com/chatrelay/chatrelay/internal/jsonw"
 	"github.com/chatrelay/chatrelay/store"
@@ -74,40 +73,8 @@ func marshalSuffix(m *store.Message) (string, error) {
 	return string(b[1:]), nil
 }
 
-// appendJSONString quotes s as encoding/json does: '"', '\\', control
-// characters, and (HTML-safe) '<', '>', '&', U+2028 and U+2029 escaped, and
-// each byte of invalid UTF-8 written as U+FFFD.
+// appendJSONString quotes s as encoding/json does.
 func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= ' ' && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			b = jsonw.AppendEscapedASCII(b, c) // '<', '>' and '&' as \u00XX
-			i++
-			start = i
-			continue
-		}
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-		case r == '\u2028' || r == '\u2029':
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', "0123456789abcdef"[r&0xf])
-		default:
-			i += n
-			continue
-		}
-		i += n
-		start = i
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
+	b, _ = jsonw.AppendString(b, s, jsonw.EncodingJSON) // always valid
+	return b
 }
