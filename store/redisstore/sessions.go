@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/store"
@@ -95,34 +96,20 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		// The records read, each decoded once: the named session, the
 		// tuple's active session, and the contact. Their versions ("v")
 		// let the write check that nothing moved.
-		namedRec, err := decodeRecord("session", out[0])
+		named, namedRec, err := optionalSession(out[0], now)
 		if err != nil {
 			return store.ChatbotResult{}, err
 		}
-		activeRec, err := decodeRecord("session", out[1])
+		active, activeRec, err := optionalSession(out[1], now)
 		if err != nil {
 			return store.ChatbotResult{}, err
+		}
+		if active != nil && !active.State.Active() {
+			active = nil
 		}
 		contactRec, err := decodeRecord("contact", out[3])
 		if err != nil {
 			return store.ChatbotResult{}, err
-		}
-		var named, active *store.Session
-		if namedRec != nil {
-			ses, err := sessionFromMap(namedRec, now)
-			if err != nil {
-				return store.ChatbotResult{}, err
-			}
-			named = &ses
-		}
-		if activeRec != nil {
-			ses, err := sessionFromMap(activeRec, now)
-			if err != nil {
-				return store.ChatbotResult{}, err
-			}
-			if ses.State.Active() {
-				active = &ses
-			}
 		}
 		contact, err := contactFromMap(contactRec, c.Tenant, c.Platform, c.User)
 		if err != nil {
@@ -229,6 +216,20 @@ func (s *Store) decodeChatbot(raw string, c *store.ChatbotStart) (store.ChatbotR
 		r.Closed = &closed
 	}
 	return r, nil
+}
+
+// optionalSession decodes a session record a script answered, "" for none,
+// and returns the record too (for its version).
+func optionalSession(raw string, now time.Time) (*store.Session, map[string]string, error) {
+	m, err := decodeRecord("session", raw)
+	if m == nil || err != nil {
+		return nil, nil, err
+	}
+	ses, err := sessionFromMap(m, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &ses, m, nil
 }
 
 // mergeMaps is a with b's entries over it, in a new map (nil when both
