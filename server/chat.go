@@ -53,7 +53,7 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 			return nil, err
 		}
 		at = place{ses.Platform, ses.Channel}
-		c.places.put(tenant, req.SessionId, at)
+		c.places.learn(&ses)
 	}
 	out := store.OutboundMessage{
 		Tenant:      tenant,
@@ -155,6 +155,7 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 	if err != nil {
 		return nil, err
 	}
+	c.places.learn(&r.Session)
 	resp := &pb.SendChatbotMessageResponse{
 		SessionId:      r.Session.ID,
 		SessionStarted: r.SessionStarted,
@@ -219,7 +220,7 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	if err != nil {
 		return nil, err
 	}
-	c.places.put(tenant, r.Session.ID, place{r.Session.Platform, r.Session.Channel})
+	c.places.learn(&r.Session)
 	return &pb.IngestMessageResponse{
 		Message:          messagePB(&r.Message),
 		Session:          sessionPB(&r.Session),

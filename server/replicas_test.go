@@ -441,10 +441,12 @@ func TestRedisDownFailsFastAndRecovers(t *testing.T) {
 }
 
 // TestRedisRoundTripsPerRPC pins the cost of each RPC in Redis round trips
-// (scripts already loaded, the session's platform and channel already seen).
+// on replica A (scripts already loaded). A replica learns a session's
+// platform and channel from any call that returns the session; only a
+// session it has never seen, here one created on B, costs one more read.
 func TestRedisRoundTripsPerRPC(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 1)
+	cl := startCluster(t, 2)
 	a, trips := cl.replicas[0], cl.trips[0]
 	ses := a.createSession("u1")
 	// Warm up: load every script once and let the replica see the session.
@@ -457,7 +459,17 @@ func TestRedisRoundTripsPerRPC(t *testing.T) {
 	recvOrFail(t, warm.Recv)
 	other := a.createSession("u3")
 	a.sessions.CloseSession(a.ctx(), &pb.CloseSessionRequest{SessionId: other.SessionId})
-	unseen := a.createSession("u6") // no post or ingest yet: its channel is not known
+	created, created2 := a.createSession("u7"), a.createSession("u8") // no post or ingest yet
+	unseen, unseen2 := cl.replicas[1].createSession("u6"), cl.replicas[1].createSession("u9")
+	// Sessions A has seen only through SendChatbotMessage and GetSession.
+	byBot, err := a.chat.SendChatbotMessage(a.ctx(), &pb.SendChatbotMessageRequest{Chatbot: "bot_plain", From: "api", To: "u10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byGet := cl.replicas[1].createSession("u11")
+	if _, err := a.sessions.GetSession(a.ctx(), &pb.GetSessionRequest{SessionId: byGet.SessionId}); err != nil {
+		t.Fatal(err)
+	}
 
 	cases := []struct {
 		rpc  string
@@ -475,8 +487,23 @@ func TestRedisRoundTripsPerRPC(t *testing.T) {
 		{"IngestMessage into a named session, no listener", 1, func() {
 			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: ses.SessionId, Text: "in"})
 		}},
-		{"IngestMessage into a named session not seen before, no listener", 2, func() {
-			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: unseen.SessionId, Text: "in"})
+		{"PostMessage, the first into a session A created", 1, func() {
+			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: created.SessionId, Message: "m"})
+		}},
+		{"IngestMessage, the first into a named session A created, no listener", 1, func() {
+			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: created2.SessionId, Text: "in"})
+		}},
+		{"PostMessage, the first into a session A's SendChatbotMessage opened", 1, func() {
+			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: byBot.SessionId, Message: "m"})
+		}},
+		{"PostMessage, the first into a session A only read", 1, func() {
+			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: byGet.SessionId, Message: "m"})
+		}},
+		{"PostMessage, the first into a session A never saw", 2, func() {
+			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: unseen.SessionId, Message: "m"})
+		}},
+		{"IngestMessage, the first into a named session A never saw, no listener", 2, func() {
+			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: unseen2.SessionId, Text: "in"})
 		}},
 		{"CreateSession", 1, func() { a.createSession("u4") }},
 		{"GetSession", 1, func() { a.sessions.GetSession(a.ctx(), &pb.GetSessionRequest{SessionId: ses.SessionId}) }},

@@ -32,6 +32,7 @@ func (s *sessionService) CreateSession(ctx context.Context, req *pb.CreateSessio
 	if err != nil {
 		return nil, err
 	}
+	s.places.learn(&ses)
 	return &pb.CreateSessionResponse{Session: sessionPB(&ses)}, nil
 }
 
@@ -45,6 +46,7 @@ func (s *sessionService) GetSession(ctx context.Context, req *pb.GetSessionReque
 	if err != nil {
 		return nil, err
 	}
+	s.places.learn(&ses)
 	return &pb.GetSessionResponse{Session: sessionPB(&ses)}, nil
 }
 
@@ -70,6 +72,7 @@ func (s *sessionService) UpdateSession(ctx context.Context, req *pb.UpdateSessio
 	if err != nil {
 		return nil, err
 	}
+	s.places.learn(&ses)
 	return &pb.UpdateSessionResponse{Session: sessionPB(&ses)}, nil
 }
 
