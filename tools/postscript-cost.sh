@@ -51,9 +51,11 @@ for _ in $(seq "$POSTS"); do
 	ARGS="$ARGS b:{x} 1795297498123 t 0123456789abcdef \"dir\":\"out\",\"text\":\"shipped\",\"st\":\"delivered\"} '' ''"
 done
 eval redis-benchmark -p "$PORT" -c 1 -n "$WARM" -q EVALSHA "$SHA" "$POSTS" $KEYS $ARGS >/dev/null 2>&1
+# Count only the calls into the full history, not the warm-up's.
+callgrind_control -z "$VG" >/dev/null 2>&1
 eval redis-benchmark -p "$PORT" -c 1 -n "$N" -q EVALSHA "$SHA" "$POSTS" $KEYS $ARGS >/dev/null 2>&1
 echo "history: $($R xlen 'b:{x}h:ses1') entries"
 $R shutdown nosave >/dev/null 2>&1 || true
 wait "$VG" 2>/dev/null || true
-callgrind_annotate "$OUT/cg" 2>/dev/null | awk -v n=$((N + WARM)) -v p="$POSTS" '/PROGRAM TOTALS/ {
+callgrind_annotate "$OUT/cg" 2>/dev/null | awk -v n=$N -v p="$POSTS" '/PROGRAM TOTALS/ {
 	gsub(",", "", $1); printf "%.0f instructions per call of %d posts (%.0f per post)\n", $1 / n, p, $1 / n / p }'
