@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 	"strconv"
 
@@ -32,12 +33,7 @@ func messageSuffix(m *store.Message) (string, error) {
 	b = strconv.AppendInt(b, int64(m.Status), 10)
 	if len(m.Metadata) > 0 {
 		b = append(b, `,"md":{`...)
-		keys := make([]string, 0, len(m.Metadata))
-		for k := range m.Metadata {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for i, k := range keys {
+		for i, k := range slices.Sorted(maps.Keys(m.Metadata)) {
 			if i > 0 {
 				b = append(b, ',')
 			}
