@@ -471,40 +471,30 @@ func TestRedisRoundTripsPerRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	postInto := func(sid string) func() {
+		return func() { a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: "m"}) }
+	}
+	ingestInto := func(sid string) func() {
+		return func() { a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: sid, Text: "in"}) }
+	}
 	cases := []struct {
 		rpc  string
 		want int64
 		call func()
 	}{
-		{"PostMessage", 1, func() {
-			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "m"})
-		}},
+		{"PostMessage", 1, postInto(ses.SessionId)},
 		{"PostMessage with idempotency_key", 1, func() {
 			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "m", IdempotencyKey: "k1"})
 		}},
 		{"IngestMessage, no listener", 1, func() { a.ingest("u1", "in") }},
 		{"IngestMessage opening a session", 1, func() { a.ingest("u2", "in") }},
-		{"IngestMessage into a named session, no listener", 1, func() {
-			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: ses.SessionId, Text: "in"})
-		}},
-		{"PostMessage, the first into a session A created", 1, func() {
-			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: created.SessionId, Message: "m"})
-		}},
-		{"IngestMessage, the first into a named session A created, no listener", 1, func() {
-			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: created2.SessionId, Text: "in"})
-		}},
-		{"PostMessage, the first into a session A's SendChatbotMessage opened", 1, func() {
-			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: byBot.SessionId, Message: "m"})
-		}},
-		{"PostMessage, the first into a session A only read", 1, func() {
-			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: byGet.SessionId, Message: "m"})
-		}},
-		{"PostMessage, the first into a session A never saw", 2, func() {
-			a.chat.PostMessage(a.ctx(), &pb.PostMessageRequest{SessionId: unseen.SessionId, Message: "m"})
-		}},
-		{"IngestMessage, the first into a named session A never saw, no listener", 2, func() {
-			a.chat.IngestMessage(a.ctx(), &pb.IngestMessageRequest{SessionId: unseen2.SessionId, Text: "in"})
-		}},
+		{"IngestMessage into a named session, no listener", 1, ingestInto(ses.SessionId)},
+		{"PostMessage, the first into a session A created", 1, postInto(created.SessionId)},
+		{"IngestMessage, the first into a named session A created, no listener", 1, ingestInto(created2.SessionId)},
+		{"PostMessage, the first into a session A's SendChatbotMessage opened", 1, postInto(byBot.SessionId)},
+		{"PostMessage, the first into a session A only read", 1, postInto(byGet.SessionId)},
+		{"PostMessage, the first into a session A never saw", 2, postInto(unseen.SessionId)},
+		{"IngestMessage, the first into a named session A never saw, no listener", 2, ingestInto(unseen2.SessionId)},
 		{"CreateSession", 1, func() { a.createSession("u4") }},
 		{"GetSession", 1, func() { a.sessions.GetSession(a.ctx(), &pb.GetSessionRequest{SessionId: ses.SessionId}) }},
 		{"UpdateSession", 1, func() {
