@@ -43,11 +43,24 @@ type batchReq struct {
 	// common is how many leading args the calls of a group share.
 	group  string
 	common int
-	// wake is signalled once: with the answer set, or lead set (this
-	// caller now leads the next pipeline).
-	wake chan struct{}
-	lead bool
+	// wake is signalled once a queued call leaves the queue: with its
+	// answer set (state taken), or with the lead (state leading).
+	wake  chan struct{}
+	state reqState // guarded by batcher.mu
 }
+
+// reqState is where a queued call stands. Every transition happens under
+// batcher.mu, so a caller whose ctx ends can tell whether its call can
+// still be withdrawn (queued), has gone out (taken), or was handed the lead
+// it must pass on (leading).
+type reqState uint8
+
+const (
+	queued    reqState = iota
+	taken              // in a pipeline: its answer comes, wanted or not
+	leading            // handed the lead of the next pipeline
+	abandoned          // its caller went away first: it is never sent
+)
 
 const (
 	// Two pipelines in flight: one being answered while the next is
@@ -80,12 +93,18 @@ func (b *batcher) run(ctx context.Context, sc *redis.Script, keys []string, args
 // either way r's answer is its own reply alone. The shared args must be
 // comparable; a call whose shared args differ from the group's is sent on
 // its own.
+//
+// do honours ctx while r waits in the queue: a call withdrawn in time is
+// never sent, and one whose caller leaves later runs with nobody waiting
+// for its answer (an idempotency key makes the caller's retry safe). A
+// caller that leads a pipeline sees it through, on the batcher's own
+// deadline, since other callers' answers ride on it.
 func (b *batcher) do(ctx context.Context, r *batchReq) (any, error) {
 	b.mu.Lock()
 	if b.leaders < maxLeaders {
 		b.leaders++
 		b.mu.Unlock()
-		b.leadFrom(r)
+		b.lead(r)
 		return r.val, r.err
 	}
 	r.wake = wakes.Get().(chan struct{})
@@ -96,44 +115,84 @@ func (b *batcher) do(ctx context.Context, r *batchReq) (any, error) {
 		// Signalled once, and now empty: reusable.
 		wakes.Put(r.wake)
 	case <-ctx.Done():
-		// Still queued: it will run, and be answered to nobody; an
-		// idempotency key makes a retry safe.
+		// The wake channel may still be signalled: it is not reused.
+		b.withdraw(r)
 		return nil, ctx.Err()
 	}
-	if r.lead {
-		b.leadFrom(r)
+	if r.state == leading {
+		b.lead(r)
 	}
 	return r.val, r.err
 }
 
-// leadFrom sends first and the queued calls as one pipeline, then passes
-// the lead on or gives it up.
-func (b *batcher) leadFrom(first *batchReq) {
+// withdraw is do's side of a caller that gave up: a queued call is dropped,
+// and a lead it was handed goes to the next queued call, so the leader
+// count always returns to zero once the queue drains.
+func (b *batcher) withdraw(r *batchReq) {
 	b.mu.Lock()
-	n := min(len(b.queue), maxBatch-1)
-	batch := make([]*batchReq, 0, n+1)
-	batch = append(batch, first)
-	batch = append(batch, b.queue[:n]...)
-	b.queue = append(b.queue[:0:0], b.queue[n:]...)
+	switch r.state {
+	case queued:
+		r.state = abandoned
+		b.mu.Unlock()
+	case leading:
+		r.state = abandoned
+		b.passLeadLocked()
+	default: // taken: its pipeline answers it, to nobody
+		b.mu.Unlock()
+	}
+}
+
+// lead sends first and up to maxBatch-1 queued calls as one pipeline,
+// passes the lead on, and then answers the pipeline's callers.
+func (b *batcher) lead(first *batchReq) {
+	b.mu.Lock()
+	batch := append(make([]*batchReq, 0, min(len(b.queue)+1, maxBatch)), first)
+	for len(batch) < maxBatch {
+		r := b.popLocked()
+		if r == nil {
+			break
+		}
+		r.state = taken
+		batch = append(batch, r)
+	}
 	b.mu.Unlock()
 
 	b.send(batch)
 	// The next pipeline goes out first; this one's callers are answered
 	// while Redis works on it.
 	b.mu.Lock()
-	if len(b.queue) == 0 {
-		b.leaders--
-		b.mu.Unlock()
-	} else {
-		next := b.queue[0]
-		b.queue = b.queue[1:]
-		next.lead = true
-		b.mu.Unlock()
-		next.wake <- struct{}{}
-	}
+	b.passLeadLocked()
 	for _, r := range batch[1:] {
 		r.wake <- struct{}{}
 	}
+}
+
+// passLeadLocked hands a finished lead to the next queued call, or gives it
+// up when none is waiting. It is called with b.mu held, and releases it.
+func (b *batcher) passLeadLocked() {
+	next := b.popLocked()
+	if next == nil {
+		b.leaders--
+		b.mu.Unlock()
+		return
+	}
+	next.state = leading
+	b.mu.Unlock()
+	next.wake <- struct{}{}
+}
+
+// popLocked takes the oldest call still wanted off the queue, or nil.
+func (b *batcher) popLocked() *batchReq {
+	for len(b.queue) > 0 {
+		r := b.queue[0]
+		b.queue[0] = nil
+		b.queue = b.queue[1:]
+		if r.state != abandoned {
+			return r
+		}
+	}
+	b.queue = b.queue[:0]
+	return nil
 }
 
 func (b *batcher) send(batch []*batchReq) {

@@ -3,9 +3,13 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"reflect"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -207,5 +211,194 @@ func TestMalformedPostAnswersAreErrors(t *testing.T) {
 				t.Errorf("calls of 2 answered by %#v: call %d got no error", v, i)
 			}
 		}
+	}
+}
+
+// slowScript holds Redis for ARGV[1] milliseconds, then counts its call in
+// KEYS[1]: a pipeline in flight for as long as a test needs.
+var slowScript = redis.NewScript(`
+local t = redis.call('TIME')
+local start = t[1] * 1000 + t[2] / 1000
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000 + t[2] / 1000 - start >= tonumber(ARGV[1])
+return redis.call('INCR', KEYS[1])
+`)
+
+// settled reports whether the batcher is back at rest: no leader, and no
+// call left in its queue that anyone waits for.
+func (b *batcher) settled() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.leaders == 0 && b.popLocked() == nil
+}
+
+func (b *batcher) queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, r := range b.queue {
+		if r.state != abandoned {
+			n++
+		}
+	}
+	return n
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A caller that gives up while its call is queued gets its ctx's error at
+// once, and the call is never sent; one that gives up while its call is in
+// a pipeline gets it at once too, and the call runs exactly once. Either
+// way the batcher comes back to rest and serves the next call.
+func TestBatcherCallerCancelledWhileQueuedOrInFlight(t *testing.T) {
+	s, c := newTestStore(t, Options{Prefix: "cancel"})
+	b := s.batch
+	ctx := context.Background()
+	count := func(key string) int64 { n, _ := c.Get(ctx, key).Int64(); return n }
+
+	// Two slow calls take both leads.
+	var leaders sync.WaitGroup
+	for range maxLeaders {
+		leaders.Go(func() {
+			if _, err := b.run(ctx, slowScript, []string{"lead"}, 300); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	waitUntil(t, "both leads are taken", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.leaders == maxLeaders })
+
+	// One queued caller gives up; another stays.
+	gone, cancel := context.WithCancel(ctx)
+	res := make(chan error, 1)
+	go func() { _, err := b.run(gone, slowScript, []string{"withdrawn"}, 0); res <- err }()
+	waitUntil(t, "the first call is queued", func() bool { return b.queued() == 1 })
+	stays := make(chan error, 1)
+	go func() { _, err := b.run(ctx, slowScript, []string{"stays"}, 0); stays <- err }()
+	waitUntil(t, "the second call is queued", func() bool { return b.queued() == 2 })
+	cancel()
+	if err := <-res; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the withdrawn call answered %v, want context.Canceled", err)
+	}
+	leaders.Wait()
+	if err := <-stays; err != nil {
+		t.Fatalf("the queued call that stayed: %v", err)
+	}
+	waitUntil(t, "the batcher is at rest", b.settled)
+	if n := count("withdrawn"); n != 0 {
+		t.Errorf("the withdrawn call ran %d times, want never", n)
+	}
+
+	// A call in flight when its caller gives up: the caller is answered
+	// at once, and the call still runs once.
+	for range maxLeaders {
+		leaders.Go(func() { _, _ = b.run(ctx, slowScript, []string{"lead"}, 100) })
+	}
+	waitUntil(t, "both leads are taken", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.leaders == maxLeaders })
+	// The first queued call will lead the next pipeline; the second rides
+	// in it.
+	leaders.Go(func() { _, _ = b.run(ctx, slowScript, []string{"lead"}, 300) })
+	waitUntil(t, "the next leader is queued", func() bool { return b.queued() == 1 })
+	inflight, cancel2 := context.WithCancel(ctx)
+	go func() { _, err := b.run(inflight, slowScript, []string{"inflight"}, 0); res <- err }()
+	waitUntil(t, "the call is queued", func() bool { return b.queued() == 2 })
+	waitUntil(t, "the call is taken into a pipeline", func() bool { return b.queued() == 0 })
+	cancel2()
+	select {
+	case err := <-res:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the in-flight call answered %v, want context.Canceled", err)
+		}
+	case <-time.After(200 * time.Millisecond):
+		t.Fatal("the caller of an in-flight call waited for its pipeline after giving up")
+	}
+	leaders.Wait()
+	waitUntil(t, "the batcher is at rest", b.settled)
+	waitUntil(t, "the in-flight call ran", func() bool { return count("inflight") == 1 })
+	if _, err := b.run(ctx, slowScript, []string{"after"}, 0); err != nil {
+		t.Fatalf("a call after the cancellations: %v", err)
+	}
+}
+
+// A caller handed the lead after it gave up passes the lead on: to the
+// next queued call, or, with none, back to the batcher.
+func TestBatcherLeadHandedToAGoneCallerPassesOn(t *testing.T) {
+	b := newBatcher(nil)
+	b.leaders = maxLeaders
+	gone := &batchReq{state: leading, wake: make(chan struct{}, 1)}
+	next := &batchReq{state: queued, wake: make(chan struct{}, 1)}
+	b.queue = []*batchReq{{state: abandoned}, next}
+	b.withdraw(gone)
+	select {
+	case <-next.wake:
+	default:
+		t.Fatal("the next queued call was not woken")
+	}
+	if next.state != leading || b.leaders != maxLeaders || gone.state != abandoned {
+		t.Fatalf("next %v, leaders %d, gone %v; want next leading, leaders unchanged", next.state, b.leaders, gone.state)
+	}
+	b.withdraw(next)
+	if b.leaders != maxLeaders-1 || len(b.queue) != 0 {
+		t.Fatalf("with nobody queued: leaders %d, queue %d; want %d and empty", b.leaders, len(b.queue), maxLeaders-1)
+	}
+}
+
+// Callers giving up at random points of the batcher's life — queued,
+// handed the lead, in flight, answered — never wedge it: every caller that
+// stays is answered, the batcher returns to rest, and the next call runs.
+func TestBatcherSurvivesACancellationStorm(t *testing.T) {
+	s, c := newTestStore(t, Options{Prefix: "storm"})
+	b := s.batch
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var kept, answered atomic.Int64
+	for i := range 2000 {
+		wg.Go(func() {
+			callCtx, cancel := context.WithTimeout(ctx, time.Duration(rand.IntN(3000))*time.Microsecond)
+			defer cancel()
+			if i%4 == 0 {
+				callCtx = ctx // a quarter stay to the end
+				kept.Add(1)
+			}
+			if _, err := b.run(callCtx, slowScript, []string{"storm"}, 0); err == nil {
+				answered.Add(1)
+			} else if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("call %d: %v", i, err)
+			}
+		})
+	}
+	stormOver := make(chan struct{})
+	go func() { wg.Wait(); close(stormOver) }()
+	select {
+	case <-stormOver:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the batcher is wedged: callers that never gave up got no answer")
+	}
+	if answered.Load() < kept.Load() {
+		t.Errorf("%d calls answered, fewer than the %d that never gave up", answered.Load(), kept.Load())
+	}
+	waitUntil(t, "the batcher is at rest", b.settled)
+	done := make(chan error, 1)
+	go func() { _, err := b.run(ctx, slowScript, []string{"after"}, 0); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the batcher is wedged: a call after the storm got no answer")
+	}
+	ran, _ := c.Get(ctx, "storm").Int64()
+	if ran < answered.Load() || ran > 2000 {
+		t.Errorf("%d calls ran; %d were answered of 2000", ran, answered.Load())
 	}
 }
