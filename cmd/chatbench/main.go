@@ -41,7 +41,7 @@ type config struct {
 	redisURL    string // -use-redis, or a private redis-server's
 }
 
-var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "idle", "match", "fanout"}
+var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "idle", "match", "fanout", "cancel"}
 
 func main() {
 	serve := flag.Bool("serve", false, "internal: run as the server under test")
@@ -123,7 +123,7 @@ func run(cfg config, scenarios []string) error {
 		runtime.GOOS, runtime.GOARCH, cfg.concurrency, cfg.rounds, cfg.duration)
 
 	needRedis := slices.ContainsFunc(scenarios, func(s string) bool {
-		return s == "post-grpc-redis" || s == "match" || s == "fanout"
+		return s == "post-grpc-redis" || s == "match" || s == "fanout" || s == "cancel"
 	})
 	if needRedis && cfg.redisURL == "" {
 		if _, err := exec.LookPath("redis-server"); err != nil {
@@ -167,6 +167,8 @@ func run(cfg config, scenarios []string) error {
 			rows, err = benchMatch(ctx, cfg)
 		case "fanout":
 			rows, err = benchFanout(ctx, cfg)
+		case "cancel":
+			rows, err = benchCancel(ctx, cfg)
 		default:
 			continue
 		}
