@@ -1,5 +1,5 @@
 #!/bin/bash
-# postscript-cost.sh [scripts.go] [calls]
+# postscript-cost.sh [lua dir] [calls]
 #
 # Counts the CPU instructions Redis spends running postScript for one
 # merged call of 10 posts (POSTS=n for n) into one session whose history is
@@ -10,13 +10,13 @@
 # machine where timings cannot. Needs valgrind, redis-server,
 # redis-benchmark and python3. Example, against the last commit:
 #
-#   git show HEAD:store/redisstore/scripts.go > /tmp/old.go
-#   tools/postscript-cost.sh /tmp/old.go; tools/postscript-cost.sh
+#   mkdir -p /tmp/old && git archive HEAD store/redisstore/lua | tar -x -C /tmp/old
+#   tools/postscript-cost.sh /tmp/old/store/redisstore/lua; tools/postscript-cost.sh
 #
 # KEEP=1 keeps the callgrind output (its directory is printed) for
 # callgrind_annotate.
 set -euo pipefail
-SRC=${1:-store/redisstore/scripts.go}
+SRC=${1:-store/redisstore/lua}
 N=${2:-200}
 POSTS=${POSTS:-10}
 WARM=$((1100 / POSTS)) # fills the 1000-entry history
@@ -30,14 +30,7 @@ valgrind --tool=callgrind --toggle-collect=evalShaCommand --callgrind-out-file="
 VG=$!
 for _ in $(seq 100); do $R ping >/dev/null 2>&1 && break; sleep 0.2; done
 
-SCRIPT=$(python3 - "$SRC" <<'PY'
-import re, sys
-src = open(sys.argv[1]).read()
-prelude = re.search(r'const prelude = `(.*?)`', src, re.S).group(1)
-body = re.search(r'var postScript = script\(`(.*?)`\)', src, re.S).group(1)
-print(prelude + body)
-PY
-)
+SCRIPT=$(cat "$SRC/prelude.lua" "$SRC/post.lua")
 SHA=$($R script load "$SCRIPT")
 K='b:{x}s:ses1'
 $R hset $K id ses1 tn t pf api ch api us u st 1 bot '' md '{}' ca 1 ua 1 la 1 \

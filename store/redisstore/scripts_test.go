@@ -31,7 +31,7 @@ func TestScriptMessageIDsAreGoMessageIDs(t *testing.T) {
 	for _, tc := range cases {
 		args = append(args, tc.ms, tc.seq)
 	}
-	got, err := c.Eval(ctx, prelude+`
+	got, err := c.Eval(ctx, lua("prelude")+`
 local out = {}
 for i = 1, #ARGV, 2 do out[#out + 1] = msgid(tonumber(ARGV[i]), tonumber(ARGV[i + 1]), '`+rnd+`') end
 return out`, []string{"k"}, args...).StringSlice()

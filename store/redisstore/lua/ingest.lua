@@ -1,0 +1,36 @@
+-- This script appends an inbound message, opening the session when needed,
+-- and returns the listeners indexed under the session and the user (they
+-- share this slot) as match candidates. KEYS[1] session (when named) or
+-- tuple pointer. ARGV now, tenant, platform, channel, user, named sid ('' for
+-- none), new sid, ttl, ret, limit, rnd, suffix, slotp, event prefix,
+-- idempotency key, fingerprint, idempotency ttl.
+local now, slotp = tonumber(ARGV[1]), ARGV[13]
+local prev = idem(ARGV[15], ARGV[16], now)
+if prev then return prev end
+local ttl, ret = tonumber(ARGV[8]), tonumber(ARGV[9])
+local rec, started = nil, false
+if ARGV[6] ~= '' then
+  rec = hgetall(KEYS[1])
+  if not rec or rec.tn ~= ARGV[2] then return {'NOTFOUND'} end
+  local st = state(rec, now)
+  if not active(st) then return {ended(st)} end
+  if ARGV[5] ~= '' and ARGV[5] ~= rec.us then return {'MISMATCH'} end
+else
+  local cur = redis.call('GET', KEYS[1])
+  if cur then
+    rec = hgetall(slotp .. 's:' .. cur)
+    if rec and not active(state(rec, now)) then rec = nil end
+  end
+  if not rec then
+    rec = open(slotp, ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV[5], '{}', now, ttl, ret)
+    started = true
+  end
+end
+local m = append(slotp, ARGV[14], rec, now, ARGV[1], ARGV[12], ARGV[11], ttl, ret, tonumber(ARGV[10]), rec.us)
+local res = '{"m":' .. m .. ',"s":' .. cjson.encode(rec) .. ',"started":' .. tostring(started) .. '}'
+remember(ARGV[15], ARGV[16], now, tonumber(ARGV[17]), res)
+local out = {'OK', res}
+for _, k in ipairs({slotp .. 'x:s:' .. rec.tn .. ':' .. rec.id, slotp .. 'x:u:' .. rec.tn .. ':' .. rec.us}) do
+  for _, mem in ipairs(redis.call('SMEMBERS', k)) do out[#out + 1] = mem end
+end
+return out
