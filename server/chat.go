@@ -271,9 +271,12 @@ func (c *chatService) receiveFilter(req *pb.ChatReceiveRequest) (store.Filter, t
 	case req.TimeoutMinutes < 0:
 		chk.add("timeout_minutes", "must not be negative")
 	case req.TimeoutMinutes > 0:
-		timeout = time.Duration(req.TimeoutMinutes) * time.Minute
-		if timeout > c.cfg.Limits.MaxTimeout {
-			chk.add("timeout_minutes", "is %d; the limit is %d", req.TimeoutMinutes, int(c.cfg.Limits.MaxTimeout/time.Minute))
+		// Compared in minutes, before any arithmetic: a large value
+		// times time.Minute overflows.
+		if limit := int64(c.cfg.Limits.MaxTimeout / time.Minute); int64(req.TimeoutMinutes) > limit {
+			chk.add("timeout_minutes", "is %d; the limit is %d", req.TimeoutMinutes, limit)
+		} else {
+			timeout = time.Duration(req.TimeoutMinutes) * time.Minute
 		}
 	case req.Timeout != nil:
 		chk.duration("timeout", req.Timeout)

@@ -94,6 +94,8 @@ func TestBadInputIsRejectedWithFieldViolations(t *testing.T) {
 		{"receive with negative timeout_minutes", func() error { return stream(&pb.ChatReceiveRequest{TimeoutMinutes: -1}) }, "INVALID_ARGUMENT", "timeout_minutes"},
 		{"receive timeout over 7 days", func() error { return stream(&pb.ChatReceiveRequest{Timeout: durationpb.New(8 * 24 * time.Hour)}) }, "INVALID_ARGUMENT", "timeout"},
 		{"receive timeout_minutes over 7 days", func() error { return stream(&pb.ChatReceiveRequest{TimeoutMinutes: 7*24*60 + 1}) }, "INVALID_ARGUMENT", "timeout_minutes"},
+		{"receive timeout_minutes that overflows a Duration", func() error { return stream(&pb.ChatReceiveRequest{TimeoutMinutes: 2147483647}) }, "INVALID_ARGUMENT", "timeout_minutes"},
+		{"receive timeout_minutes that wraps past the limit", func() error { return stream(&pb.ChatReceiveRequest{TimeoutMinutes: 307445735}) }, "INVALID_ARGUMENT", "timeout_minutes"},
 		{"receive zero timeout", func() error { return stream(&pb.ChatReceiveRequest{Timeout: durationpb.New(0)}) }, "INVALID_ARGUMENT", "timeout"},
 		{"receive bad regex", func() error {
 			return stream(&pb.ChatReceiveRequest{KeywordFilter: "(unclosed", Match: pb.MatchMode_MATCH_MODE_REGEX})
