@@ -189,10 +189,7 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	chk.text("text", req.Text, c.cfg.Limits.MessageBytes, true)
 	chk.metadata("metadata", req.Metadata)
 	chk.id("idempotency_key", req.IdempotencyKey, false)
-	raw, err := rawJSON(req.Raw)
-	if err != nil {
-		chk.add("raw", "cannot be encoded as JSON: %v", err)
-	}
+	raw := chk.raw("raw", req.Raw)
 	if err := chk.err(); err != nil {
 		return nil, err
 	}

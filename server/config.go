@@ -236,43 +236,16 @@ type File struct {
 	// SessionTTL and HistoryLimit configure the store.
 	SessionTTL   time.Duration `yaml:"session_ttl"`
 	HistoryLimit int           `yaml:"history_limit"`
-	// Limits override DefaultLimits field by field.
-	Limits *fileLimits `yaml:"limits"`
-}
-
-type fileLimits struct {
-	MessageBytes       int           `yaml:"message_bytes"`
-	IDBytes            int           `yaml:"id_bytes"`
-	MetadataEntries    int           `yaml:"metadata_entries"`
-	MetadataKeyBytes   int           `yaml:"metadata_key_bytes"`
-	MetadataValueBytes int           `yaml:"metadata_value_bytes"`
-	KeywordBytes       int           `yaml:"keyword_bytes"`
-	MaxTimeout         time.Duration `yaml:"max_timeout"`
-	RequestBytes       int           `yaml:"request_bytes"`
+	// Limits override DefaultLimits field by field; nil means none.
+	Limits *Limits `yaml:"limits"`
 }
 
 // LimitsOrDefault returns DefaultLimits with the file's overrides applied.
 func (f *File) LimitsOrDefault() Limits {
-	l := DefaultLimits()
 	if f.Limits == nil {
-		return l
+		return DefaultLimits()
 	}
-	set := func(dst *int, v int) {
-		if v != 0 {
-			*dst = v
-		}
-	}
-	set(&l.MessageBytes, f.Limits.MessageBytes)
-	set(&l.IDBytes, f.Limits.IDBytes)
-	set(&l.MetadataEntries, f.Limits.MetadataEntries)
-	set(&l.MetadataKeyBytes, f.Limits.MetadataKeyBytes)
-	set(&l.MetadataValueBytes, f.Limits.MetadataValueBytes)
-	set(&l.KeywordBytes, f.Limits.KeywordBytes)
-	set(&l.RequestBytes, f.Limits.RequestBytes)
-	if f.Limits.MaxTimeout != 0 {
-		l.MaxTimeout = f.Limits.MaxTimeout
-	}
-	return l
+	return *f.Limits
 }
 
 // LoadFile reads a YAML configuration file. Unknown fields are errors, so a
@@ -283,7 +256,10 @@ func LoadFile(path string, lookupEnv func(string) (string, bool)) (*File, error)
 	if err != nil {
 		return nil, fmt.Errorf("config file: %w", err)
 	}
-	var f File
+	// Limits the file leaves out keep their defaults: the decoder only
+	// sets the fields it finds.
+	defaults := DefaultLimits()
+	f := File{Limits: &defaults}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {

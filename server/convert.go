@@ -100,8 +100,8 @@ func messagePB(m *store.Message) *pb.Message {
 }
 
 // rawPB turns a stored raw payload back into a Struct. The store only ever
-// holds what rawJSON produced, so a failure here is a bug; the payload is
-// then left out rather than failing the call.
+// holds what checker.raw accepted, so a failure here is a bug; the payload
+// is then left out rather than failing the call.
 func rawPB(raw []byte) *structpb.Struct {
 	if len(raw) == 0 {
 		return nil
@@ -111,13 +111,6 @@ func rawPB(raw []byte) *structpb.Struct {
 		return nil
 	}
 	return s
-}
-
-func rawJSON(s *structpb.Struct) ([]byte, error) {
-	if s == nil {
-		return nil, nil
-	}
-	return protojson.Marshal(s)
 }
 
 // fingerprint digests a request (minus its idempotency key) so a key reused

@@ -12,6 +12,7 @@ import (
 	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/server"
@@ -261,4 +262,78 @@ func TestHealthReadinessReflectionAndOpenAPI(t *testing.T) {
 	if !strings.Contains(strings.Join(names, ","), "chatrelay.v1.ChatService") || !strings.Contains(strings.Join(names, ","), "chatrelay.v1.SessionService") {
 		t.Fatalf("reflection lists %v", names)
 	}
+}
+
+// nested is a raw payload nesting depth levels of objects: {"a":{"a":…}}.
+func nested(t *testing.T, depth int) *structpb.Struct {
+	t.Helper()
+	var v any = "leaf"
+	for range depth - 1 {
+		v = map[string]any{"a": v}
+	}
+	return mustStruct(t, map[string]any{"a": v})
+}
+
+// A raw payload deeper or bigger than the limits is refused at ingest,
+// naming raw, and nothing is stored: before, 3,400 levels were accepted and
+// the session's history could never be read again.
+func TestIngestRefusesRawPayloadsPastTheLimits(t *testing.T) {
+	ts := start(t, nil, nil)
+	ctx := ts.ctx()
+	ingest := func(raw *structpb.Struct) error {
+		_, err := ts.chat.IngestMessage(ctx, &pb.IngestMessageRequest{FromUser: "u1", Text: "hi", Raw: raw})
+		return err
+	}
+	for _, depth := range []int{33, 1000} {
+		wantStatus(t, ingest(nested(t, depth)), codes.InvalidArgument, "INVALID_ARGUMENT", "raw")
+	}
+	wantStatus(t, ingest(mustStruct(t, map[string]any{"blob": strings.Repeat("x", 64<<10)})), codes.InvalidArgument, "INVALID_ARGUMENT", "raw")
+	// A list nests as an object does.
+	list := mustStruct(t, map[string]any{"a": []any{[]any{[]any{"x"}}}})
+	if err := ingest(list); err != nil {
+		t.Fatalf("a raw of 4 levels with lists: %v", err)
+	}
+	// At the limit, stored and read back whole, over both transports.
+	r, err := ts.chat.IngestMessage(ctx, &pb.IngestMessageRequest{FromUser: "u2", Text: "hi", Raw: nested(t, 32)})
+	if err != nil {
+		t.Fatalf("raw of 32 levels: %v", err)
+	}
+	h := ts.history(r.Session.SessionId)
+	if len(h) != 1 || h[0].Raw == nil || structDepthOf(h[0].Raw.AsMap()) != 32 {
+		t.Fatalf("history after a 32-level raw: %v", h)
+	}
+	rr := ts.rest("GET", "/v1/sessions/"+r.Session.SessionId+"/messages", nil)
+	if rr.code != 200 {
+		t.Fatalf("ListMessages over REST: %d %s", rr.code, rr.body)
+	}
+	// Over REST the limit is the same, and named.
+	for _, depth := range []int{40, 3400} {
+		body := `{"from_user":"u3","text":"hi","raw":` + strings.Repeat(`{"a":`, depth) + `1` + strings.Repeat(`}`, depth) + `}`
+		r := ts.rest("POST", "/v1/inbound-messages", body)
+		wantREST(t, r, 400, "INVALID_ARGUMENT")
+		if !strings.Contains(string(r.body), `"field":"raw"`) {
+			t.Fatalf("raw of %d levels over REST: no violation naming raw in %s", depth, r.body)
+		}
+	}
+	if n := len(ts.history(r.Session.SessionId)); n != 1 {
+		t.Fatalf("refused ingests stored messages: %d", n)
+	}
+}
+
+func structDepthOf(v any) int {
+	switch v := v.(type) {
+	case map[string]any:
+		d := 0
+		for _, e := range v {
+			d = max(d, structDepthOf(e))
+		}
+		return 1 + d
+	case []any:
+		d := 0
+		for _, e := range v {
+			d = max(d, structDepthOf(e))
+		}
+		return 1 + d
+	}
+	return 0
 }

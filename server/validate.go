@@ -1,7 +1,6 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -9,31 +8,43 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// Limits bounds every input field (DESIGN §5).
+// Limits bounds every input field and every resource a caller can hold
+// (docs/design.md §5). Each is configurable under `limits:` in the
+// configuration file, by the YAML name given.
 type Limits struct {
 	// MessageBytes bounds message texts (UTF-8 bytes). Default 32 KiB.
-	MessageBytes int
+	MessageBytes int `yaml:"message_bytes"`
 	// IDBytes bounds ids, user ids, channel ids and idempotency keys, which
 	// must be [A-Za-z0-9_.:@+-]. Default 128.
-	IDBytes int
+	IDBytes int `yaml:"id_bytes"`
 	// MetadataEntries, MetadataKeyBytes and MetadataValueBytes bound every
 	// metadata map. Defaults 64, 64 and 1 KiB.
-	MetadataEntries    int
-	MetadataKeyBytes   int
-	MetadataValueBytes int
+	MetadataEntries    int `yaml:"metadata_entries"`
+	MetadataKeyBytes   int `yaml:"metadata_key_bytes"`
+	MetadataValueBytes int `yaml:"metadata_value_bytes"`
 	// KeywordBytes bounds keyword filters and regular expressions. Default
 	// 256.
-	KeywordBytes int
+	KeywordBytes int `yaml:"keyword_bytes"`
+	// RegexInstructions bounds a REGEX keyword filter's compiled program.
+	// Matching costs time in proportion to the program's size times the
+	// text's length, for every message a listener sees. Default 100.
+	RegexInstructions int `yaml:"regex_instructions"`
+	// RawBytes and RawDepth bound an inbound message's raw payload: its
+	// size as JSON and how deeply it nests. Defaults 64 KiB and 32.
+	RawBytes int `yaml:"raw_bytes"`
+	RawDepth int `yaml:"raw_depth"`
 	// MaxTimeout bounds ChatReceive timeouts. Default 7 days.
-	MaxTimeout time.Duration
+	MaxTimeout time.Duration `yaml:"max_timeout"`
 	// RequestBytes bounds a whole request message. Default 1 MiB.
-	RequestBytes int
+	RequestBytes int `yaml:"request_bytes"`
 }
 
-// DefaultLimits are DESIGN §5's defaults.
+// DefaultLimits are the defaults of docs/design.md §5.
 func DefaultLimits() Limits {
 	return Limits{
 		MessageBytes:       32 << 10,
@@ -42,15 +53,25 @@ func DefaultLimits() Limits {
 		MetadataKeyBytes:   64,
 		MetadataValueBytes: 1 << 10,
 		KeywordBytes:       256,
+		RegexInstructions:  100,
+		RawBytes:           64 << 10,
+		RawDepth:           32,
 		MaxTimeout:         7 * 24 * time.Hour,
 		RequestBytes:       1 << 20,
 	}
 }
 
 func (l Limits) validate() error {
-	if l.MessageBytes <= 0 || l.IDBytes <= 0 || l.MetadataEntries <= 0 || l.MetadataKeyBytes <= 0 ||
-		l.MetadataValueBytes <= 0 || l.KeywordBytes <= 0 || l.MaxTimeout <= 0 || l.RequestBytes <= 0 {
-		return errors.New("every limit must be positive")
+	for name, v := range map[string]int64{
+		"message_bytes": int64(l.MessageBytes), "id_bytes": int64(l.IDBytes), "metadata_entries": int64(l.MetadataEntries),
+		"metadata_key_bytes": int64(l.MetadataKeyBytes), "metadata_value_bytes": int64(l.MetadataValueBytes),
+		"keyword_bytes": int64(l.KeywordBytes), "regex_instructions": int64(l.RegexInstructions),
+		"raw_bytes": int64(l.RawBytes), "raw_depth": int64(l.RawDepth), "max_timeout": int64(l.MaxTimeout),
+		"request_bytes": int64(l.RequestBytes),
+	} {
+		if v <= 0 {
+			return fmt.Errorf("%s must be positive", name)
+		}
 	}
 	return nil
 }
@@ -179,4 +200,60 @@ func truncate(s string) string {
 		s = s[:16] + "…"
 	}
 	return strings.ToValidUTF8(s, "")
+}
+
+// raw checks an inbound message's raw payload and returns it as JSON:
+// at most RawDepth levels of objects and arrays, and RawBytes once
+// encoded. Stored JSON is decoded with a recursion limit, so a payload
+// nested past it could be stored but never read back; refusing it here
+// keeps every stored message readable.
+func (c *checker) raw(field string, s *structpb.Struct) []byte {
+	if s == nil {
+		return nil
+	}
+	if structDepth(s, c.lim.RawDepth) > c.lim.RawDepth {
+		c.add(field, "nests more than %d levels of objects and arrays; the limit is %d", c.lim.RawDepth, c.lim.RawDepth)
+		return nil
+	}
+	b, err := protojson.Marshal(s)
+	switch {
+	case err != nil:
+		c.add(field, "cannot be encoded as JSON: %v", err)
+		return nil
+	case len(b) > c.lim.RawBytes:
+		c.add(field, "is %d bytes as JSON; the limit is %d", len(b), c.lim.RawBytes)
+		return nil
+	}
+	return b
+}
+
+// structDepth is how many levels of objects and arrays s nests (s itself
+// is 1), counted only up to limit+1: a deeper payload costs no more to
+// refuse than one just past the limit.
+func structDepth(s *structpb.Struct, limit int) int {
+	deepest := 1
+	for _, v := range s.GetFields() {
+		if deepest > limit {
+			break
+		}
+		deepest = max(deepest, 1+valueDepth(v, limit-1))
+	}
+	return deepest
+}
+
+func valueDepth(v *structpb.Value, limit int) int {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_StructValue:
+		return structDepth(k.StructValue, limit)
+	case *structpb.Value_ListValue:
+		deepest := 1
+		for _, e := range k.ListValue.GetValues() {
+			if deepest > limit {
+				break
+			}
+			deepest = max(deepest, 1+valueDepth(e, limit-1))
+		}
+		return deepest
+	}
+	return 0
 }
