@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -336,4 +337,57 @@ func structDepthOf(v any) int {
 		return 1 + d
 	}
 	return 0
+}
+
+// rawCodec sends a request's bytes as they are: what no generated client
+// can send, but any client can.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error)      { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error { *v.(*[]byte) = data; return nil }
+func (rawCodec) Name() string                       { return "proto" }
+
+// Requests whose bytes are not a valid message are bad input: INVALID_ARGUMENT
+// with ErrorInfo, through the same mapping as every other error, on unary
+// and streaming methods alike, and on the public health service too.
+func TestMalformedProtobufIsInvalidArgument(t *testing.T) {
+	ts := start(t, nil, nil)
+	bodies := map[string][]byte{
+		"garbage":                   {0xff, 0xff, 0xff, 0xff},
+		"truncated varint":          {0x08, 0x80},
+		"string with invalid UTF-8": {0x0a, 0x02, 0xff, 0xfe},
+		"length past the end":       {0x0a, 0x7f, 'x'},
+	}
+	methods := []struct {
+		name   string
+		stream bool
+	}{
+		{pb.ChatService_PostMessage_FullMethodName, false},
+		{pb.SessionService_CreateSession_FullMethodName, false},
+		{healthpb.Health_Check_FullMethodName, false},
+		{pb.ChatService_ChatReceive_FullMethodName, true},
+		{pb.SessionService_WatchSession_FullMethodName, true},
+	}
+	for what, body := range bodies {
+		for _, m := range methods {
+			t.Run(what+" "+m.name, func(t *testing.T) {
+				ctx := ts.ctx()
+				var err error
+				if !m.stream {
+					var out []byte
+					err = ts.conn.Invoke(ctx, m.name, body, &out, grpc.ForceCodec(rawCodec{}))
+				} else {
+					var st grpc.ClientStream
+					if st, err = ts.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, m.name, grpc.ForceCodec(rawCodec{})); err == nil {
+						if err = st.SendMsg(body); err == nil {
+							_ = st.CloseSend()
+							var out []byte
+							err = st.RecvMsg(&out)
+						}
+					}
+				}
+				wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "")
+			})
+		}
+	}
 }

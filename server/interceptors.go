@@ -124,9 +124,10 @@ func public(method string) bool {
 // REST gateway: panic recovery, authentication, the request size limit, and
 // the mapping of errors to statuses with details.
 type interceptors struct {
-	log  *slog.Logger
-	keys *keyring
-	lim  Limits
+	log   *slog.Logger
+	keys  *keyring
+	lim   Limits
+	codec *requestCodec
 }
 
 func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -143,7 +144,7 @@ func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServ
 			return nil, err
 		}
 	}
-	if err := ic.checkSize(req); err != nil {
+	if err := ic.decoded(req); err != nil {
 		return nil, err
 	}
 	return handler(ctx, req)
@@ -173,7 +174,14 @@ func (ic *interceptors) finish(method string, err error) error {
 	return st.Err()
 }
 
-func (ic *interceptors) checkSize(req any) error {
+// decoded checks a request arrived whole: it decoded (see requestCodec)
+// and is within the request size limit.
+func (ic *interceptors) decoded(req any) error {
+	if ic.codec != nil {
+		if err := ic.codec.take(req); err != nil {
+			return invalid("", "the request is not a valid protobuf message: %v", err)
+		}
+	}
 	m, ok := req.(proto.Message)
 	if !ok {
 		return nil
@@ -198,5 +206,5 @@ func (s *serverStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	return s.ic.checkSize(m)
+	return s.ic.decoded(m)
 }

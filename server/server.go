@@ -70,9 +70,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{})}
-	s.ic = &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits}
+	s.ic = &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits, codec: newRequestCodec()}
 	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
 	s.grpc = grpc.NewServer(append(TransportOptions(),
+		grpc.ForceServerCodecV2(s.ic.codec),
 		grpc.ChainUnaryInterceptor(s.ic.unary),
 		grpc.ChainStreamInterceptor(s.ic.stream),
 		// The transport's own limit sits above Limits.RequestBytes so that
