@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -514,5 +515,61 @@ func TestRedisRoundTripsPerRPC(t *testing.T) {
 		} else {
 			t.Logf("%s: %d round trip(s)", c.rpc, got)
 		}
+	}
+}
+
+// errorInfo returns the ErrorInfo detail of err's status, or nil.
+func errorInfo(err error) *errdetails.ErrorInfo {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	return nil
+}
+
+// A ChatReceive that the backend breaks tells its client how to carry on:
+// resume the listener, which lives on in Redis, by its conversation_id,
+// said in the message and in ErrorInfo's metadata; retrying "with the same
+// idempotency key", as other calls are told, means nothing to a wait.
+func TestChatReceiveBrokenByAnOutageSaysHowToResume(t *testing.T) {
+	t.Parallel()
+	var proxy *redistest.Proxy
+	cl := startClusterVia(t, 1, func(_ int, addr string) string {
+		proxy = redistest.NewProxy(t, addr)
+		return proxy.Addr
+	})
+	a := cl.replicas[0]
+	st, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u1", TimeoutMinutes: 10})
+	proxy.Cut()
+	a.clk.Advance(11 * time.Minute) // the deadline: the stream must ask Redis
+	_, err := st.Recv()
+	wantStatus(t, err, codes.Unavailable, "BACKEND_UNAVAILABLE", "")
+	if info := errorInfo(err); info.Metadata["conversation_id"] != w.ConversationId ||
+		!strings.Contains(status.Convert(err).Message(), "resume with conversation_id "+w.ConversationId) {
+		t.Fatalf("the stream ended with %v (metadata %v); want it to say to resume %s", err, info.Metadata, w.ConversationId)
+	}
+
+	// A new wait the outage breaks may or may not be registered.
+	err = firstErr(a.chat.ChatReceive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u2"}))
+	wantStatus(t, err, codes.Unavailable, "BACKEND_UNAVAILABLE", "")
+	if id := errorInfo(err).Metadata["conversation_id"]; id == "" || !strings.Contains(status.Convert(err).Message(), "if that is NOT_FOUND, wait anew") {
+		t.Fatalf("a new wait during the outage: %v", err)
+	}
+
+	// And resuming as told works once Redis is back.
+	proxy.Restore()
+	var res receiveStream
+	waitFor(t, "the resume to be accepted", func() bool {
+		s, err := a.chat.ChatReceive(a.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
+		if err == nil {
+			if _, err = s.Recv(); err == nil {
+				res = s
+			}
+		}
+		return err == nil
+	})
+	if got := recvOrFail(t, res.Recv).GetError().GetErrorCode(); got != "timeout" {
+		t.Fatalf("the resumed listener's outcome: %q, want timeout", got)
 	}
 }
