@@ -338,4 +338,7 @@ type Store interface {
 	Broker
 	// Ping reports whether the backend is reachable.
 	Ping(ctx context.Context) error
+	// Close stops what the store started (never what it was handed, such
+	// as a Redis client). It is safe to call more than once, concurrently.
+	Close() error
 }

@@ -58,8 +58,9 @@ type Store struct {
 	subsMu sync.Mutex
 	subs   map[store.Topic]map[*store.Subscription]struct{}
 
-	stop chan struct{}
-	done chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 var _ store.Store = (*Store)(nil)
@@ -160,13 +161,10 @@ func New(opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the sweeper. The data stays readable.
+// Close stops the sweeper. The data stays readable. It is safe to call
+// more than once, concurrently.
 func (s *Store) Close() error {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
+	s.closeOnce.Do(func() { close(s.stop) })
 	<-s.done
 	return nil
 }
@@ -241,7 +239,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 	now := s.opts.Clock.Now()
 	t := tuple{c.Tenant, c.Platform, c.Channel, c.User}
 	ik := idemKey{c.Tenant, "chatbot", t, c.Idempotency.Key}
-	if r, ok, err := replayed[store.ChatbotResult](s, ik, c.Idempotency, now); ok || err != nil {
+	if r, ok, err := replayed(s, ik, c.Idempotency, now, cloneChatbotResult); ok || err != nil {
 		r.Replayed = ok
 		return r, err
 	}
@@ -269,7 +267,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
 			res.Contact = cloneContact(ct)
 		}
-		remember(s, ik, c.Idempotency, res, now)
+		remember(s, ik, c.Idempotency, res, now, cloneChatbotResult)
 		return res, nil
 	}
 	if plan.Close != nil {
@@ -303,7 +301,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 	res.Session = cloneSession(&cur.Session)
 	res.Contact = cloneContact(ct)
 	res.Greeting = msg
-	remember(s, ik, c.Idempotency, res, now)
+	remember(s, ik, c.Idempotency, res, now, cloneChatbotResult)
 	return res, nil
 }
 
@@ -314,8 +312,8 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
 	ik := idemKey{m.Tenant, "post", m.SessionID, m.Idempotency.Key}
-	if msg, ok, err := replayed[store.Message](s, ik, m.Idempotency, now); ok || err != nil {
-		return cloneMessage(&msg), ok, err
+	if msg, ok, err := replayed(s, ik, m.Idempotency, now, cloneMessage); ok || err != nil {
+		return msg, ok, err
 	}
 	ses, err := s.lookupActive(m.Tenant, m.SessionID, now)
 	if err != nil {
@@ -329,7 +327,7 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 		Metadata:  m.Metadata,
 		Error:     m.Error,
 	}, now)
-	remember(s, ik, m.Idempotency, msg, now)
+	remember(s, ik, m.Idempotency, msg, now, cloneMessage)
 	return msg, false, nil
 }
 
@@ -342,7 +340,7 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 	if in.SessionID != "" {
 		ik.target = in.SessionID
 	}
-	if r, ok, err := replayed[store.IngestResult](s, ik, in.Idempotency, now); ok || err != nil {
+	if r, ok, err := replayed(s, ik, in.Idempotency, now, cloneIngestResult); ok || err != nil {
 		r.Replayed = ok
 		return r, err
 	}
@@ -373,7 +371,7 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 	res.Matched = s.match(in.Tenant, &msg, now)
 	res.Message = msg
 	res.Session = cloneSession(&ses.Session)
-	remember(s, ik, in.Idempotency, res, now)
+	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)
 	return res, nil
 }
 
@@ -720,9 +718,9 @@ func (s *Store) append(ses *session, m store.Message, now time.Time) store.Messa
 	return cloneMessage(&m)
 }
 
-// replayed returns the remembered result of an idempotent call, and
-// whether there is one.
-func replayed[T any](s *Store, k idemKey, idem store.Idempotency, now time.Time) (r T, ok bool, err error) {
+// replayed returns a copy of the remembered result of an idempotent
+// call, and whether there is one.
+func replayed[T any](s *Store, k idemKey, idem store.Idempotency, now time.Time, clone func(*T) T) (r T, ok bool, err error) {
 	if idem.Key == "" {
 		return r, false, nil
 	}
@@ -733,16 +731,18 @@ func replayed[T any](s *Store, k idemKey, idem store.Idempotency, now time.Time)
 	if e.fingerprint != idem.Fingerprint {
 		return r, false, store.ErrIdempotencyKeyReused
 	}
-	return e.result.(T), true, nil
+	return clone(e.result.(*T)), true, nil
 }
 
-// remember records the result of an idempotent call. Generic, like
-// replayed, so that a call without a key does not box its result.
-func remember[T any](s *Store, k idemKey, idem store.Idempotency, result T, now time.Time) {
+// remember records a copy of the result of an idempotent call: the caller
+// may change the one it was given. Generic, like replayed, so that a call
+// without a key does not box its result.
+func remember[T any](s *Store, k idemKey, idem store.Idempotency, result T, now time.Time, clone func(*T) T) {
 	if idem.Key == "" {
 		return
 	}
-	s.idem[k] = &idemEntry{fingerprint: idem.Fingerprint, expires: now.Add(s.opts.IdempotencyTTL), result: result}
+	kept := clone(&result)
+	s.idem[k] = &idemEntry{fingerprint: idem.Fingerprint, expires: now.Add(s.opts.IdempotencyTTL), result: &kept}
 }
 
 // ---- sweeping ----
@@ -834,6 +834,26 @@ func cloneMessage(m *store.Message) store.Message {
 	if m.Error != nil {
 		e := *m.Error
 		c.Error = &e
+	}
+	return c
+}
+
+func cloneIngestResult(r *store.IngestResult) store.IngestResult {
+	c := *r
+	c.Message = cloneMessage(&r.Message)
+	c.Session = cloneSession(&r.Session)
+	c.Matched = slices.Clone(r.Matched)
+	return c
+}
+
+func cloneChatbotResult(r *store.ChatbotResult) store.ChatbotResult {
+	c := *r
+	c.Session = cloneSession(&r.Session)
+	c.Contact = cloneContact(&r.Contact)
+	c.Greeting = cloneMessage(&r.Greeting)
+	if r.Closed != nil {
+		closed := cloneSession(r.Closed)
+		c.Closed = &closed
 	}
 	return c
 }

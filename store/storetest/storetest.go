@@ -95,6 +95,8 @@ func Run(t *testing.T, f Factory, _ Features) {
 		{"ChatbotForceStart", testChatbotForce},
 		{"ChatbotNamedSession", testChatbotNamedSession},
 		{"ChatbotIsIdempotent", testChatbotIdempotent},
+		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
+		{"CloseIsSafeConcurrently", testCloseConcurrently},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1043,5 +1045,104 @@ func testChatbotIdempotent(e *env) {
 	msgs, _ := e.s.ListMessages(e.ctx, "t1", r1.Session.ID, "", 10)
 	if len(msgs) != 1 {
 		e.t.Fatalf("history = %d messages, want 1", len(msgs))
+	}
+}
+
+// ---- the common contract ----
+
+// Callers may keep and change what a store returns: a later read, and a
+// replay of an idempotency key, still give what was stored.
+func testReturnedValuesAreCopies(e *env) {
+	md := func() map[string]string { return map[string]string{"k": "v"} }
+	spoil := func(m map[string]string) {
+		for k := range m {
+			m[k] = "spoiled"
+		}
+		m["added"] = "spoiled"
+	}
+	intact := func(what string, m map[string]string) {
+		e.t.Helper()
+		if len(m) != 1 || m["k"] != "v" {
+			e.t.Fatalf("%s: metadata %v, want the stored {k: v}", what, m)
+		}
+	}
+
+	ses, err := e.s.CreateSession(e.ctx, store.NewSession{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Metadata: md()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	spoil(ses.Metadata)
+	got, _ := e.s.GetSession(e.ctx, "t1", ses.ID)
+	intact("GetSession after the created session was changed", got.Metadata)
+	spoil(got.Metadata)
+	got, _ = e.s.GetSession(e.ctx, "t1", ses.ID)
+	intact("GetSession after a read session was changed", got.Metadata)
+
+	post := store.OutboundMessage{Tenant: "t1", SessionID: ses.ID, Text: "x", Status: store.StatusDelivered, Metadata: md(),
+		Idempotency: store.Idempotency{Key: "post", Fingerprint: "f"}}
+	m, _, err := e.s.AppendOutbound(e.ctx, post)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	spoil(m.Metadata)
+	m, replayed, _ := e.s.AppendOutbound(e.ctx, post)
+	if !replayed {
+		e.t.Fatal("the post's key was not replayed")
+	}
+	intact("a replayed post", m.Metadata)
+	spoil(m.Metadata)
+	m, _, _ = e.s.AppendOutbound(e.ctx, post)
+	intact("a post replayed after a replay was changed", m.Metadata)
+	hist, _ := e.s.ListMessages(e.ctx, "t1", ses.ID, "", 10)
+	intact("the history", hist[0].Metadata)
+	spoil(hist[0].Metadata)
+	hist, _ = e.s.ListMessages(e.ctx, "t1", ses.ID, "", 10)
+	intact("the history after a listed message was changed", hist[0].Metadata)
+
+	l := e.listen(store.Filter{User: "u2"}, 0)
+	in := store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u2", Text: "hi", Metadata: md(),
+		Raw: json.RawMessage(`{"k":"v"}`), Idempotency: store.Idempotency{Key: "in", Fingerprint: "f"}}
+	r := e.ingest(in)
+	spoil(r.Message.Metadata)
+	r.Message.Raw[2] = 'X'
+	r.Matched[0] = "spoiled"
+	r = e.ingest(in)
+	intact("a replayed ingest", r.Message.Metadata)
+	if string(r.Message.Raw) != `{"k":"v"}` || !slices.Equal(r.Matched, []string{l.ID}) {
+		e.t.Fatalf("a replayed ingest: raw %s, matched %v; want what was stored", r.Message.Raw, r.Matched)
+	}
+	lst := e.getListener(l.ID)
+	spoil(lst.Message.Metadata)
+	intact("a decided listener's message", e.getListener(l.ID).Message.Metadata)
+
+	c := store.ChatbotStart{User: "u3", SessionMetadata: md(), ContactMetadata: md(), Idempotency: store.Idempotency{Key: "bot", Fingerprint: "f"}}
+	b := e.chatbot(c)
+	spoil(b.Session.Metadata)
+	spoil(b.Contact.Metadata)
+	b = e.chatbot(c)
+	if !b.Replayed {
+		e.t.Fatal("the chatbot's key was not replayed")
+	}
+	intact("a replayed chatbot start's session", b.Session.Metadata)
+	intact("a replayed chatbot start's contact", b.Contact.Metadata)
+}
+
+// Close may be called more than once, and concurrently (a shutdown racing a
+// test's cleanup, say).
+func testCloseConcurrently(e *env) {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 2 * runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			<-start
+			if err := e.s.Close(); err != nil {
+				e.t.Errorf("Close: %v", err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if err := e.s.Close(); err != nil {
+		e.t.Fatalf("Close after Close: %v", err)
 	}
 }
