@@ -36,6 +36,7 @@ const (
 	reasonCanceled          = "CANCELLED"
 	reasonDeadlineExceeded  = "DEADLINE_EXCEEDED"
 	reasonIdempotencyReused = "IDEMPOTENCY_KEY_REUSED"
+	reasonHistoryTrimmed    = "HISTORY_TRIMMED"
 )
 
 // invalidError is bad input: one or more field violations.

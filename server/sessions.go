@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/store"
 )
 
@@ -126,6 +128,11 @@ func (s *sessionService) ListMessages(ctx context.Context, req *pb.ListMessagesR
 	if err != nil {
 		return nil, err
 	}
+	if after != "" && len(msgs) > 0 {
+		if seq, _ := ids.MessageSeq(after); msgs[0].Seq != seq+1 {
+			return nil, historyTrimmed(after, msgs[0].Seq-seq-1)
+		}
+	}
 	resp := &pb.ListMessagesResponse{}
 	if len(msgs) > size {
 		msgs = msgs[:size]
@@ -170,9 +177,16 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 	if err != nil {
 		return err
 	}
-	w := &watcher{ctx: ctx, st: st, tenant: tenant, id: req.SessionId, stream: stream, lastID: req.AfterMessageId}
-	if req.LiveOnly {
-		w.lastID, w.lastSeq = ses.LastMessageID, ses.LastSeq
+	w := &watcher{ctx: ctx, st: st, tenant: tenant, id: req.SessionId, stream: stream}
+	switch {
+	case req.LiveOnly:
+		w.at(ses.LastMessageID, ses.LastSeq)
+	case req.AfterMessageId != "":
+		seq, err := ids.MessageSeq(req.AfterMessageId)
+		if err != nil {
+			return invalid("after_message_id", "is not a message of this session")
+		}
+		w.at(req.AfterMessageId, seq)
 	}
 	if err := stream.SendHeader(metadata.Pairs(streamHeader, "watch")); err != nil {
 		return err
@@ -256,22 +270,37 @@ type watcher struct {
 	stream  grpc.ServerStreamingServer[pb.WatchSessionResponse]
 	lastID  string
 	lastSeq uint64
+	// exact is set once the cursor names a message the client has (or
+	// asked to start after): from then on a gap is a loss to report.
+	// Before it, with no after_message_id, "all retained history" starts
+	// wherever the history does.
+	exact bool
+}
+
+func (w *watcher) at(id string, seq uint64) {
+	w.lastID, w.lastSeq, w.exact = id, seq, true
 }
 
 func (w *watcher) send(m *store.Message) error {
 	if err := w.stream.Send(&pb.WatchSessionResponse{Event: &pb.WatchSessionResponse_Message{Message: messagePB(m)}}); err != nil {
 		return err
 	}
-	w.lastID, w.lastSeq = m.ID, m.Seq
+	w.at(m.ID, m.Seq)
 	return nil
 }
 
-// catchUp sends every retained message after the cursor.
+// catchUp sends every retained message after the cursor. If the history
+// no longer holds the message right after it (a watcher that fell too far
+// behind, or started after a trimmed message), the stream ends with
+// HISTORY_TRIMMED rather than skip what was lost.
 func (w *watcher) catchUp() error {
 	for {
 		msgs, err := w.st.ListMessages(w.ctx, w.tenant, w.id, w.lastID, replayPage)
 		if err != nil {
 			return err
+		}
+		if len(msgs) > 0 && w.exact && msgs[0].Seq != w.lastSeq+1 {
+			return historyTrimmed(w.lastID, msgs[0].Seq-w.lastSeq-1)
 		}
 		for i := range msgs {
 			if err := w.send(&msgs[i]); err != nil {
@@ -282,6 +311,15 @@ func (w *watcher) catchUp() error {
 			return nil
 		}
 	}
+}
+
+// historyTrimmed is the error of a reader whose cursor fell off the
+// retained history: lost messages were trimmed after afterID.
+func historyTrimmed(afterID string, lost uint64) error {
+	return &codedError{code: codes.OutOfRange, reason: reasonHistoryTrimmed,
+		msg: fmt.Sprintf("%d messages after %s were trimmed from the retained history before they could be read; "+
+			"read on from the oldest retained message (watch or list with no cursor) knowing they are lost", lost, afterID),
+		meta: map[string]string{"last_message_id": afterID}}
 }
 
 func (w *watcher) ended(ses *store.Session) error {

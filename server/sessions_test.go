@@ -2,9 +2,11 @@ package server_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/clock"
@@ -311,5 +314,103 @@ func TestWatchSessionWaitsForAStoreThatSeesExpiryLate(t *testing.T) {
 	clk.Advance(time.Second)
 	if got := recvOrFail(t, st.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_EXPIRED {
 		t.Fatalf("watcher got %v, want the expiry", got)
+	}
+}
+
+// startWithHistory starts a server whose sessions keep only limit messages.
+func startWithHistory(t *testing.T, limit int) *testServer {
+	t.Helper()
+	clk := clock.NewFake(epoch)
+	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk, HistoryLimit: limit}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	return start(t, ms, clk)
+}
+
+// A watcher that reads slowly while more is posted than the history keeps
+// falls off it. It must be told — HISTORY_TRIMMED, naming the last message
+// it got — never skip what was trimmed and end as if nothing happened.
+// (Before, a REST watcher reading slowly through 1,500 posts with a history
+// of 1,000 got 1,095 messages and a normal end.)
+func TestWatchSessionThatFallsOffTheHistoryIsToldSo(t *testing.T) {
+	ts := startWithHistory(t, 50)
+	ses := ts.createSession("u1")
+	grpcWatch := ts.liveWatch(ses.SessionId)
+	restWatch := ts.restStream("GET", "/v1/sessions/"+ses.SessionId+":watch?live_only=true", nil)
+	// Neither reads while far more is posted than flow control, socket
+	// buffers, the server's per-stream queue and the history hold.
+	text := strings.Repeat("x", 30<<10)
+	var posted []string
+	for i := range 1500 {
+		posted = append(posted, ts.post(ses.SessionId, fmt.Sprint(i, " ", text)))
+	}
+	if _, err := ts.sessions.CloseSession(ts.ctx(), &pb.CloseSessionRequest{SessionId: ses.SessionId}); err != nil {
+		t.Fatal(err)
+	}
+	// checkPrefix asserts got is posted[:len(got)]: in order, no gap.
+	checkPrefix := func(transport string, got []string) {
+		t.Helper()
+		if len(got) == len(posted) || !slices.Equal(got, posted[:len(got)]) {
+			t.Fatalf("%s watcher got %d messages; want an unbroken prefix of the %d posted, cut short", transport, len(got), len(posted))
+		}
+	}
+
+	var got []string
+	for {
+		f, err := grpcWatch.Recv()
+		if err != nil {
+			wantStatus(t, err, codes.OutOfRange, "HISTORY_TRIMMED", "")
+			if last := errorInfo(err).Metadata["last_message_id"]; len(got) == 0 || last != got[len(got)-1] {
+				t.Fatalf("gRPC: last_message_id %q, want the last message received", last)
+			}
+			break
+		}
+		if f.GetEnded() != nil {
+			t.Fatalf("gRPC watcher ended normally after %d of %d messages: the rest was skipped silently", len(got), len(posted))
+		}
+		got = append(got, f.GetMessage().GetMessageId())
+	}
+	checkPrefix("gRPC", got)
+
+	got = nil
+	for {
+		line := restWatch.next()
+		if e := path(line, "error"); e != nil {
+			if code := path(e, "code"); code != float64(codes.OutOfRange) || !strings.Contains(fmt.Sprint(e), "HISTORY_TRIMMED") {
+				t.Fatalf("REST: the last line %v, want OUT_OF_RANGE HISTORY_TRIMMED", e)
+			}
+			break
+		}
+		if path(line, "result", "ended") != nil {
+			t.Fatalf("REST watcher ended normally after %d of %d messages", len(got), len(posted))
+		}
+		got = append(got, str(line, "result", "message", "message_id"))
+	}
+	checkPrefix("REST", got)
+}
+
+// Starting after a message that has been trimmed, and paging past one, is
+// the same loss, and said the same way.
+func TestCursorsOnTrimmedHistoryAreRefused(t *testing.T) {
+	ts := startWithHistory(t, 3)
+	ses := ts.createSession("u1")
+	first := ts.post(ses.SessionId, "m1")
+	for i := range 4 {
+		ts.post(ses.SessionId, fmt.Sprint("m", i+2))
+	}
+	err := firstErr(ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId, AfterMessageId: first}))
+	wantStatus(t, err, codes.OutOfRange, "HISTORY_TRIMMED", "")
+	if !strings.Contains(status.Convert(err).Message(), "1 messages after "+first) {
+		t.Fatalf("message %q does not say what was lost", status.Convert(err).Message())
+	}
+	token := base64.RawURLEncoding.EncodeToString([]byte(first))
+	_, err = ts.sessions.ListMessages(ts.ctx(), &pb.ListMessagesRequest{SessionId: ses.SessionId, PageToken: token})
+	wantStatus(t, err, codes.OutOfRange, "HISTORY_TRIMMED", "")
+	wantREST(t, ts.rest("GET", "/v1/sessions/"+ses.SessionId+"/messages?page_token="+token, nil), 400, "HISTORY_TRIMMED")
+	// With no cursor, what is retained reads as it is.
+	if h := ts.history(ses.SessionId); len(h) != 3 {
+		t.Fatalf("history %d messages, want the 3 retained", len(h))
 	}
 }
