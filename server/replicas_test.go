@@ -53,7 +53,7 @@ func startClusterVia(t *testing.T, n int, via func(i int, redisAddr string) stri
 		}
 		c := redis.NewClient(&redis.Options{
 			Addr: addr, ClientName: fmt.Sprintf("%s-replica%d", cl.prefix, i),
-			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: 1,
+			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1,
 		})
 		trips := &redistest.RoundTrips{}
 		c.AddHook(trips)

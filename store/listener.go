@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 	"time"
 	"unicode"
@@ -62,6 +63,68 @@ func (f Filter) Compile() (*Matcher, error) {
 		m.re = re
 	}
 	return m, nil
+}
+
+// RegexInstructions is the size of pattern's compiled program: what
+// matching it against a text costs per byte, at worst (RE2 runs in time
+// proportional to the text's length times the program's size).
+func RegexInstructions(pattern string) (int, error) {
+	re, err := syntax.Parse(pattern, syntax.Perl)
+	if err != nil {
+		return 0, err
+	}
+	prog, err := syntax.Compile(re.Simplify())
+	if err != nil {
+		return 0, err
+	}
+	return len(prog.Inst), nil
+}
+
+// Judge tells whether one message's text satisfies listeners' keywords,
+// judging each distinct keyword (and mode) once: a message that many
+// listeners waiting for the same words see is matched against them once.
+// It is not safe for concurrent use.
+type Judge struct {
+	text string
+	memo map[judgement]bool
+}
+
+type judgement struct {
+	mode    MatchMode
+	keyword string
+}
+
+// NewJudge returns a Judge of text.
+func NewJudge(text string) *Judge { return &Judge{text: text} }
+
+// Text reports whether the text satisfies m's keyword.
+func (j *Judge) Text(m *Matcher) bool {
+	if m.Keyword == "" {
+		return true
+	}
+	k := judgement{m.Match, m.Keyword}
+	if v, ok := j.memo[k]; ok {
+		return v
+	}
+	v := m.Text(j.text)
+	if j.memo == nil {
+		j.memo = make(map[judgement]bool)
+	}
+	j.memo[k] = v
+	return v
+}
+
+// Filter reports whether the text satisfies f's keyword, compiling f only
+// when its keyword has not been judged yet.
+func (j *Judge) Filter(f *Filter) (bool, error) {
+	if v, ok := j.memo[judgement{f.Match, f.Keyword}]; ok {
+		return v, nil
+	}
+	m, err := f.Compile()
+	if err != nil {
+		return false, err
+	}
+	return j.Text(m), nil
 }
 
 // Text reports whether text satisfies the keyword.

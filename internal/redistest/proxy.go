@@ -1,14 +1,17 @@
 package redistest
 
 import (
-	"io"
+	"bytes"
+
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
 // Proxy is a TCP relay in front of a redis-server that a test can cut, to
-// partition one client from Redis while others keep working.
+// partition one client from Redis while others keep working, or break at
+// one command, to fail a write path in the middle.
 type Proxy struct {
 	Addr string
 
@@ -16,7 +19,43 @@ type Proxy struct {
 	ln     net.Listener
 	mu     sync.Mutex
 	cut    bool
-	conns  map[net.Conn]struct{}
+	links  map[*link]struct{}
+	// The armed fault: the next command containing match gets fault.
+	match   []byte
+	fault   Fault
+	tripped chan struct{}
+	stalled chan struct{} // closed by Restore: stalled replies give up
+}
+
+// Fault is what Break does to the command it catches.
+type Fault int
+
+const (
+	// DropRequest breaks the connection before the command reaches
+	// Redis: it never runs.
+	DropRequest Fault = iota + 1
+	// DropReply lets Redis run the command and breaks the connection
+	// before its reply: the client cannot tell whether it ran.
+	DropReply
+	// StallReply lets Redis run the command and holds its reply until
+	// Restore: the client times out, not knowing whether it ran.
+	StallReply
+)
+
+func (f Fault) String() string {
+	return map[Fault]string{DropRequest: "request dropped", DropReply: "reply dropped", StallReply: "reply stalled"}[f]
+}
+
+// link is one client connection and its connection to Redis.
+type link struct {
+	client, server net.Conn
+	// breakReply is set when the command just relayed must lose its reply.
+	breakReply atomic.Int32 // a Fault, or 0
+}
+
+func (l *link) close() {
+	l.client.Close()
+	l.server.Close()
 }
 
 // NewProxy relays a free loopback port to target until the test ends.
@@ -26,11 +65,12 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln, links: map[*link]struct{}{}, stalled: make(chan struct{})}
 	go p.accept()
 	t.Cleanup(func() {
 		ln.Close()
 		p.Cut()
+		p.Restore()
 	})
 	return p
 }
@@ -53,17 +93,97 @@ func (p *Proxy) accept() {
 			c.Close()
 			continue
 		}
-		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+		l := &link{client: c, server: up}
+		p.links[l] = struct{}{}
 		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.requests(l)
+		go p.replies(l)
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
-	dst.Close()
-	src.Close()
+// requests relays what the client sends, watching for the armed command.
+func (p *Proxy) requests(l *link) {
+	defer p.forget(l)
+	buf := make([]byte, 32<<10)
+	var tail []byte // the end of the last chunk, for a match split across two
+	for {
+		n, err := l.client.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			switch p.catch(append(tail, chunk...)) {
+			case DropRequest:
+				return
+			case DropReply:
+				l.breakReply.Store(int32(DropReply))
+			case StallReply:
+				l.breakReply.Store(int32(StallReply))
+			}
+			if _, err := l.server.Write(chunk); err != nil {
+				return
+			}
+			tail = append(tail[:0], chunk[max(0, n-64):]...)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// replies relays what Redis answers, unless the command before broke it.
+func (p *Proxy) replies(l *link) {
+	defer p.forget(l)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := l.server.Read(buf)
+		if n > 0 {
+			switch Fault(l.breakReply.Load()) {
+			case DropReply:
+				return
+			case StallReply:
+				p.mu.Lock()
+				stalled := p.stalled
+				p.mu.Unlock()
+				<-stalled
+				return
+			}
+			if _, err := l.client.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *Proxy) forget(l *link) {
+	l.close()
+	p.mu.Lock()
+	delete(p.links, l)
+	p.mu.Unlock()
+}
+
+// catch reports the armed fault, disarming it, when data holds its match.
+func (p *Proxy) catch(data []byte) Fault {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.match == nil || !bytes.Contains(data, p.match) {
+		return 0
+	}
+	f := p.fault
+	p.match = nil
+	close(p.tripped)
+	return f
+}
+
+// Break arms f for the next command whose bytes contain match (a script's
+// SHA, a key), on whichever connection sends it, once. The returned channel
+// is closed when it strikes.
+func (p *Proxy) Break(match string, f Fault) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.match, p.fault, p.tripped = []byte(match), f, make(chan struct{})
+	return p.tripped
 }
 
 // Cut drops every relayed connection and refuses new ones until Restore.
@@ -71,15 +191,17 @@ func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = true
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
+	for l := range p.links {
+		l.close()
 	}
 }
 
-// Restore accepts connections again.
+// Restore accepts connections again, and lets stalled replies go (their
+// connections close: their clients gave up on them).
 func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = false
+	close(p.stalled)
+	p.stalled = make(chan struct{})
 }

@@ -18,9 +18,11 @@ import (
 //
 // Other query parameters are go-redis's (dial_timeout, pool_size, …).
 // Unless the URL sets them, timeouts are short (dial 1 s, read and write
-// 2 s) and a command is retried once, so that calls fail fast with
-// UNAVAILABLE while Redis is down instead of hanging. The caller closes the
-// client.
+// 2 s), so that calls fail fast with UNAVAILABLE while Redis is down
+// instead of hanging, and go-redis retries nothing: a command whose
+// connection broke may have run, and running a script again could repeat
+// a write. The error reaches the caller, whose retry with its idempotency
+// key is safe. The caller closes the client.
 func NewClient(rawURL string) (redis.UniversalClient, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -39,7 +41,7 @@ func NewClient(rawURL string) (redis.UniversalClient, error) {
 			*write = 2 * time.Second
 		}
 		if !explicit("max_retries") {
-			*retries = 1
+			*retries = -1 // go-redis: -1 is none, 0 its default of 3
 		}
 	}
 	switch {

@@ -42,3 +42,30 @@ func TestNewClientUnderstandsEachURLForm(t *testing.T) {
 		}
 	}
 }
+
+// go-redis retries nothing for chatrelay: a script whose connection broke
+// may have run, and running it again could repeat a write (a post without
+// an idempotency key, twice). storetest.RunFaults runs on these settings.
+func TestNewClientRetriesNothing(t *testing.T) {
+	for _, url := range []string{"redis://localhost:6379", "redis://localhost:7000?cluster=true", "redis://localhost:26379?master_name=m"} {
+		cl, err := redisstore.NewClient(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		retries := 0
+		switch c := cl.(type) {
+		case *redis.Client:
+			retries = c.Options().MaxRetries
+		case *redis.ClusterClient:
+			retries = c.Options().MaxRetries
+		}
+		// Set as -1; a Client keeps it as 0 once it has taken its defaults.
+		if retries > 0 {
+			t.Errorf("%s: MaxRetries %d, want none", url, retries)
+		}
+		_ = cl.Close()
+	}
+	if cl, _ := redisstore.NewClient("redis://localhost:6379?max_retries=2"); cl.(*redis.Client).Options().MaxRetries != 2 {
+		t.Error("an explicit max_retries was overridden")
+	}
+}

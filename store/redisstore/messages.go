@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -91,11 +92,24 @@ func postedMessage(posted string, m store.OutboundMessage, now int64) (store.Mes
 
 // Ingest costs 1 round trip when no listener could match: the ingest script
 // (which also returns the session and user listener indexes) pipelined with
-// reading the channel and "any" indexes. Each candidate that matches or is
-// in scope costs one compare-and-set, all pipelined in a second round trip.
-// An ingest into a named session learns the session's channel from the
-// script; if the caller's hint (in.Channel) was missing or wrong, reading
-// that channel's index costs one more round trip.
+// reading the channel and "any" indexes after it. Each candidate that
+// matches or is in scope costs one compare-and-set, all pipelined in a
+// second round trip. An ingest into a named session learns the session's
+// channel from the script; if the caller's hint (in.Channel) was missing
+// or wrong, reading that channel's index costs one more round trip. On
+// Cluster the channel and "any" indexes live on other nodes, where a
+// pipeline does not keep its order, so they are read after the script's
+// answer: one round trip more.
+//
+// The indexes are read after the script ran, never before: a listener
+// registered (waiting sent) before the message was appended is then in
+// them, as the contract promises. A listener registered in between may be
+// a candidate too, and match a message that came a moment before it.
+//
+// A replay of the idempotency key finishes the matching its first call
+// may not have done (it failed after the append): the compare-and-sets
+// are safe to run again, and a listener registered after the message is
+// left alone.
 func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.IngestResult, error) {
 	// The script writes the sender: the session's user.
 	suffix, err := messageSuffix(&store.Message{
@@ -121,59 +135,134 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL)}
 
 	pipe := s.c.Pipeline()
-	var chanCmd *redis.StringSliceCmd
-	if in.Channel != "" {
-		// The session's channel, or for a named session the caller's guess
-		// at it: listeners of another channel are out of scope for the
-		// message and are never candidates (match checks scope).
-		chanCmd = pipe.SMembers(ctx, s.channelBucket(in.Tenant, in.Channel))
-	}
-	anyCmd := pipe.SMembers(ctx, s.anyBucket(in.Tenant))
 	answer := s.inPipe(ctx, pipe, ingestScript, []string{key}, args...)
+	var early []*redis.StringSliceCmd
+	if s.single() {
+		// On one server, after the script on the same connection.
+		early = s.queueIndexReads(ctx, pipe, s.neighbourBuckets(in.Tenant, in.Channel))
+	}
 	_, _ = pipe.Exec(ctx)
 	code, out, err := answer()
 	if err != nil {
 		return store.IngestResult{}, err
 	}
-	var res store.IngestResult
 	switch code {
 	case "OK":
 	case "REPLAY":
-		res, _, err = decodeIngest(out[0], now)
-		res.Replayed = true
-		return res, err
+		return s.finishReplay(ctx, in, idemKey, out[0], now)
 	default:
-		return res, codeErr(code)
+		return store.IngestResult{}, codeErr(code)
 	}
 	res, rawMsg, err := decodeIngest(out[0], now)
 	if err != nil {
 		return res, err
 	}
 	members := out[1:]
-	if chanCmd != nil {
-		if err := chanCmd.Err(); err != nil {
-			return res, unavailable(err)
-		}
-		members = append(members, chanCmd.Val()...)
+	more, err := indexVals(early)
+	if err != nil {
+		return res, err
 	}
-	if err := anyCmd.Err(); err != nil {
-		return res, unavailable(err)
+	members = append(members, more...)
+	var late []string
+	switch {
+	case !s.single():
+		late = s.neighbourBuckets(in.Tenant, res.Message.Channel)
+	case res.Message.Channel != in.Channel:
+		late = []string{s.channelBucket(in.Tenant, res.Message.Channel)}
 	}
-	members = append(members, anyCmd.Val()...)
-	if res.Message.Channel != in.Channel {
-		more, err := s.c.SMembers(ctx, s.channelBucket(in.Tenant, res.Message.Channel)).Result()
+	if len(late) > 0 {
+		more, err := s.readIndexes(ctx, late)
 		if err != nil {
-			return res, unavailable(err)
+			return res, err
 		}
 		members = append(members, more...)
 	}
-	if res.Matched, err = s.match(ctx, in.Tenant, &res.Message, rawMsg, members); err != nil {
+	if res.Matched, err = s.match(ctx, in.Tenant, &res.Message, rawMsg, members, 0); err != nil {
 		return res, err
 	}
 	if len(res.Matched) > 0 && idemKey != "" {
 		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, out[0], res.Matched)
 	}
 	return res, nil
+}
+
+// finishReplay answers a replayed ingest (raw is the first call's result)
+// after deciding, again, every listener the message matches that was
+// registered by the time it was appended.
+func (s *Store) finishReplay(ctx context.Context, in store.InboundMessage, idemKey, raw string, now time.Time) (store.IngestResult, error) {
+	res, rawMsg, err := decodeIngest(raw, now)
+	res.Replayed = true
+	if err != nil {
+		return res, err
+	}
+	msg := &res.Message
+	slotp := s.sessionSlot(msg.SessionID)
+	buckets := append(s.neighbourBuckets(in.Tenant, msg.Channel),
+		slotp+"x:s:"+in.Tenant+":"+msg.SessionID, slotp+"x:u:"+in.Tenant+":"+res.Session.User)
+	members, err := s.readIndexes(ctx, buckets)
+	if err != nil {
+		return res, err
+	}
+	matched, err := s.match(ctx, in.Tenant, msg, rawMsg, members, msg.CreatedAt.UnixMilli())
+	if err != nil {
+		return res, err
+	}
+	if all := union(res.Matched, matched); len(all) != len(res.Matched) {
+		res.Matched = all
+		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, raw, all)
+	}
+	return res, nil
+}
+
+// single reports whether the client talks to one server (standalone, or
+// the Sentinel-managed primary), where one script may touch any key and a
+// pipeline runs in order.
+func (s *Store) single() bool {
+	_, ok := s.c.(*redis.Client)
+	return ok
+}
+
+// neighbourBuckets are the index sets outside a message's slot that hold
+// its candidates: its channel's, and the tenant's unfiltered listeners.
+func (s *Store) neighbourBuckets(tenant, channel string) []string {
+	if channel == "" {
+		return []string{s.anyBucket(tenant)}
+	}
+	return []string{s.channelBucket(tenant, channel), s.anyBucket(tenant)}
+}
+
+func (s *Store) queueIndexReads(ctx context.Context, pipe redis.Pipeliner, buckets []string) []*redis.StringSliceCmd {
+	cmds := make([]*redis.StringSliceCmd, len(buckets))
+	for i, b := range buckets {
+		cmds[i] = pipe.SMembers(ctx, b)
+	}
+	return cmds
+}
+
+// readIndexes reads index sets in one pipeline.
+func (s *Store) readIndexes(ctx context.Context, buckets []string) ([]string, error) {
+	pipe := s.c.Pipeline()
+	cmds := s.queueIndexReads(ctx, pipe, buckets)
+	_, _ = pipe.Exec(ctx)
+	return indexVals(cmds)
+}
+
+func indexVals(cmds []*redis.StringSliceCmd) ([]string, error) {
+	var out []string
+	for _, c := range cmds {
+		if err := c.Err(); err != nil {
+			return nil, unavailable(err)
+		}
+		out = append(out, c.Val()...)
+	}
+	return out, nil
+}
+
+// union is a and b's ids, sorted, each once.
+func union(a, b []string) []string {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // decodeIngest reads the ingest script's result, and returns the message's
@@ -219,30 +308,37 @@ func (s *Store) rememberMatched(ctx context.Context, key, fp string, now time.Ti
 // match evaluates candidate listeners against msg (rawMsg is its JSON) and
 // decides, by compare-and-set, those it matches; in-scope mismatches are
 // noted. It returns the ids it resolved.
-func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, rawMsg string, members []string) ([]string, error) {
+//
+// registeredBy, when not 0, leaves alone listeners registered after that
+// time (see finishReplay).
+func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, rawMsg string, members []string, registeredBy int64) ([]string, error) {
 	type cand struct {
 		lid, member, bucket string
 		matched             bool
 		answer              func() *redis.Cmd
 	}
 	var cands []*cand
-	// A listener is a member of exactly one index set, so no candidate
-	// comes twice. Scope is checked before compiling the keyword (a regular
-	// expression, perhaps), which only in-scope candidates need.
+	judge := store.NewJudge(msg.Text)
+	// A listener is a member of exactly one index set; seen keeps a set
+	// read twice from making it a candidate twice. Scope is checked before
+	// the keyword (a regular expression, perhaps), which only in-scope
+	// candidates need, and each distinct keyword is judged once.
+	seen := make(map[string]bool, len(members))
 	for _, mem := range members {
 		lid, fjson, ok := strings.Cut(mem, " ")
-		if !ok {
+		if !ok || seen[lid] {
 			continue
 		}
+		seen[lid] = true
 		f, err := decodeFilter(fjson)
 		if err != nil || !f.Scope(msg) {
 			continue
 		}
-		m, err := f.Compile()
+		matched, err := judge.Filter(&f)
 		if err != nil {
 			continue
 		}
-		cands = append(cands, &cand{lid: lid, member: mem, bucket: s.bucketKey(tenant, &f), matched: m.Text(msg.Text)})
+		cands = append(cands, &cand{lid: lid, member: mem, bucket: s.bucketKey(tenant, &f), matched: matched})
 	}
 	if len(cands) == 0 {
 		return nil, nil
@@ -258,7 +354,7 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 			kind = "m"
 		}
 		c.answer = piped(ctx, s.c, pipe, resolveScript, []string{s.listenerKey(c.lid)},
-			now, kind, rawMsg, ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.lid))
+			now, kind, rawMsg, ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.lid), msg.ID, registeredBy)
 	}
 	_, _ = pipe.Exec(ctx)
 	var matched []string

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -34,6 +35,40 @@ func newFactory(srv *redistest.Server) storetest.Factory {
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, newFactory(redistest.Start(t)), storetest.Features{})
+}
+
+// proxyFaults breaks a store's Redis calls at a script, through a proxy.
+type proxyFaults struct{ p *redistest.Proxy }
+
+func (f proxyFaults) Break(op string, fault storetest.Fault) {
+	sha := redisstore.ScriptHash(op)
+	if sha == "" {
+		panic("no script for op " + op)
+	}
+	f.p.Break(sha, map[storetest.Fault]redistest.Fault{
+		storetest.RequestLost: redistest.DropRequest,
+		storetest.ReplyLost:   redistest.DropReply,
+		storetest.ReplyLate:   redistest.StallReply,
+	}[fault])
+}
+
+func TestFaults(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.RunFaults(t, func(t testing.TB, o store.Options) (store.Store, storetest.Faults) {
+		proxy := redistest.NewProxy(t, srv.Addr)
+		// The production client's settings (redisstore.NewClient): no
+		// retries, and a timeout short enough for a test.
+		c := redis.NewClient(&redis.Options{Addr: proxy.Addr, MaxRetries: -1, ReadTimeout: 300 * time.Millisecond})
+		s, err := redisstore.New(c, redisstore.Options{Options: o, Prefix: fmt.Sprintf("f%d", prefixes.Add(1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = s.Close()
+			_ = c.Close()
+		})
+		return s, proxyFaults{proxy}
+	})
 }
 
 func BenchmarkIngest(b *testing.B) { storetest.BenchmarkIngest(b, newFactory(redistest.Start(b))) }
