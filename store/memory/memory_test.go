@@ -8,7 +8,7 @@ import (
 	"github.com/chatrelay/chatrelay/store/storetest"
 )
 
-func TestConformance(t *testing.T) { storetest.Run(t, newStore, storetest.Features{}) }
+func TestConformance(t *testing.T) { storetest.Run(t, newStore) }
 
 func BenchmarkIngest(b *testing.B) { storetest.BenchmarkIngest(b, newStore) }
 

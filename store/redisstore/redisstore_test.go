@@ -34,7 +34,7 @@ func newFactory(srv *redistest.Server) storetest.Factory {
 }
 
 func TestConformance(t *testing.T) {
-	storetest.Run(t, newFactory(redistest.Start(t)), storetest.Features{})
+	storetest.Run(t, newFactory(redistest.Start(t)))
 }
 
 // proxyFaults breaks a store's Redis calls at a script, through a proxy.

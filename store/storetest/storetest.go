@@ -21,11 +21,6 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// Features declares what differs between backends, so the suite adapts in
-// one visible place instead of in scattered ifs. Both backends honour the
-// whole contract today, so it is empty.
-type Features struct{}
-
 // Factory returns a fresh, empty store for one test, configured with o (the
 // suite's fake clock and short limits), and arranges its cleanup with
 // t.Cleanup.
@@ -59,7 +54,7 @@ func setup(t *testing.T, f Factory) *env {
 }
 
 // Run runs the whole suite against the backend f makes.
-func Run(t *testing.T, f Factory, _ Features) {
+func Run(t *testing.T, f Factory) {
 	tests := []struct {
 		name string
 		fn   func(*env)
