@@ -102,6 +102,12 @@ func TestBadInputIsRejectedWithFieldViolations(t *testing.T) {
 		{"receive bad regex", func() error {
 			return stream(&pb.ChatReceiveRequest{KeywordFilter: "(unclosed", Match: pb.MatchMode_MATCH_MODE_REGEX})
 		}, "INVALID_ARGUMENT", "keyword_filter"},
+		{"receive regex that compiles too big", func() error {
+			return stream(&pb.ChatReceiveRequest{KeywordFilter: "(.*){1000}Z", Match: pb.MatchMode_MATCH_MODE_REGEX})
+		}, "INVALID_ARGUMENT", "keyword_filter"},
+		{"receive regex just past the compiled-size limit", func() error {
+			return stream(&pb.ChatReceiveRequest{KeywordFilter: "[a-z]{1,50}Z", Match: pb.MatchMode_MATCH_MODE_REGEX})
+		}, "INVALID_ARGUMENT", "keyword_filter"},
 		{"receive keyword over 256 bytes", func() error { return stream(&pb.ChatReceiveRequest{KeywordFilter: long(257)}) }, "INVALID_ARGUMENT", "keyword_filter"},
 		{"receive unknown match mode", func() error { return stream(&pb.ChatReceiveRequest{Match: 99}) }, "INVALID_ARGUMENT", "match"},
 		{"receive bad user id", func() error { return stream(&pb.ChatReceiveRequest{FromUser: "a user"}) }, "INVALID_ARGUMENT", "from_user"},
@@ -388,6 +394,16 @@ func TestMalformedProtobufIsInvalidArgument(t *testing.T) {
 				}
 				wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "")
 			})
+		}
+	}
+}
+
+// The compiled-size limit admits what waits really use, up to the limit.
+func TestRegexAtTheSizeLimitIsAccepted(t *testing.T) {
+	ts := start(t, nil, nil)
+	for _, re := range []string{`(.*){24}Z`, `(?i)^\s*(yes|y|yeah|ok|approve|approved|lgtm)\s*[.!]*$`, `[A-Z]{2}\d{2}[A-Z0-9]{1,30}`} {
+		if err := firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{KeywordFilter: re, Match: pb.MatchMode_MATCH_MODE_REGEX})); err != nil {
+			t.Errorf("%s: %v", re, err)
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"google.golang.org/grpc"
@@ -43,9 +42,7 @@ func (c *chatService) receiveFilter(req *pb.ChatReceiveRequest) (store.Filter, t
 		f.Match = store.MatchExact
 	case pb.MatchMode_MATCH_MODE_REGEX:
 		f.Match = store.MatchRegex
-		if _, err := regexp.Compile(req.KeywordFilter); err != nil {
-			chk.add("keyword_filter", "is not a valid RE2 expression: %v", err)
-		}
+		chk.regex("keyword_filter", req.KeywordFilter)
 	default:
 		chk.add("match", "must be KEYWORD, EXACT or REGEX")
 	}

@@ -11,6 +11,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/chatrelay/chatrelay/store"
 )
 
 // Limits bounds every input field and every resource a caller can hold
@@ -174,6 +176,19 @@ func (c *checker) user(field, platform, v string, required bool) {
 		return
 	}
 	c.id(field, v, required)
+}
+
+// regex checks a regular expression: valid RE2, and no bigger compiled
+// than RegexInstructions, since every message a listener sees costs time
+// in proportion to that size times the text's length.
+func (c *checker) regex(field, v string) {
+	n, err := store.RegexInstructions(v)
+	switch {
+	case err != nil:
+		c.add(field, "is not a valid RE2 expression: %v", err)
+	case n > c.lim.RegexInstructions:
+		c.add(field, "compiles to %d instructions; the limit is %d (use fewer or smaller repetitions)", n, c.lim.RegexInstructions)
+	}
 }
 
 // duration checks an optional positive Duration of at most MaxTimeout.

@@ -2,10 +2,12 @@
 // Redis is configured. It honours the store contract exactly as the Redis
 // backend does; store/storetest checks both.
 //
-// One mutex guards all state. Every operation is a few map look-ups and an
-// append, so the critical sections are short; events are published to
-// subscriber queues (which never block) while the lock is held, so each
-// topic's events come out in commit order.
+// One mutex guards all state. Every operation under it is a few map
+// look-ups and an append, so the critical sections are short; judging
+// listeners' keywords, which may not be (a regular expression over a long
+// text), happens outside it. Events are published to subscriber queues
+// (which never block) while the lock is held, so each topic's events come
+// out in commit order.
 package memory
 
 import (
@@ -331,7 +333,48 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 	return msg, false, nil
 }
 
+// Ingest appends under the lock, and judges the candidate listeners'
+// keywords outside it: a regular expression over a long text can take
+// milliseconds, and no other call, of this tenant or another, waits for
+// it. The candidates are taken with the append, so a listener registered
+// after the message never is one; deciding them again under the lock is
+// each listener's compare-and-set, judged at the message's time, as on
+// Redis.
 func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.IngestResult, error) {
+	res, ik, cands, err := s.appendInbound(in)
+	if err != nil || res.Replayed || len(cands) == 0 {
+		return res, err
+	}
+	judge := store.NewJudge(res.Message.Text)
+	verdicts := make([]bool, len(cands))
+	for i, l := range cands {
+		verdicts[i] = judge.Text(l.m)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, l := range cands {
+		if s.listeners[l.ID] != l || !l.live(res.Message.CreatedAt) {
+			continue // decided, or gone, meanwhile
+		}
+		if !verdicts[i] {
+			l.SawMismatch = true
+			continue
+		}
+		m := cloneMessage(&res.Message)
+		s.decide(l, store.Matched, &m, s.opts.Clock.Now())
+		res.Matched = append(res.Matched, l.ID)
+	}
+	sort.Strings(res.Matched)
+	if e := s.idem[ik]; e != nil && len(res.Matched) > 0 {
+		e.result.(*store.IngestResult).Matched = slices.Clone(res.Matched)
+	}
+	return res, nil
+}
+
+// appendInbound is Ingest's step under the lock: the idempotency check,
+// the session, the append, and the listeners that could match.
+func (s *Store) appendInbound(in store.InboundMessage) (store.IngestResult, idemKey, []*listener, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.opts.Clock.Now()
@@ -342,17 +385,17 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 	}
 	if r, ok, err := replayed(s, ik, in.Idempotency, now, cloneIngestResult); ok || err != nil {
 		r.Replayed = ok
-		return r, err
+		return r, ik, nil, err
 	}
 	var res store.IngestResult
 	var ses *session
 	if in.SessionID != "" {
 		var err error
 		if ses, err = s.lookupActive(in.Tenant, in.SessionID, now); err != nil {
-			return res, err
+			return res, ik, nil, err
 		}
 		if in.User != "" && in.User != ses.User {
-			return res, store.ErrSessionMismatch
+			return res, ik, nil, store.ErrSessionMismatch
 		}
 	} else {
 		if ses = s.activeFor(t, now); ses == nil {
@@ -360,7 +403,7 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 			res.SessionStarted = true
 		}
 	}
-	msg := s.append(ses, store.Message{
+	res.Message = s.append(ses, store.Message{
 		Direction: store.Inbound,
 		Text:      in.Text,
 		FromUser:  ses.User,
@@ -368,17 +411,15 @@ func (s *Store) Ingest(_ context.Context, in store.InboundMessage) (store.Ingest
 		Metadata:  in.Metadata,
 		Raw:       in.Raw,
 	}, now)
-	res.Matched = s.match(in.Tenant, &msg, now)
-	res.Message = msg
 	res.Session = cloneSession(&ses.Session)
 	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)
-	return res, nil
+	return res, ik, s.candidates(in.Tenant, &res.Message, now), nil
 }
 
-// match resolves every pending listener msg satisfies and notes in-scope
-// mismatches. Only the four buckets msg can fall into are visited.
-func (s *Store) match(tenant string, msg *store.Message, now time.Time) []string {
-	var matched []string
+// candidates are the live listeners msg is in scope of. Only the four
+// buckets msg can fall into are visited.
+func (s *Store) candidates(tenant string, msg *store.Message, now time.Time) []*listener {
+	var out []*listener
 	for _, b := range [...]bucket{
 		{tenant, 's', msg.SessionID},
 		{tenant, 'u', msg.FromUser},
@@ -386,20 +427,12 @@ func (s *Store) match(tenant string, msg *store.Message, now time.Time) []string
 		{tenant, '*', ""},
 	} {
 		for l := range s.buckets[b] {
-			if !l.live(now) || !l.m.Scope(msg) {
-				continue
+			if l.live(now) && l.m.Scope(msg) {
+				out = append(out, l)
 			}
-			if !l.m.Text(msg.Text) {
-				l.SawMismatch = true
-				continue
-			}
-			m := cloneMessage(msg)
-			s.decide(l, store.Matched, &m, now)
-			matched = append(matched, l.ID)
 		}
 	}
-	sort.Strings(matched)
-	return matched
+	return out
 }
 
 func (s *Store) ListMessages(_ context.Context, tenant, sessionID, afterID string, limit int) ([]store.Message, error) {

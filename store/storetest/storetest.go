@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -78,6 +79,7 @@ func Run(t *testing.T, f Factory) {
 		{"ListenerMatchesFilters", testListenerFilters},
 		{"KeywordMatchModes", testMatchModes},
 		{"EveryMatchingListenerFires", testBroadcast},
+		{"AnExpensiveIngestStallsNoOtherTenant", testExpensiveIngest},
 		{"MessagesBeforeRegistrationNeverMatch", testBeforeRegistration},
 		{"ListenerTimesOutOrMismatches", testTimeout},
 		{"MessageAtDeadlineDoesNotMatch", testDeadlineBoundary},
@@ -675,6 +677,56 @@ func testBroadcast(e *env) {
 	// A resolved listener does not fire again.
 	if r := e.ingest(store.InboundMessage{User: "u1", Text: "go"}); len(r.Matched) != 0 {
 		e.t.Fatalf("second message matched %v", r.Matched)
+	}
+}
+
+// One tenant's listeners with costly regular expressions make its own
+// ingests slow, never another tenant's calls: while tenant t1's ingest is
+// being matched, tenant t2 keeps being answered.
+func testExpensiveIngest(e *env) {
+	// Each near the server's default limit on a regex's size (100
+	// instructions), each distinct, so none can share another's verdict.
+	for c := 'A'; c <= 'Z'; c++ {
+		e.listen(store.Filter{Keyword: "(.*){24}" + string(c) + "!", Match: store.MatchRegex}, 0)
+	}
+	text := strings.Repeat("a", 32<<10)
+	var began, ended time.Time
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		began = time.Now()
+		r, err := e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Text: text})
+		ended = time.Now()
+		if err != nil || len(r.Matched) != 0 {
+			e.t.Errorf("ingest: matched %v, %v", r.Matched, err)
+		}
+	}()
+	var answers []time.Time
+	for i := 0; ; i++ {
+		select {
+		case <-done:
+		default:
+			if _, err := e.s.CreateSession(e.ctx, store.NewSession{Tenant: "t2", Platform: "api", Channel: "api", User: fmt.Sprint("v", i)}); err != nil {
+				e.t.Fatal(err)
+			}
+			answers = append(answers, time.Now())
+			continue
+		}
+		break
+	}
+	// Answers in the middle of the ingest, away from the moments it takes
+	// and gives back any lock: a store that matched under a lock t2 needs
+	// gives none.
+	took := ended.Sub(began)
+	from, to := began.Add(took/5), ended.Add(-took/5)
+	during := 0
+	for _, at := range answers {
+		if at.After(from) && at.Before(to) {
+			during++
+		}
+	}
+	if during < 3 {
+		e.t.Fatalf("tenant t2 got %d answers in the middle of tenant t1's %s ingest: it waited for it", during, took.Round(time.Millisecond))
 	}
 }
 
