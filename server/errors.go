@@ -37,6 +37,7 @@ const (
 	reasonDeadlineExceeded  = "DEADLINE_EXCEEDED"
 	reasonIdempotencyReused = "IDEMPOTENCY_KEY_REUSED"
 	reasonHistoryTrimmed    = "HISTORY_TRIMMED"
+	reasonTooManyListeners  = "TOO_MANY_LISTENERS"
 )
 
 // invalidError is bad input: one or more field violations.
@@ -112,6 +113,9 @@ func toStatus(err error) *status.Status {
 		return toStatus(inv)
 	case errors.Is(err, store.ErrSessionMismatch):
 		return toStatus(invalid("session_id", "%v", store.ErrSessionMismatch))
+	case errors.Is(err, store.ErrTooManyListeners):
+		return withDetails(codes.ResourceExhausted, reasonTooManyListeners,
+			"the tenant has as many ChatReceive listeners pending as it may (limits.pending_listeners); wait for some to be decided or time out", nil)
 	case errors.Is(err, store.ErrUnavailable):
 		return withDetails(codes.Unavailable, reasonBackend, "the backend is unavailable; retry (with the same idempotency key)", nil)
 	case errors.Is(err, context.Canceled):

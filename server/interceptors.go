@@ -121,13 +121,15 @@ func public(method string) bool {
 }
 
 // interceptors applies, to every RPC including those arriving through the
-// REST gateway: panic recovery, authentication, the request size limit, and
-// the mapping of errors to statuses with details.
+// REST gateway: panic recovery, authentication, the request size limit, the
+// cap on each tenant's open streams, and the mapping of errors to statuses
+// with details.
 type interceptors struct {
-	log   *slog.Logger
-	keys  *keyring
-	lim   Limits
-	codec *requestCodec
+	log     *slog.Logger
+	keys    *keyring
+	lim     Limits
+	codec   *requestCodec
+	streams *streamCounts
 }
 
 func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -164,6 +166,11 @@ func (ic *interceptors) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 		if ctx, err = ic.keys.authenticate(ctx); err != nil {
 			return err
 		}
+		release, err := ic.streams.acquire(tenantFrom(ctx))
+		if err != nil {
+			return err
+		}
+		defer release()
 	}
 	return handler(srv, &serverStream{ServerStream: ss, ctx: ctx, ic: ic})
 }

@@ -133,7 +133,8 @@ func (r *receiver) attach(req *pb.ChatReceiveRequest, filter store.Filter, timeo
 			}
 		}
 	} else {
-		nl := store.NewListener{ID: r.id, Tenant: r.tenant, Filter: filter, Timeout: timeout, ResumeWindow: r.cfg.ResumeWindow}
+		nl := store.NewListener{ID: r.id, Tenant: r.tenant, Filter: filter, Timeout: timeout, ResumeWindow: r.cfg.ResumeWindow,
+			MaxPending: r.cfg.Limits.PendingListeners}
 		if r.l, err = st.RegisterListener(r.ctx, nl); err != nil {
 			r.sub.Close()
 			return err

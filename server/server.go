@@ -41,6 +41,8 @@ type Server struct {
 	chat     *chatService
 	sessions *sessionService
 	ic       *interceptors
+	// bodies bounds how long HTTP request bodies take to arrive.
+	bodies *bodyReads
 }
 
 // TransportOptions are the grpc-go settings of the server's transport,
@@ -70,7 +72,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{})}
-	s.ic = &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits, codec: newRequestCodec()}
+	s.ic = &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits, codec: newRequestCodec(), streams: newStreamCounts(cfg.Limits.Streams)}
 	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
 	s.grpc = grpc.NewServer(append(TransportOptions(),
 		grpc.ForceServerCodecV2(s.ic.codec),
@@ -79,6 +81,9 @@ func New(cfg Config) (*Server, error) {
 		// The transport's own limit sits above Limits.RequestBytes so that
 		// oversized requests reach the interceptor and get a proper error.
 		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
+		// Metadata arrives before authentication: bound it as HTTP
+		// headers are.
+		grpc.MaxHeaderListSize(uint32(cfg.Limits.HeaderBytes)),
 	)...)
 	pb.RegisterChatServiceServer(s.grpc, s.chat)
 	pb.RegisterSessionServiceServer(s.grpc, s.sessions)
@@ -122,11 +127,13 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener) error {
 		return fmt.Errorf("gateway connection: %w", err)
 	}
 	defer conn.Close()
+	s.bodies = newBodyReads(s.cfg.Limits.BodyTimeout)
 	hs := &http.Server{
-		Handler:           s.httpHandler(ctx, conn),
+		Handler:           s.bodies.wrap(s.httpHandler(ctx, conn)),
+		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    s.cfg.Limits.HeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		// No WriteTimeout: it would cut long-lived streams.
 	}
@@ -158,6 +165,7 @@ func (s *Server) shutdown(hs *http.Server) {
 	log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
 	s.health.Shutdown()
 	s.stopOnce.Do(func() { close(s.stopping) })
+	s.bodies.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := hs.Shutdown(ctx); err != nil {

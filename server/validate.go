@@ -44,6 +44,19 @@ type Limits struct {
 	MaxTimeout time.Duration `yaml:"max_timeout"`
 	// RequestBytes bounds a whole request message. Default 1 MiB.
 	RequestBytes int `yaml:"request_bytes"`
+	// HeaderBytes bounds a request's headers: HTTP headers, and gRPC
+	// metadata, which arrive before authentication. Default 64 KiB.
+	HeaderBytes int `yaml:"header_bytes"`
+	// BodyTimeout bounds how long an HTTP request's body may take to
+	// arrive, so a client that trickles it cannot hold a connection for
+	// ever. Default 15 s.
+	BodyTimeout time.Duration `yaml:"body_timeout"`
+	// PendingListeners caps a tenant's pending ChatReceive listeners, on
+	// every replica together. Default 100,000.
+	PendingListeners int `yaml:"pending_listeners"`
+	// Streams caps a tenant's open streams (ChatReceive and WatchSession)
+	// on one replica. Default 10,000.
+	Streams int `yaml:"streams"`
 }
 
 // DefaultLimits are the defaults of docs/design.md §5.
@@ -60,6 +73,10 @@ func DefaultLimits() Limits {
 		RawDepth:           32,
 		MaxTimeout:         7 * 24 * time.Hour,
 		RequestBytes:       1 << 20,
+		HeaderBytes:        64 << 10,
+		BodyTimeout:        15 * time.Second,
+		PendingListeners:   100_000,
+		Streams:            10_000,
 	}
 }
 
@@ -69,7 +86,8 @@ func (l Limits) validate() error {
 		"metadata_key_bytes": int64(l.MetadataKeyBytes), "metadata_value_bytes": int64(l.MetadataValueBytes),
 		"keyword_bytes": int64(l.KeywordBytes), "regex_instructions": int64(l.RegexInstructions),
 		"raw_bytes": int64(l.RawBytes), "raw_depth": int64(l.RawDepth), "max_timeout": int64(l.MaxTimeout),
-		"request_bytes": int64(l.RequestBytes),
+		"request_bytes": int64(l.RequestBytes), "header_bytes": int64(l.HeaderBytes), "body_timeout": int64(l.BodyTimeout),
+		"pending_listeners": int64(l.PendingListeners), "streams": int64(l.Streams),
 	} {
 		if v <= 0 {
 			return fmt.Errorf("%s must be positive", name)

@@ -220,6 +220,8 @@ type NewListener struct {
 	// listener without a deadline and with no stream attached is dropped,
 	// unless TouchListener extends it.
 	ResumeWindow time.Duration
+	// MaxPending, when positive, caps the tenant's pending listeners.
+	MaxPending int
 }
 
 // Listener is a ChatReceive registration and, once decided, its outcome.

@@ -37,6 +37,9 @@ var (
 	ErrMessageNotFound = errors.New("message not found in session")
 	// ErrUnavailable: the backend cannot be reached; the call may be retried.
 	ErrUnavailable = errors.New("backend unavailable")
+	// ErrTooManyListeners: the tenant has NewListener.MaxPending listeners
+	// pending already.
+	ErrTooManyListeners = errors.New("too many pending listeners")
 )
 
 // SessionState is a session's lifecycle state (DESIGN §2).
@@ -317,7 +320,10 @@ type Messages interface {
 // Listeners stores ChatReceive registrations (DESIGN §4).
 type Listeners interface {
 	// RegisterListener stores a pending listener. When it returns, every
-	// later Ingest considers it.
+	// later Ingest considers it. With MaxPending set, a tenant that has that
+	// many listeners pending gets ErrTooManyListeners; a listener stops
+	// counting once it is decided, timed out or dropped, even if nobody has
+	// read it since.
 	RegisterListener(ctx context.Context, l NewListener) (Listener, error)
 	// GetListener returns a listener. A pending one past its deadline is
 	// resolved as timed out by this call (unless something else resolved it

@@ -56,6 +56,10 @@ type Store struct {
 	idem      map[idemKey]*idemEntry
 	listeners map[string]*listener
 	buckets   map[bucket]map[*listener]struct{}
+	// pending holds each tenant's undecided listeners, for the cap on
+	// them; ones past their deadline or idle window are pruned when the
+	// cap is reached.
+	pending map[string]map[*listener]struct{}
 
 	subsMu sync.Mutex
 	subs   map[store.Topic]map[*store.Subscription]struct{}
@@ -155,6 +159,7 @@ func New(opts Options) (*Store, error) {
 		idem:      make(map[idemKey]*idemEntry),
 		listeners: make(map[string]*listener),
 		buckets:   make(map[bucket]map[*listener]struct{}),
+		pending:   make(map[string]map[*listener]struct{}),
 		subs:      make(map[store.Topic]map[*store.Subscription]struct{}),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
@@ -481,6 +486,16 @@ func (s *Store) RegisterListener(_ context.Context, nl store.NewListener) (store
 		return store.Listener{}, fmt.Errorf("memory: listener %q already registered", nl.ID)
 	}
 	now := s.opts.Clock.Now()
+	if nl.MaxPending > 0 && len(s.pending[nl.Tenant]) >= nl.MaxPending {
+		for l := range s.pending[nl.Tenant] {
+			if !l.live(now) {
+				delete(s.pending[nl.Tenant], l)
+			}
+		}
+		if len(s.pending[nl.Tenant]) >= nl.MaxPending {
+			return store.Listener{}, store.ErrTooManyListeners
+		}
+	}
 	l := &listener{
 		Listener: store.Listener{
 			ID:        nl.ID,
@@ -502,6 +517,10 @@ func (s *Store) RegisterListener(_ context.Context, nl store.NewListener) (store
 		s.buckets[l.bucket] = set
 	}
 	set[l] = struct{}{}
+	if s.pending[l.Tenant] == nil {
+		s.pending[l.Tenant] = make(map[*listener]struct{})
+	}
+	s.pending[l.Tenant][l] = struct{}{}
 	return cloneListener(&l.Listener), nil
 }
 
@@ -577,11 +596,19 @@ func (s *Store) decide(l *listener, kind store.OutcomeKind, msg *store.Message, 
 	})
 }
 
+// unindex takes a decided or forgotten listener out of the index and the
+// tenant's pending listeners.
 func (s *Store) unindex(l *listener) {
 	if set := s.buckets[l.bucket]; set != nil {
 		delete(set, l)
 		if len(set) == 0 {
 			delete(s.buckets, l.bucket)
+		}
+	}
+	if set := s.pending[l.Tenant]; set != nil {
+		delete(set, l)
+		if len(set) == 0 {
+			delete(s.pending, l.Tenant)
 		}
 	}
 }

@@ -1,5 +1,24 @@
 package redisstore
 
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// LoadScripts loads every script into c's server's cache, as a running
+// deployment has them: a test that breaks a script's EVALSHA then breaks
+// the call that runs it, not a NOSCRIPT answer before it.
+func LoadScripts(ctx context.Context, c redis.Scripter) error {
+	for _, sc := range []*redis.Script{createScript, updateScript, closeScript, postScript, ingestScript, chatbotReadScript,
+		chatbotWriteScript, listenerAddScript, indexAddScript, listenerGetScript, listenerTouchScript, resolveScript, pendingAddScript} {
+		if err := sc.Load(ctx, c).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ScriptHash is the SHA of the script a store op runs, for tests that
 // break one (storetest.RunFaults).
 func ScriptHash(op string) string {

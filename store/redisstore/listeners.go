@@ -8,13 +8,16 @@ import (
 	"time"
 
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/redis/go-redis/v9"
 )
 
-// RegisterListener writes the listener record and adds it to its index set,
-// pipelined: 1 round trip. The record and the index live in different
-// slots; the index is written first, so a listener is never in its record
-// without being findable, and an index member whose record never came is
-// skipped (and removed) by the first ingest that meets it.
+// RegisterListener counts the listener among its tenant's pending ones (the
+// cap), adds it to its index set and writes its record, pipelined: 1 round
+// trip. The three live in different slots; the index is written before the
+// record, so a listener is never in its record without being findable,
+// and an index member whose record never came is skipped (and removed) by
+// the first ingest that meets it. A listener refused for the cap is
+// deleted again at once (1 more round trip).
 func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (store.Listener, error) {
 	if _, err := nl.Filter.Compile(); err != nil {
 		return store.Listener{}, err
@@ -29,20 +32,35 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	}
 	bucket := s.bucketKey(nl.Tenant, &nl.Filter)
 	member := indexMember(nl.ID, fjson)
-	keys := []string{s.listenerKey(nl.ID)}
+	key := s.listenerKey(nl.ID)
 	args := []any{nl.Tenant, fjson, now.UnixMilli(), deadline, now.Add(nl.ResumeWindow).UnixMilli(), ms(s.o.OutcomeRetention)}
 	idxArgs := []any{member, ms(life + s.o.OutcomeRetention)}
 
 	pipe := s.c.Pipeline()
+	counted := s.inPipe(ctx, pipe, pendingAddScript, []string{s.pendingKey(nl.Tenant)},
+		now.UnixMilli(), nl.ID, now.Add(life).UnixMilli(), nl.MaxPending, ms(life+s.o.OutcomeRetention))
 	indexed := s.inPipe(ctx, pipe, indexAddScript, []string{bucket}, idxArgs...)
-	added := s.inPipe(ctx, pipe, listenerAddScript, keys, args...)
+	added := s.inPipe(ctx, pipe, listenerAddScript, []string{key}, args...)
 	_, _ = pipe.Exec(ctx)
+	full, _, err := counted()
+	if err != nil {
+		return store.Listener{}, err
+	}
 	if _, _, err := indexed(); err != nil {
 		return store.Listener{}, err
 	}
 	code, out, err := added()
 	if err != nil {
 		return store.Listener{}, err
+	}
+	if full == "FULL" {
+		undo := s.c.Pipeline()
+		undo.SRem(ctx, bucket, member)
+		undo.Del(ctx, key)
+		if _, err := undo.Exec(ctx); err != nil {
+			s.o.Logger.Warn("cannot delete a listener refused for the cap", "err", err)
+		}
+		return store.Listener{}, store.ErrTooManyListeners
 	}
 	if code != "OK" {
 		return store.Listener{}, fmt.Errorf("redisstore: listener %q already registered", nl.ID)
@@ -108,20 +126,33 @@ func (s *Store) GetListener(ctx context.Context, tenant, id string) (store.Liste
 	return store.Listener{}, codeErr(code)
 }
 
-// unindex removes a decided or dropped listener from its index set, in the
-// background: stale members are harmless, only wasteful.
+// unindex removes a decided or dropped listener from its index set and its
+// tenant's pending set, in the background: stale members are harmless,
+// only wasteful (and a pending set's drop by their scores).
 func (s *Store) unindex(l *store.Listener) {
-	bucket, member := s.bucketKey(l.Tenant, &l.Filter), indexMember(l.ID, encodeFilter(&l.Filter))
+	s.forgetPending(l.Tenant, []unindexed{{s.bucketKey(l.Tenant, &l.Filter), indexMember(l.ID, encodeFilter(&l.Filter)), l.ID}})
+}
+
+// unindexed is a decided or dropped listener's place in the indexes.
+type unindexed struct{ bucket, member, id string }
+
+func (s *Store) forgetPending(tenant string, ls []unindexed) {
 	s.background(func(ctx context.Context) {
-		if err := s.c.SRem(ctx, bucket, member).Err(); err != nil {
-			s.o.Logger.Debug("cannot remove a listener from its index", "err", err)
+		p := s.c.Pipeline()
+		for _, l := range ls {
+			p.SRem(ctx, l.bucket, l.member)
+			p.ZRem(ctx, s.pendingKey(tenant), l.id)
+		}
+		if _, err := p.Exec(ctx); err != nil {
+			s.o.Logger.Debug("cannot remove listeners from their indexes", "err", err)
 		}
 	})
 }
 
 // TouchListener is one script, plus one to make the listener's index set
-// outlive the extended window when it was extended: 1 or 2 round trips
-// (touches come every few hours per attached stream).
+// outlive the extended window and move its place in the tenant's pending
+// set when it was extended: 1 or 2 round trips (touches come every few
+// hours per attached stream).
 func (s *Store) TouchListener(ctx context.Context, tenant, id string, until time.Time) error {
 	now := s.o.Clock.Now()
 	code, out, err := s.reply(ctx, listenerTouchScript, []string{s.listenerKey(id)},
@@ -137,8 +168,12 @@ func (s *Store) TouchListener(ctx context.Context, tenant, id string, until time
 		if err != nil {
 			return err
 		}
-		_, _, err = s.reply(ctx, indexAddScript, []string{s.bucketKey(tenant, &f)},
+		pipe := s.c.Pipeline()
+		indexed := s.inPipe(ctx, pipe, indexAddScript, []string{s.bucketKey(tenant, &f)},
 			indexMember(id, out[0]), ms(until.Sub(now)+s.o.OutcomeRetention))
+		pipe.ZAddXX(ctx, s.pendingKey(tenant), redis.Z{Score: float64(until.UnixMilli()), Member: id})
+		_, _ = pipe.Exec(ctx)
+		_, _, err = indexed()
 		return err
 	}
 	return nil

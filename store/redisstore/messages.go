@@ -355,6 +355,11 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		}
 		c.answer = piped(ctx, s.c, pipe, resolveScript, []string{s.listenerKey(c.lid)},
 			now, kind, rawMsg, ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.lid), msg.ID, registeredBy)
+		if c.matched && registeredBy == 0 {
+			// Whatever the compare-and-set answers, the listener is
+			// pending no more: matched now, or decided or late before.
+			pipe.ZRem(ctx, s.pendingKey(tenant), c.lid)
+		}
 	}
 	_, _ = pipe.Exec(ctx)
 	var matched []string
@@ -378,13 +383,11 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		// Drop decided and vanished listeners from their indexes. Off the
 		// critical path and best effort: a stale member only costs a
 		// compare-and-set that answers DECIDED.
-		s.background(func(ctx context.Context) {
-			p := s.c.Pipeline()
-			for _, c := range stale {
-				p.SRem(ctx, c.bucket, c.member)
-			}
-			_, _ = p.Exec(ctx)
-		})
+		gone := make([]unindexed, len(stale))
+		for i, c := range stale {
+			gone[i] = unindexed{c.bucket, c.member, c.lid}
+		}
+		s.forgetPending(tenant, gone)
 	}
 	sort.Strings(matched)
 	return matched, nil

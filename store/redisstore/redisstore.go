@@ -24,6 +24,7 @@
 //	{ids.Tag(tenant, "c", ch)} x:c:<tenant>:<ch>  set listeners waiting on a channel
 //	{ids.Tag(tenant, "*")}     x:*:<tenant>       set unfiltered listeners
 //	{ids.Tag(lid)}             l:<lid>            hash listener: filter, deadline, state, outcome
+//	{ids.Tag(tenant, "pl")}    pl:<tenant>        zset pending listeners, scored by when they stop being (the cap)
 //
 // An index member is "<lid> <filter JSON>" (short keys, empty fields left
 // out), so an ingest evaluates candidates without reading their records;
@@ -210,6 +211,11 @@ func (s *Store) channelBucket(tenant, ch string) string {
 
 func (s *Store) anyBucket(tenant string) string {
 	return s.slot(ids.Tag(tenant, "*")) + "x:*:" + tenant
+}
+
+// pendingKey is the tenant's pending listeners, for the cap on them.
+func (s *Store) pendingKey(tenant string) string {
+	return s.slot(ids.Tag(tenant, "pl")) + "pl:" + tenant
 }
 
 func (s *Store) idemKey(slotp, tenant, op, target string, idem store.Idempotency) string {

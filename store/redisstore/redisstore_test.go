@@ -1,6 +1,7 @@
 package redisstore_test
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -54,6 +55,9 @@ func (f proxyFaults) Break(op string, fault storetest.Fault) {
 
 func TestFaults(t *testing.T) {
 	srv := redistest.Start(t)
+	if err := redisstore.LoadScripts(context.Background(), srv.Client(t)); err != nil {
+		t.Fatal(err)
+	}
 	storetest.RunFaults(t, func(t testing.TB, o store.Options) (store.Store, storetest.Faults) {
 		proxy := redistest.NewProxy(t, srv.Addr)
 		// The production client's settings (redisstore.NewClient): no

@@ -47,6 +47,7 @@ var (
 	listenerGetScript   = script("listener_get")
 	listenerTouchScript = script("listener_touch")
 	resolveScript       = script("resolve")
+	pendingAddScript    = script("pending_add")
 )
 
 // postCommon is the number of ARGV postScript takes once, before the

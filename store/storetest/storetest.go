@@ -86,6 +86,7 @@ func Run(t *testing.T, f Factory) {
 		{"ExactlyOneOutcomeUnderRace", testOutcomeRace},
 		{"OutcomeIsRetainedThenForgotten", testOutcomeRetention},
 		{"IdleListenerIsDroppedUnlessTouched", testIdleWindow},
+		{"PendingListenersAreCappedPerTenant", testPendingCap},
 		{"SubscribersSeeMessagesAndOutcomes", testEvents},
 		{"ChatbotStartsAndReuses", testChatbotStart},
 		{"ChatbotSkipRules", testChatbotSkip},
@@ -686,7 +687,7 @@ func testBroadcast(e *env) {
 func testExpensiveIngest(e *env) {
 	// Each near the server's default limit on a regex's size (100
 	// instructions), each distinct, so none can share another's verdict.
-	for c := 'A'; c <= 'Z'; c++ {
+	for c := 'A'; c <= 'J'; c++ {
 		e.listen(store.Filter{Keyword: "(.*){24}" + string(c) + "!", Match: store.MatchRegex}, 0)
 	}
 	text := strings.Repeat("a", 32<<10)
@@ -893,6 +894,52 @@ func testIdleWindow(e *env) {
 	if got := e.getListener(timed.ID); got.Outcome != store.Pending {
 		e.t.Fatalf("timed listener dropped while idle: %v", got.Outcome)
 	}
+}
+
+// A tenant may have MaxPending listeners pending; a listener stops
+// counting once decided, timed out or dropped, whether or not anyone has
+// read it since. Other tenants have their own count.
+func testPendingCap(e *env) {
+	register := func(tenant string, f store.Filter, timeout time.Duration) (store.Listener, error) {
+		return e.s.RegisterListener(e.ctx, store.NewListener{ID: ids.Listener(), Tenant: tenant, Filter: f,
+			Timeout: timeout, ResumeWindow: time.Hour, MaxPending: 3})
+	}
+	full := func(what string) {
+		e.t.Helper()
+		_, err := register("t1", store.Filter{User: "x"}, 0)
+		if !errors.Is(err, store.ErrTooManyListeners) {
+			e.t.Fatalf("%s: a listener past the cap: %v, want ErrTooManyListeners", what, err)
+		}
+	}
+	room := func(what string, f store.Filter, timeout time.Duration) store.Listener {
+		e.t.Helper()
+		l, err := register("t1", f, timeout)
+		if err != nil {
+			e.t.Fatalf("%s: %v", what, err)
+		}
+		return l
+	}
+	room("first", store.Filter{User: "u1"}, 0)
+	room("second", store.Filter{User: "u2"}, time.Minute)
+	room("third", store.Filter{User: "u3"}, 0)
+	full("at the cap")
+	if _, err := register("t2", store.Filter{User: "u1"}, 0); err != nil {
+		e.t.Fatalf("another tenant, under its own cap: %v", err)
+	}
+	// A match makes room.
+	e.ingest(store.InboundMessage{Tenant: "t1", User: "u1", Text: "hi"})
+	room("after a match", store.Filter{User: "u4"}, 0)
+	full("at the cap again")
+	// So does a deadline passing, read or not.
+	e.clk.Advance(time.Minute)
+	room("after a timeout", store.Filter{User: "u5"}, 0)
+	full("at the cap once more")
+	// And an idle window running out.
+	e.clk.Advance(time.Hour)
+	for i := range 3 {
+		room(fmt.Sprint("after the idle windows ", i), store.Filter{User: fmt.Sprint("w", i)}, 0)
+	}
+	full("full of fresh listeners")
 }
 
 func testEvents(e *env) {

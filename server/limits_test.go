@@ -1,0 +1,170 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/server"
+)
+
+func withLimits(set func(*server.Limits)) option {
+	return func(c *server.Config) {
+		c.Limits = server.DefaultLimits()
+		set(&c.Limits)
+	}
+}
+
+// A tenant has limits.pending_listeners pending waits at most, across
+// streams that come and go: RESOURCE_EXHAUSTED TOO_MANY_LISTENERS, over
+// gRPC and REST (429). Another tenant has its own.
+func TestPendingListenersAreCappedPerTenant(t *testing.T) {
+	const keyA, keyB = "key-of-tenant-a-0001", "key-of-tenant-b-0002"
+	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.PendingListeners = 2 }),
+		withKeys(testKey{keyA, "a"}, testKey{keyB, "b"}))
+	ts.key = keyA
+	for i := range 2 {
+		// Dropped at once: the listeners outlive their streams.
+		ctx, cancel := context.WithCancel(ts.ctx())
+		ts.receive(ctx, &pb.ChatReceiveRequest{FromUser: fmt.Sprint("u", i)})
+		cancel()
+	}
+	err := firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u3"}))
+	wantStatus(t, err, codes.ResourceExhausted, "TOO_MANY_LISTENERS", "")
+	wantREST(t, ts.rest("POST", "/v1/chat:receive", `{"from_user":"u3"}`), 429, "TOO_MANY_LISTENERS")
+	ts.key = keyB
+	if err := firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u3"})); err != nil {
+		t.Fatalf("tenant b, under its own cap: %v", err)
+	}
+	// A match makes room again.
+	ts.key = keyA
+	ts.ingest("u0", "hi")
+	if err := firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u3"})); err != nil {
+		t.Fatalf("after a match made room: %v", err)
+	}
+}
+
+// A tenant has limits.streams streams open on a replica at most; closing
+// one makes room.
+func TestOpenStreamsAreCappedPerTenant(t *testing.T) {
+	const keyA, keyB = "key-of-tenant-a-0001", "key-of-tenant-b-0002"
+	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.Streams = 2 }), withKeys(testKey{keyA, "a"}, testKey{keyB, "b"}))
+	ts.key = keyA
+	ses := ts.createSession("u1")
+	first, cancelFirst := context.WithCancel(ts.ctx())
+	st, err := ts.sessions.WatchSession(first, &pb.WatchSessionRequest{SessionId: ses.SessionId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Header(); err != nil {
+		t.Fatal(err)
+	}
+	ts.receive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u2"})
+	err = firstErr(ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId}))
+	wantStatus(t, err, codes.ResourceExhausted, "TOO_MANY_LISTENERS", "")
+	wantREST(t, ts.rest("POST", "/v1/chat:receive", `{"from_user":"u3"}`), 429, "TOO_MANY_LISTENERS")
+	ts.key = keyB
+	if err := firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u3"})); err != nil {
+		t.Fatalf("tenant b: %v", err)
+	}
+	ts.key = keyA
+	cancelFirst()
+	waitFor(t, "a closed stream to make room", func() bool {
+		return firstErr(ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u4"})) == nil
+	})
+}
+
+// gRPC metadata is bounded before authentication, as HTTP headers are.
+func TestOversizedMetadataIsRefused(t *testing.T) {
+	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.HeaderBytes = 8 << 10 }))
+	ctx := metadata.AppendToOutgoingContext(ts.ctx(), "x-filler", strings.Repeat("x", 16<<10))
+	_, err := ts.sessions.CreateSession(ctx, &pb.CreateSessionRequest{User: "u1"})
+	if err == nil {
+		t.Fatal("16 KiB of metadata accepted under an 8 KiB limit")
+	}
+	if _, err := ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{User: "u1"}); err != nil {
+		t.Fatalf("a normal call after: %v", err)
+	}
+	r := ts.restWithHeader("X-Filler", strings.Repeat("x", 16<<10))
+	if r != 431 {
+		t.Fatalf("REST with 16 KiB of headers: HTTP %d, want 431", r)
+	}
+}
+
+func (ts *testServer) restWithHeader(name, value string) int {
+	ts.t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.base, "http://"))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n%s: %s\r\n\r\n", name, value)
+	var code int
+	if _, err := fmt.Fscanf(bufio.NewReader(conn), "HTTP/1.1 %d", &code); err != nil {
+		ts.t.Fatal(err)
+	}
+	return code
+}
+
+// slowBody opens a connection and sends a request whose body never
+// finishes arriving. It returns once the server's handler is reading the
+// body: the server answers "100 Continue" then.
+func (ts *testServer) slowBody() net.Conn {
+	ts.t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.base, "http://"))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ts.t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || !strings.Contains(line, "100 Continue") {
+		ts.t.Fatalf("no 100 Continue: %q, %v", line, err)
+	}
+	fmt.Fprintf(conn, "{\"user\":")
+	return conn
+}
+
+// A body that trickles in is cut off after limits.body_timeout: the
+// connection ends, whatever the client does. A stream, whose body arrived,
+// may then run as long as it likes.
+func TestSlowRequestBodiesAreCutOff(t *testing.T) {
+	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.BodyTimeout = 300 * time.Millisecond }))
+	conn := ts.slowBody()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("the slow connection was not closed by the server: %v", err)
+	}
+	// A stream outlives the body timeout.
+	s := ts.restStream("POST", "/v1/chat:receive", map[string]any{"from_user": "u1", "timeout": "60s"})
+	if path(s.next(), "result", "waiting") == nil {
+		t.Fatal("no waiting frame")
+	}
+	ts.clk.Advance(time.Minute)
+	if got := str(s.next(), "result", "error", "error_code"); got != "timeout" {
+		t.Fatalf("the stream's outcome %q, want timeout", got)
+	}
+}
+
+// Shutdown does not wait for a body that is still arriving.
+func TestShutdownCutsOffSlowBodies(t *testing.T) {
+	ts := start(t, nil, nil) // the default body timeout: 15 s
+	conn := ts.slowBody()
+	began := time.Now()
+	ts.stop()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.ReadAll(conn)
+	if took := time.Since(began); took > 3*time.Second {
+		t.Fatalf("shutdown took %s with a slow body open; it waited for it", took.Round(time.Millisecond))
+	}
+}
