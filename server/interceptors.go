@@ -2,117 +2,15 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"strings"
 
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 )
-
-type tenantKey struct{}
-
-// tenantFrom returns the caller's tenant, set by the auth step.
-func tenantFrom(ctx context.Context) string {
-	if t, ok := ctx.Value(tenantKey{}).(string); ok {
-		return t
-	}
-	return defaultTenant
-}
-
-// keyring authenticates API keys. Keys are kept as SHA-256 digests and
-// compared in constant time, so neither memory dumps nor timing reveal them.
-type keyring struct {
-	keys []keyEntry
-}
-
-type keyEntry struct {
-	digest  [32]byte
-	name    string
-	tenant  string
-	limiter *rate.Limiter // nil: unlimited
-}
-
-func newKeyring(keys []APIKey, lim Limits) (*keyring, error) {
-	kr := &keyring{}
-	chk := checker{lim: lim}
-	seen := map[[32]byte]bool{}
-	for i, k := range keys {
-		field := fmt.Sprintf("api_keys[%d]", i)
-		chk.id(field+".tenant", k.Tenant, true)
-		if len(k.Key) < 16 {
-			chk.add(field+".key", "must be at least 16 characters")
-		}
-		if k.RatePerSecond < 0 || k.Burst < 0 {
-			chk.add(field+".rate_per_second", "must not be negative")
-		}
-		d := sha256.Sum256([]byte(k.Key))
-		if seen[d] {
-			chk.add(field+".key", "is the same as another key")
-		}
-		seen[d] = true
-		e := keyEntry{digest: d, name: k.Name, tenant: k.Tenant}
-		if k.RatePerSecond > 0 {
-			burst := max(k.Burst, 1)
-			e.limiter = rate.NewLimiter(rate.Limit(k.RatePerSecond), burst)
-		}
-		kr.keys = append(kr.keys, e)
-	}
-	if err := chk.err(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	return kr, nil
-}
-
-var errMissingKey = &codedError{code: codes.Unauthenticated, reason: reasonUnauthenticated,
-	msg: "missing API key: send the header `authorization: Bearer <key>`"}
-var errBadKey = &codedError{code: codes.Unauthenticated, reason: reasonUnauthenticated, msg: "invalid API key"}
-
-// authenticate returns ctx carrying the caller's tenant.
-func (kr *keyring) authenticate(ctx context.Context) (context.Context, error) {
-	if len(kr.keys) == 0 {
-		return context.WithValue(ctx, tenantKey{}, defaultTenant), nil
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
-	if len(vals) == 0 {
-		return nil, errMissingKey
-	}
-	token, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
-		token, ok = strings.CutPrefix(vals[0], "bearer ")
-	}
-	if !ok || token == "" {
-		return nil, errMissingKey
-	}
-	d := sha256.Sum256([]byte(token))
-	var found *keyEntry
-	for i := range kr.keys {
-		// Compare against every key, so timing does not tell which matched.
-		if subtle.ConstantTimeCompare(d[:], kr.keys[i].digest[:]) == 1 {
-			found = &kr.keys[i]
-		}
-	}
-	if found == nil {
-		return nil, errBadKey
-	}
-	if found.limiter != nil {
-		r := found.limiter.Reserve()
-		if delay := r.Delay(); delay > 0 {
-			r.Cancel()
-			return nil, &codedError{code: codes.ResourceExhausted, reason: reasonRateLimited,
-				msg: fmt.Sprintf("rate limit of API key %q exceeded; retry in %s", found.name, delay.Round(1e6)), retryAfter: delay}
-		}
-	}
-	return context.WithValue(ctx, tenantKey{}, found.tenant), nil
-}
 
 // public reports whether a method needs no API key: health checks, so load
 // balancers can probe without credentials.

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
@@ -167,4 +169,45 @@ func TestShutdownCutsOffSlowBodies(t *testing.T) {
 	if took := time.Since(began); took > 3*time.Second {
 		t.Fatalf("shutdown took %s with a slow body open; it waited for it", took.Round(time.Millisecond))
 	}
+}
+
+// dialFrom is a gRPC client of ts connecting from another loopback
+// address: another client address to the server.
+func (ts *testServer) dialFrom(local string) *grpc.ClientConn {
+	ts.t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	conn, err := grpc.NewClient("passthrough:///"+strings.TrimPrefix(ts.conn.Target(), "passthrough:///"),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ts.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// An address that fails to authenticate limits.failed_auths_per_minute
+// times is refused, good key or not, before any key is checked; another
+// address is not.
+func TestFailedAuthenticationsAreThrottledPerAddress(t *testing.T) {
+	const good = "good-key-of-tenant-a-01"
+	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.FailedAuthsPerMinute = 3 }), withKeys(testKey{good, "a"}))
+	get := func(key string) error {
+		ts.key = key
+		_, err := ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: "ses_x"})
+		return err
+	}
+	for i := range 3 {
+		wantStatus(t, get(fmt.Sprint("wrong-key-000000000", i)), codes.Unauthenticated, "UNAUTHENTICATED", "")
+	}
+	wantStatus(t, get("wrong-key-0000000009"), codes.ResourceExhausted, "RATE_LIMITED", "")
+	wantStatus(t, get(good), codes.ResourceExhausted, "RATE_LIMITED", "")
+	ts.key = good
+	r := ts.rest("GET", "/v1/sessions/ses_x", nil)
+	wantREST(t, r, 429, "RATE_LIMITED")
+
+	// From 127.0.0.2 the good key works.
+	other := pb.NewSessionServiceClient(ts.dialFrom("127.0.0.2"))
+	_, err := other.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: "ses_x"})
+	wantStatus(t, err, codes.NotFound, "SESSION_NOT_FOUND", "")
 }

@@ -19,6 +19,7 @@ import (
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/internal/redistest"
+	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/store/redisstore"
 )
@@ -36,14 +37,26 @@ type cluster struct {
 
 func startCluster(t *testing.T, n int, opts ...redistest.Option) *cluster {
 	t.Helper()
-	return startClusterVia(t, n, nil, opts...)
+	return startClusterWith(t, n, clusterOptions{redis: opts})
 }
 
 // startClusterVia is startCluster where replica i reaches Redis at via(i),
 // when via is given (a proxy the test can cut).
 func startClusterVia(t *testing.T, n int, via func(i int, redisAddr string) string, opts ...redistest.Option) *cluster {
 	t.Helper()
-	srv := redistest.Start(t, opts...)
+	return startClusterWith(t, n, clusterOptions{via: via, redis: opts})
+}
+
+type clusterOptions struct {
+	via    func(i int, redisAddr string) string
+	redis  []redistest.Option
+	server []option // for every replica
+}
+
+func startClusterWith(t *testing.T, n int, o clusterOptions) *cluster {
+	t.Helper()
+	via := o.via
+	srv := redistest.Start(t, o.redis...)
 	cl := &cluster{redis: srv, prefix: fmt.Sprintf("rs%d", replicaSets.Add(1))}
 	clk := clock.NewFake(epoch)
 	for i := range n {
@@ -63,7 +76,7 @@ func startClusterVia(t *testing.T, n int, via func(i int, redisAddr string) stri
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = st.Close(); _ = c.Close() })
-		cl.replicas = append(cl.replicas, start(t, st, clk))
+		cl.replicas = append(cl.replicas, start(t, st, clk, o.server...))
 	}
 	return cl
 }
@@ -572,4 +585,27 @@ func TestChatReceiveBrokenByAnOutageSaysHowToResume(t *testing.T) {
 	if got := recvOrFail(t, res.Recv).GetError().GetErrorCode(); got != "timeout" {
 		t.Fatalf("the resumed listener's outcome: %q, want timeout", got)
 	}
+}
+
+// An API key's rate budget is one for the whole deployment: two replicas
+// together allow what one would (they used to allow twice the burst).
+func TestReplicasShareAKeysRateLimit(t *testing.T) {
+	t.Parallel()
+	const key = "limited-key-0123456789"
+	cl := startClusterWith(t, 2, clusterOptions{server: []option{func(c *serverConfig) {
+		c.APIKeys = append(c.APIKeys, server.APIKey{Name: "limited", Tenant: "t", Key: key, RatePerSecond: 1.0 / 3600, Burst: 3})
+	}}})
+	a, b := cl.replicas[0], cl.replicas[1]
+	a.key, b.key = key, key
+	get := func(ts *testServer) error {
+		_, err := ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: "ses_x"})
+		return err
+	}
+	for i, ts := range []*testServer{a, b, a} {
+		if err := get(ts); status.Code(err) != codes.NotFound {
+			t.Fatalf("call %d of the burst of 3: %v", i+1, err)
+		}
+	}
+	wantStatus(t, get(b), codes.ResourceExhausted, "RATE_LIMITED", "")
+	wantREST(t, a.rest("GET", "/v1/sessions/ses_x", nil), 429, "RATE_LIMITED")
 }

@@ -67,7 +67,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := newKeyring(cfg.APIKeys, cfg.Limits)
+	keys, err := newKeyring(cfg.APIKeys, cfg.Limits, cfg.Store)
 	if err != nil {
 		return nil, err
 	}

@@ -57,26 +57,31 @@ type Limits struct {
 	// Streams caps a tenant's open streams (ChatReceive and WatchSession)
 	// on one replica. Default 10,000.
 	Streams int `yaml:"streams"`
+	// FailedAuthsPerMinute is how many failed authentications a client
+	// address may make in a burst, and per minute after it; past it the
+	// address is refused with RATE_LIMITED. Default 10.
+	FailedAuthsPerMinute int `yaml:"failed_auths_per_minute"`
 }
 
 // DefaultLimits are the defaults of docs/design.md §5.
 func DefaultLimits() Limits {
 	return Limits{
-		MessageBytes:       32 << 10,
-		IDBytes:            128,
-		MetadataEntries:    64,
-		MetadataKeyBytes:   64,
-		MetadataValueBytes: 1 << 10,
-		KeywordBytes:       256,
-		RegexInstructions:  100,
-		RawBytes:           64 << 10,
-		RawDepth:           32,
-		MaxTimeout:         7 * 24 * time.Hour,
-		RequestBytes:       1 << 20,
-		HeaderBytes:        64 << 10,
-		BodyTimeout:        15 * time.Second,
-		PendingListeners:   100_000,
-		Streams:            10_000,
+		MessageBytes:         32 << 10,
+		IDBytes:              128,
+		MetadataEntries:      64,
+		MetadataKeyBytes:     64,
+		MetadataValueBytes:   1 << 10,
+		KeywordBytes:         256,
+		RegexInstructions:    100,
+		RawBytes:             64 << 10,
+		RawDepth:             32,
+		MaxTimeout:           7 * 24 * time.Hour,
+		RequestBytes:         1 << 20,
+		HeaderBytes:          64 << 10,
+		BodyTimeout:          15 * time.Second,
+		PendingListeners:     100_000,
+		Streams:              10_000,
+		FailedAuthsPerMinute: 10,
 	}
 }
 
@@ -87,7 +92,7 @@ func (l Limits) validate() error {
 		"keyword_bytes": int64(l.KeywordBytes), "regex_instructions": int64(l.RegexInstructions),
 		"raw_bytes": int64(l.RawBytes), "raw_depth": int64(l.RawDepth), "max_timeout": int64(l.MaxTimeout),
 		"request_bytes": int64(l.RequestBytes), "header_bytes": int64(l.HeaderBytes), "body_timeout": int64(l.BodyTimeout),
-		"pending_listeners": int64(l.PendingListeners), "streams": int64(l.Streams),
+		"pending_listeners": int64(l.PendingListeners), "streams": int64(l.Streams), "failed_auths_per_minute": int64(l.FailedAuthsPerMinute),
 	} {
 		if v <= 0 {
 			return fmt.Errorf("%s must be positive", name)

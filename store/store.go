@@ -336,12 +336,31 @@ type Listeners interface {
 	TouchListener(ctx context.Context, tenant, id string, until time.Time) error
 }
 
+// Rate is a budget of Burst calls, refilled at PerSecond.
+type Rate struct {
+	PerSecond float64
+	Burst     int
+}
+
+// Limiter keeps rate budgets by key (a generic cell rate algorithm): API
+// keys' limits, and failed authentications per client address. A backend
+// shared by replicas shares the budgets: N replicas together allow what
+// one would.
+type Limiter interface {
+	// Take takes n calls from key's budget under r and answers 0, or, when
+	// the budget does not hold n now, takes nothing and answers how long
+	// until it will. n = 0 only looks: it answers how long until the
+	// budget holds one call.
+	Take(ctx context.Context, key string, r Rate, n int) (wait time.Duration, err error)
+}
+
 // Store is a complete backend.
 type Store interface {
 	Sessions
 	Messages
 	Listeners
 	Broker
+	Limiter
 	// Ping reports whether the backend is reachable.
 	Ping(ctx context.Context) error
 	// Close stops what the store started (never what it was handed, such

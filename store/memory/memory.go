@@ -21,6 +21,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/store"
+	"golang.org/x/time/rate"
 )
 
 // Options configures a Store: the settings every backend honours, and how
@@ -63,6 +64,9 @@ type Store struct {
 
 	subsMu sync.Mutex
 	subs   map[store.Topic]map[*store.Subscription]struct{}
+
+	limMu sync.Mutex
+	lim   limiters
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -161,6 +165,7 @@ func New(opts Options) (*Store, error) {
 		buckets:   make(map[bucket]map[*listener]struct{}),
 		pending:   make(map[string]map[*listener]struct{}),
 		subs:      make(map[store.Topic]map[*store.Subscription]struct{}),
+		lim:       limiters{byKey: make(map[string]*rate.Limiter)},
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -817,6 +822,7 @@ func (s *Store) sweepLoop() {
 			return
 		case <-t.C:
 			s.Sweep()
+			s.sweepLimiters(s.opts.Clock.Now())
 		}
 	}
 }

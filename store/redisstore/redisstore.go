@@ -25,6 +25,7 @@
 //	{ids.Tag(tenant, "*")}     x:*:<tenant>       set unfiltered listeners
 //	{ids.Tag(lid)}             l:<lid>            hash listener: filter, deadline, state, outcome
 //	{ids.Tag(tenant, "pl")}    pl:<tenant>        zset pending listeners, scored by when they stop being (the cap)
+//	rate:<prefix>:<key>                           string a rate budget (redis_rate's, keyed as it keys them)
 //
 // An index member is "<lid> <filter JSON>" (short keys, empty fields left
 // out), so an ingest evaluates candidates without reading their records;
@@ -61,6 +62,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatrelay/chatrelay/internal/ids"
@@ -84,10 +86,11 @@ type Options struct {
 // Store is the Redis backend. It does not own the client: whoever made the
 // client closes it, after closing the Store.
 type Store struct {
-	c     redis.UniversalClient
-	o     Options
-	hub   *hub
-	batch *batcher
+	c       redis.UniversalClient
+	o       Options
+	hub     *hub
+	batch   *batcher
+	limiter *redis_rate.Limiter
 	// postShared is postScript's leading args, the same for every post and
 	// boxed once, not per post.
 	postShared []any
@@ -121,6 +124,7 @@ func New(c redis.UniversalClient, o Options) (*Store, error) {
 	s := &Store{c: c, o: o}
 	s.hub = newHub(c, o.Logger, defaultIdleAfter, defaultSweepEvery)
 	s.batch = newBatcher(c)
+	s.limiter = redis_rate.NewLimiter(c)
 	s.postShared = []any{ms(o.SessionTTL), ms(o.EndedRetention), o.HistoryLimit, s.sessionEventPrefix(), ms(o.IdempotencyTTL)}
 	return s, nil
 }

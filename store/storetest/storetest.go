@@ -93,6 +93,7 @@ func Run(t *testing.T, f Factory) {
 		{"ChatbotForceStart", testChatbotForce},
 		{"ChatbotNamedSession", testChatbotNamedSession},
 		{"ChatbotIsIdempotent", testChatbotIdempotent},
+		{"RateBudgetsArePerKey", testRateBudgets},
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"CloseIsSafeConcurrently", testCloseConcurrently},
 	}
@@ -1238,5 +1239,45 @@ func testCloseConcurrently(e *env) {
 	wg.Wait()
 	if err := e.s.Close(); err != nil {
 		e.t.Fatalf("Close after Close: %v", err)
+	}
+}
+
+// ---- rate limits ----
+
+// A budget of Burst calls refills at PerSecond: a call past it is refused
+// with the wait until the next, and taking nothing only looks. (Refilling
+// itself is timed by the backend's own clock, which may be Redis's, so it
+// is not tested here.)
+func testRateBudgets(e *env) {
+	r := store.Rate{PerSecond: 1.0 / 3600, Burst: 3} // one call an hour
+	take := func(key string, n int) time.Duration {
+		e.t.Helper()
+		wait, err := e.s.Take(e.ctx, key, r, n)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return wait
+	}
+	if w := take("k1", 0); w != 0 {
+		e.t.Fatalf("looking at a fresh budget: wait %s, want 0", w)
+	}
+	for i := range 3 {
+		if w := take("k1", 1); w != 0 {
+			e.t.Fatalf("call %d of a burst of 3: wait %s", i+1, w)
+		}
+	}
+	for _, n := range []int{1, 0, 1} {
+		if w := take("k1", n); w < 59*time.Minute || w > time.Hour+time.Second {
+			e.t.Fatalf("taking %d from an empty budget: wait %s, want about an hour", n, w)
+		}
+	}
+	if w := take("k2", 1); w != 0 {
+		e.t.Fatalf("another key's budget: wait %s", w)
+	}
+	if w := take("k3", 4); w == 0 {
+		e.t.Fatal("4 calls at once from a burst of 3 were allowed")
+	}
+	if w := take("k3", 3); w != 0 {
+		e.t.Fatalf("refusing 4 took something: 3 then waited %s", w)
 	}
 }
