@@ -119,7 +119,11 @@ func serveChild(backend, redisURL, cpuprofile string) error {
 	default:
 		return fmt.Errorf("unknown backend %q", backend)
 	}
-	srv, err := server.New(server.Config{Store: st, Logger: quiet})
+	// The idle scenario holds 100k listeners of one tenant: past the
+	// default caps, which are for production.
+	limits := server.DefaultLimits()
+	limits.Streams, limits.PendingListeners = 1_000_000, 1_000_000
+	srv, err := server.New(server.Config{Store: st, Logger: quiet, Limits: limits})
 	if err != nil {
 		return err
 	}
