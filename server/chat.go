@@ -20,7 +20,7 @@ type chatService struct {
 // api sessions are delivered by the hub itself: the message reaches every
 // WatchSession stream (the widget, an API client). Other platforms need an
 // adapter, and none is built into this server yet, so they answer FAILED —
-// the message is kept in history either way, as DESIGN §5 requires.
+// the message is kept in history either way, as docs/design.md §3 says.
 func deliver(platform string) (store.MessageStatus, *store.PlatformError) {
 	if platform == platformWeb || platform == platformAPI {
 		return store.StatusDelivered, nil

@@ -14,7 +14,7 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// Platforms (DESIGN §1).
+// Platforms (docs/design.md §1).
 const (
 	platformWeb      = "web"
 	platformAPI      = "api"

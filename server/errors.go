@@ -19,7 +19,7 @@ import (
 // errorDomain is ErrorInfo.domain on every error chatrelay returns.
 const errorDomain = "chatrelay"
 
-// Reasons in ErrorInfo (DESIGN §5), beyond those that equal the code name.
+// Reasons in ErrorInfo (docs/design.md §5), beyond those that equal the code name.
 const (
 	reasonInvalid           = "INVALID_ARGUMENT"
 	reasonSessionNotFound   = "SESSION_NOT_FOUND"

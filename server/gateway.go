@@ -75,7 +75,7 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 	return mux
 }
 
-// isStream tells the two server-streaming routes (DESIGN §3) apart;
+// isStream tells the two server-streaming routes (docs/design.md §3) apart;
 // TestIsStreamKnowsEveryStreamingRoute checks it against the protos.
 func isStream(r *http.Request) bool {
 	return (r.Method == http.MethodPost && r.URL.Path == "/v1/chat:receive") ||

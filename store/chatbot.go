@@ -11,7 +11,7 @@ type ChatbotPlan struct {
 	Close *Session
 }
 
-// PlanChatbot applies SendChatbotMessage's rules (DESIGN §3), in order, to
+// PlanChatbot applies SendChatbotMessage's rules (docs/design.md §3), in order, to
 // the sessions a backend found: named is the session c.SessionID names (nil
 // when c.SessionID is empty), active the tuple's active session (nil when
 // none). Both backends call it so the rules live in one place; it returns

@@ -42,7 +42,7 @@ var (
 	ErrTooManyListeners = errors.New("too many pending listeners")
 )
 
-// SessionState is a session's lifecycle state (DESIGN §2).
+// SessionState is a session's lifecycle state (docs/design.md §2).
 type SessionState int
 
 const (
@@ -243,7 +243,7 @@ const (
 	SkipInProgress
 )
 
-// ChatbotStart is SendChatbotMessage's atomic step (DESIGN §3).
+// ChatbotStart is SendChatbotMessage's atomic step (docs/design.md §3).
 type ChatbotStart struct {
 	Tenant    string
 	Platform  string
@@ -317,7 +317,7 @@ type Messages interface {
 	ListMessages(ctx context.Context, tenant, sessionID, afterID string, limit int) ([]Message, error)
 }
 
-// Listeners stores ChatReceive registrations (DESIGN §4).
+// Listeners stores ChatReceive registrations (docs/design.md §4).
 type Listeners interface {
 	// RegisterListener stores a pending listener. When it returns, every
 	// later Ingest considers it. With MaxPending set, a tenant that has that

@@ -12,7 +12,7 @@ import (
 	"github.com/google/uuid"
 )
 
-// Prefixes of the identifiers, as DESIGN §1 shapes them.
+// Prefixes of the identifiers, as docs/design.md §1 shapes them.
 const (
 	SessionPrefix  = "ses_"
 	MessagePrefix  = "msg_"

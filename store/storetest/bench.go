@@ -13,7 +13,7 @@ import (
 
 // BenchmarkIngest measures ingesting one inbound message while N listeners
 // wait that it does not match: each waits for another user, channel or
-// session, as in a busy hub. DESIGN §4 requires the cost to stay flat as N
+// session, as in a busy hub. docs/design.md §4 requires the cost to stay flat as N
 // grows, because an ingest only visits the listeners indexed under its
 // session, user and channel, plus the unfiltered bucket.
 func BenchmarkIngest(b *testing.B, f Factory) {
