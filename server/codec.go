@@ -105,8 +105,9 @@ func appendPostMessageResponse(b []byte, m *pb.PostMessageResponse) ([]byte, boo
 	b, ok = appendJSONString(b, m.GetPlatform(), ok)
 	b = append(b, `,"channel":`...)
 	b, ok = appendJSONString(b, m.GetChannel(), ok)
-	b = append(b, `,"error":null}`...)
-	return b, ok
+	b = append(b, `,"error":null,"platform_message_id":`...)
+	b, ok = appendJSONString(b, m.GetPlatformMessageId(), ok)
+	return append(b, '}'), ok
 }
 
 // appendJSONString quotes s as protojson does; invalid UTF-8, which

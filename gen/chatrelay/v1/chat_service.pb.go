@@ -31,7 +31,8 @@ type ChatbotMessageStatus int32
 const (
 	// Never set by the server.
 	ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_UNSPECIFIED ChatbotMessageStatus = 0
-	// The chatbot runs in the session and its greeting was delivered.
+	// The chatbot runs in the session and its greeting was sent, or is
+	// being delivered (`greeting_status` says which).
 	ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_SENT ChatbotMessageStatus = 1
 	// A skip rule applied; `skip_reason` says which. Nothing changed.
 	ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_SKIPPED ChatbotMessageStatus = 2
@@ -271,22 +272,27 @@ func (x *PostMessageRequest) GetMetadata() map[string]string {
 // The response of PostMessage.
 type PostMessageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// DELIVERED, or FAILED with `error` set.
+	// How the platform took the message: SENT or DELIVERED (success), FAILED
+	// with `error` set, or PENDING when the platform did not answer within
+	// the server's delivery deadline (delivery goes on; WatchSession tells
+	// the outcome). A replayed key answers the message's status now.
 	Status MessageStatus `protobuf:"varint,1,opt,name=status,proto3,enum=chatrelay.v1.MessageStatus" json:"status,omitempty"`
 	// The id of the stored message (also on FAILED: the message is kept).
 	MessageId string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	// The session posted into.
 	SessionId string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	// When the platform accepted the message. Empty on FAILED.
+	// When the platform accepted the message. Empty on PENDING and FAILED.
 	DeliveredAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=delivered_at,json=deliveredAt,proto3" json:"delivered_at,omitempty"`
 	// The session's platform.
 	Platform string `protobuf:"bytes,5,opt,name=platform,proto3" json:"platform,omitempty"`
 	// The session's channel.
 	Channel string `protobuf:"bytes,6,opt,name=channel,proto3" json:"channel,omitempty"`
 	// The platform's refusal, when `status` is FAILED.
-	Error         *PlatformError `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error *PlatformError `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// The platform's id of the message, once it accepted it.
+	PlatformMessageId string `protobuf:"bytes,8,opt,name=platform_message_id,json=platformMessageId,proto3" json:"platform_message_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PostMessageResponse) Reset() {
@@ -366,6 +372,13 @@ func (x *PostMessageResponse) GetError() *PlatformError {
 		return x.Error
 	}
 	return nil
+}
+
+func (x *PostMessageResponse) GetPlatformMessageId() string {
+	if x != nil {
+		return x.PlatformMessageId
+	}
+	return ""
 }
 
 // The request of SendChatbotMessage.
@@ -521,9 +534,12 @@ type SendChatbotMessageResponse struct {
 	// The session as it is after the call.
 	Session *Session `protobuf:"bytes,10,opt,name=session,proto3" json:"session,omitempty"`
 	// The platform's refusal, when `status` is FAILED.
-	Error         *PlatformError `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error *PlatformError `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	// The greeting's delivery status, as PostMessage's `status`; unset when
+	// skipped.
+	GreetingStatus MessageStatus `protobuf:"varint,12,opt,name=greeting_status,json=greetingStatus,proto3,enum=chatrelay.v1.MessageStatus" json:"greeting_status,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SendChatbotMessageResponse) Reset() {
@@ -631,6 +647,13 @@ func (x *SendChatbotMessageResponse) GetError() *PlatformError {
 		return x.Error
 	}
 	return nil
+}
+
+func (x *SendChatbotMessageResponse) GetGreetingStatus() MessageStatus {
+	if x != nil {
+		return x.GreetingStatus
+	}
+	return MessageStatus_MESSAGE_STATUS_UNSPECIFIED
 }
 
 // The request of ChatReceive. Filters combine with AND; with none set, any
@@ -1351,7 +1374,7 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\bmetadata\x18\x04 \x03(\v2..chatrelay.v1.PostMessageRequest.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb0\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe0\x02\n" +
 	"\x13PostMessageResponse\x123\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x06status\x12\x1d\n" +
 	"\n" +
@@ -1361,7 +1384,8 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\fdelivered_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vdeliveredAt\x12\x1a\n" +
 	"\bplatform\x18\x05 \x01(\tR\bplatform\x12\x18\n" +
 	"\achannel\x18\x06 \x01(\tR\achannel\x121\n" +
-	"\x05error\x18\a \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\"\xa1\x05\n" +
+	"\x05error\x18\a \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x12.\n" +
+	"\x13platform_message_id\x18\b \x01(\tR\x11platformMessageId\"\xa1\x05\n" +
 	"\x19SendChatbotMessageRequest\x12\x1d\n" +
 	"\achatbot\x18\x01 \x01(\tB\x03\xe0A\x02R\achatbot\x12\x17\n" +
 	"\x04from\x18\x02 \x01(\tB\x03\xe0A\x02R\x04from\x12\x13\n" +
@@ -1380,7 +1404,7 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
 	"\x14ContactMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x04\n" +
 	"\x1aSendChatbotMessageResponse\x12:\n" +
 	"\x06status\x18\x01 \x01(\x0e2\".chatrelay.v1.ChatbotMessageStatusR\x06status\x129\n" +
 	"\vskip_reason\x18\x02 \x01(\x0e2\x18.chatrelay.v1.SkipReasonR\n" +
@@ -1397,7 +1421,8 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\acontact\x18\t \x01(\v2\x15.chatrelay.v1.ContactR\acontact\x12/\n" +
 	"\asession\x18\n" +
 	" \x01(\v2\x15.chatrelay.v1.SessionR\asession\x121\n" +
-	"\x05error\x18\v \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\"\xc7\x02\n" +
+	"\x05error\x18\v \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x12D\n" +
+	"\x0fgreeting_status\x18\f \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x0egreetingStatus\"\xc7\x02\n" +
 	"\x12ChatReceiveRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x1b\n" +
 	"\tfrom_user\x18\x02 \x01(\tR\bfromUser\x12\x1d\n" +
@@ -1536,33 +1561,34 @@ var file_chatrelay_v1_chat_service_proto_depIdxs = []int32{
 	21, // 8: chatrelay.v1.SendChatbotMessageResponse.contact:type_name -> chatrelay.v1.Contact
 	22, // 9: chatrelay.v1.SendChatbotMessageResponse.session:type_name -> chatrelay.v1.Session
 	20, // 10: chatrelay.v1.SendChatbotMessageResponse.error:type_name -> chatrelay.v1.PlatformError
-	2,  // 11: chatrelay.v1.ChatReceiveRequest.match:type_name -> chatrelay.v1.MatchMode
-	23, // 12: chatrelay.v1.ChatReceiveRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 13: chatrelay.v1.ChatReceiveResponse.waiting:type_name -> chatrelay.v1.ChatReceiveWaiting
-	10, // 14: chatrelay.v1.ChatReceiveResponse.success:type_name -> chatrelay.v1.ChatReceiveSuccess
-	11, // 15: chatrelay.v1.ChatReceiveResponse.error:type_name -> chatrelay.v1.ChatReceiveError
-	19, // 16: chatrelay.v1.ChatReceiveWaiting.timeout_at:type_name -> google.protobuf.Timestamp
-	2,  // 17: chatrelay.v1.ChatReceiveWaiting.match:type_name -> chatrelay.v1.MatchMode
-	19, // 18: chatrelay.v1.ChatReceiveSuccess.received_at:type_name -> google.protobuf.Timestamp
-	24, // 19: chatrelay.v1.ChatReceiveSuccess.raw_message:type_name -> google.protobuf.Struct
-	23, // 20: chatrelay.v1.ChatReceiveError.waited:type_name -> google.protobuf.Duration
-	24, // 21: chatrelay.v1.IngestMessageRequest.raw:type_name -> google.protobuf.Struct
-	17, // 22: chatrelay.v1.IngestMessageRequest.metadata:type_name -> chatrelay.v1.IngestMessageRequest.MetadataEntry
-	25, // 23: chatrelay.v1.IngestMessageResponse.message:type_name -> chatrelay.v1.Message
-	22, // 24: chatrelay.v1.IngestMessageResponse.session:type_name -> chatrelay.v1.Session
-	3,  // 25: chatrelay.v1.ChatService.PostMessage:input_type -> chatrelay.v1.PostMessageRequest
-	5,  // 26: chatrelay.v1.ChatService.SendChatbotMessage:input_type -> chatrelay.v1.SendChatbotMessageRequest
-	7,  // 27: chatrelay.v1.ChatService.ChatReceive:input_type -> chatrelay.v1.ChatReceiveRequest
-	12, // 28: chatrelay.v1.ChatService.IngestMessage:input_type -> chatrelay.v1.IngestMessageRequest
-	4,  // 29: chatrelay.v1.ChatService.PostMessage:output_type -> chatrelay.v1.PostMessageResponse
-	6,  // 30: chatrelay.v1.ChatService.SendChatbotMessage:output_type -> chatrelay.v1.SendChatbotMessageResponse
-	8,  // 31: chatrelay.v1.ChatService.ChatReceive:output_type -> chatrelay.v1.ChatReceiveResponse
-	13, // 32: chatrelay.v1.ChatService.IngestMessage:output_type -> chatrelay.v1.IngestMessageResponse
-	29, // [29:33] is the sub-list for method output_type
-	25, // [25:29] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	18, // 11: chatrelay.v1.SendChatbotMessageResponse.greeting_status:type_name -> chatrelay.v1.MessageStatus
+	2,  // 12: chatrelay.v1.ChatReceiveRequest.match:type_name -> chatrelay.v1.MatchMode
+	23, // 13: chatrelay.v1.ChatReceiveRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 14: chatrelay.v1.ChatReceiveResponse.waiting:type_name -> chatrelay.v1.ChatReceiveWaiting
+	10, // 15: chatrelay.v1.ChatReceiveResponse.success:type_name -> chatrelay.v1.ChatReceiveSuccess
+	11, // 16: chatrelay.v1.ChatReceiveResponse.error:type_name -> chatrelay.v1.ChatReceiveError
+	19, // 17: chatrelay.v1.ChatReceiveWaiting.timeout_at:type_name -> google.protobuf.Timestamp
+	2,  // 18: chatrelay.v1.ChatReceiveWaiting.match:type_name -> chatrelay.v1.MatchMode
+	19, // 19: chatrelay.v1.ChatReceiveSuccess.received_at:type_name -> google.protobuf.Timestamp
+	24, // 20: chatrelay.v1.ChatReceiveSuccess.raw_message:type_name -> google.protobuf.Struct
+	23, // 21: chatrelay.v1.ChatReceiveError.waited:type_name -> google.protobuf.Duration
+	24, // 22: chatrelay.v1.IngestMessageRequest.raw:type_name -> google.protobuf.Struct
+	17, // 23: chatrelay.v1.IngestMessageRequest.metadata:type_name -> chatrelay.v1.IngestMessageRequest.MetadataEntry
+	25, // 24: chatrelay.v1.IngestMessageResponse.message:type_name -> chatrelay.v1.Message
+	22, // 25: chatrelay.v1.IngestMessageResponse.session:type_name -> chatrelay.v1.Session
+	3,  // 26: chatrelay.v1.ChatService.PostMessage:input_type -> chatrelay.v1.PostMessageRequest
+	5,  // 27: chatrelay.v1.ChatService.SendChatbotMessage:input_type -> chatrelay.v1.SendChatbotMessageRequest
+	7,  // 28: chatrelay.v1.ChatService.ChatReceive:input_type -> chatrelay.v1.ChatReceiveRequest
+	12, // 29: chatrelay.v1.ChatService.IngestMessage:input_type -> chatrelay.v1.IngestMessageRequest
+	4,  // 30: chatrelay.v1.ChatService.PostMessage:output_type -> chatrelay.v1.PostMessageResponse
+	6,  // 31: chatrelay.v1.ChatService.SendChatbotMessage:output_type -> chatrelay.v1.SendChatbotMessageResponse
+	8,  // 32: chatrelay.v1.ChatService.ChatReceive:output_type -> chatrelay.v1.ChatReceiveResponse
+	13, // 33: chatrelay.v1.ChatService.IngestMessage:output_type -> chatrelay.v1.IngestMessageResponse
+	30, // [30:34] is the sub-list for method output_type
+	26, // [26:30] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_chatrelay_v1_chat_service_proto_init() }

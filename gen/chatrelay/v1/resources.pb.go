@@ -142,7 +142,10 @@ func (Direction) EnumDescriptor() ([]byte, []int) {
 	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{1}
 }
 
-// The delivery state of a message.
+// The delivery state of a message. An outbound message moves forward
+// only: PENDING, then SENT, DELIVERED and READ as the platform reports
+// them (a step may be skipped), or FAILED from any but READ. For a
+// workflow, SENT, DELIVERED and READ are success.
 type MessageStatus int32
 
 const (
@@ -150,11 +153,19 @@ const (
 	MessageStatus_MESSAGE_STATUS_UNSPECIFIED MessageStatus = 0
 	// An inbound message the hub has accepted.
 	MessageStatus_MESSAGE_STATUS_RECEIVED MessageStatus = 1
-	// An outbound message the session's platform accepted.
+	// An outbound message the session's platform delivered (Slack: posted
+	// to the channel; web and api: reached the hub's watchers).
 	MessageStatus_MESSAGE_STATUS_DELIVERED MessageStatus = 2
-	// An outbound message the platform refused; `error` says why. It is kept
-	// in history all the same.
+	// An outbound message the platform refused, or that could not be
+	// delivered; `error` says why. It is kept in history all the same.
 	MessageStatus_MESSAGE_STATUS_FAILED MessageStatus = 3
+	// Recorded and being delivered: the platform has not answered yet.
+	// Delivery goes on; the status arrives by WatchSession.
+	MessageStatus_MESSAGE_STATUS_PENDING MessageStatus = 4
+	// The platform accepted the message (WhatsApp); no receipt yet.
+	MessageStatus_MESSAGE_STATUS_SENT MessageStatus = 5
+	// The user read the message (a platform's read receipt).
+	MessageStatus_MESSAGE_STATUS_READ MessageStatus = 6
 )
 
 // Enum value maps for MessageStatus.
@@ -164,12 +175,18 @@ var (
 		1: "MESSAGE_STATUS_RECEIVED",
 		2: "MESSAGE_STATUS_DELIVERED",
 		3: "MESSAGE_STATUS_FAILED",
+		4: "MESSAGE_STATUS_PENDING",
+		5: "MESSAGE_STATUS_SENT",
+		6: "MESSAGE_STATUS_READ",
 	}
 	MessageStatus_value = map[string]int32{
 		"MESSAGE_STATUS_UNSPECIFIED": 0,
 		"MESSAGE_STATUS_RECEIVED":    1,
 		"MESSAGE_STATUS_DELIVERED":   2,
 		"MESSAGE_STATUS_FAILED":      3,
+		"MESSAGE_STATUS_PENDING":     4,
+		"MESSAGE_STATUS_SENT":        5,
+		"MESSAGE_STATUS_READ":        6,
 	}
 )
 
@@ -203,7 +220,9 @@ func (MessageStatus) EnumDescriptor() ([]byte, []int) {
 // A platform's refusal of a message. This is an outcome, not an RPC error.
 type PlatformError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The platform's own error code, for example `outside_24h_window`.
+	// The platform's own error code: Slack's `error` string
+	// (`channel_not_found`), a WhatsApp error code (`131047`), or the hub's
+	// own (`platform_not_configured`).
 	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
 	// A human-readable explanation from the platform.
 	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
@@ -507,9 +526,14 @@ type Message struct {
 	// The raw platform payload of an inbound message, as ingested.
 	Raw *structpb.Struct `protobuf:"bytes,11,opt,name=raw,proto3" json:"raw,omitempty"`
 	// Set when `status` is FAILED.
-	Error         *PlatformError `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error *PlatformError `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
+	// The platform's id of an outbound message once it accepted it (a
+	// Slack `ts`, a WhatsApp `wamid`); receipts name it.
+	PlatformMessageId string `protobuf:"bytes,13,opt,name=platform_message_id,json=platformMessageId,proto3" json:"platform_message_id,omitempty"`
+	// When `status` last changed.
+	StatusUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=status_updated_at,json=statusUpdatedAt,proto3" json:"status_updated_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
@@ -626,6 +650,102 @@ func (x *Message) GetError() *PlatformError {
 	return nil
 }
 
+func (x *Message) GetPlatformMessageId() string {
+	if x != nil {
+		return x.PlatformMessageId
+	}
+	return ""
+}
+
+func (x *Message) GetStatusUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StatusUpdatedAt
+	}
+	return nil
+}
+
+// A change of an outbound message's delivery status.
+type MessageStatusChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message whose status changed.
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// The new status.
+	Status MessageStatus `protobuf:"varint,2,opt,name=status,proto3,enum=chatrelay.v1.MessageStatus" json:"status,omitempty"`
+	// The platform's id of the message, once it accepted it.
+	PlatformMessageId string `protobuf:"bytes,3,opt,name=platform_message_id,json=platformMessageId,proto3" json:"platform_message_id,omitempty"`
+	// When the status changed.
+	StatusUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=status_updated_at,json=statusUpdatedAt,proto3" json:"status_updated_at,omitempty"`
+	// Set when `status` is FAILED.
+	Error         *PlatformError `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MessageStatusChange) Reset() {
+	*x = MessageStatusChange{}
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MessageStatusChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MessageStatusChange) ProtoMessage() {}
+
+func (x *MessageStatusChange) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MessageStatusChange.ProtoReflect.Descriptor instead.
+func (*MessageStatusChange) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MessageStatusChange) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *MessageStatusChange) GetStatus() MessageStatus {
+	if x != nil {
+		return x.Status
+	}
+	return MessageStatus_MESSAGE_STATUS_UNSPECIFIED
+}
+
+func (x *MessageStatusChange) GetPlatformMessageId() string {
+	if x != nil {
+		return x.PlatformMessageId
+	}
+	return ""
+}
+
+func (x *MessageStatusChange) GetStatusUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StatusUpdatedAt
+	}
+	return nil
+}
+
+func (x *MessageStatusChange) GetError() *PlatformError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_chatrelay_v1_resources_proto protoreflect.FileDescriptor
 
 const file_chatrelay_v1_resources_proto_rawDesc = "" +
@@ -665,7 +785,7 @@ const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"updated_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x05\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1d\n" +
@@ -682,10 +802,19 @@ const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"\bmetadata\x18\n" +
 	" \x03(\v2#.chatrelay.v1.Message.MetadataEntryR\bmetadata\x12)\n" +
 	"\x03raw\x18\v \x01(\v2\x17.google.protobuf.StructR\x03raw\x121\n" +
-	"\x05error\x18\f \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x1a;\n" +
+	"\x05error\x18\f \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x12.\n" +
+	"\x13platform_message_id\x18\r \x01(\tR\x11platformMessageId\x12F\n" +
+	"\x11status_updated_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0fstatusUpdatedAt\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xb0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x02\n" +
+	"\x13MessageStatusChange\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x123\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x06status\x12.\n" +
+	"\x13platform_message_id\x18\x03 \x01(\tR\x11platformMessageId\x12F\n" +
+	"\x11status_updated_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0fstatusUpdatedAt\x121\n" +
+	"\x05error\x18\x05 \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error*\xb0\x01\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SESSION_STATE_OPEN\x10\x01\x12\x15\n" +
@@ -696,12 +825,15 @@ const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"\tDirection\x12\x19\n" +
 	"\x15DIRECTION_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11DIRECTION_INBOUND\x10\x01\x12\x16\n" +
-	"\x12DIRECTION_OUTBOUND\x10\x02*\x85\x01\n" +
+	"\x12DIRECTION_OUTBOUND\x10\x02*\xd3\x01\n" +
 	"\rMessageStatus\x12\x1e\n" +
 	"\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17MESSAGE_STATUS_RECEIVED\x10\x01\x12\x1c\n" +
 	"\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x19\n" +
-	"\x15MESSAGE_STATUS_FAILED\x10\x03B=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
+	"\x15MESSAGE_STATUS_FAILED\x10\x03\x12\x1a\n" +
+	"\x16MESSAGE_STATUS_PENDING\x10\x04\x12\x17\n" +
+	"\x13MESSAGE_STATUS_SENT\x10\x05\x12\x17\n" +
+	"\x13MESSAGE_STATUS_READ\x10\x06B=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
 
 var (
 	file_chatrelay_v1_resources_proto_rawDescOnce sync.Once
@@ -716,7 +848,7 @@ func file_chatrelay_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_chatrelay_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chatrelay_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_chatrelay_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_chatrelay_v1_resources_proto_goTypes = []any{
 	(SessionState)(0),             // 0: chatrelay.v1.SessionState
 	(Direction)(0),                // 1: chatrelay.v1.Direction
@@ -725,33 +857,38 @@ var file_chatrelay_v1_resources_proto_goTypes = []any{
 	(*Session)(nil),               // 4: chatrelay.v1.Session
 	(*Contact)(nil),               // 5: chatrelay.v1.Contact
 	(*Message)(nil),               // 6: chatrelay.v1.Message
-	nil,                           // 7: chatrelay.v1.Session.MetadataEntry
-	nil,                           // 8: chatrelay.v1.Contact.MetadataEntry
-	nil,                           // 9: chatrelay.v1.Message.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),       // 11: google.protobuf.Struct
+	(*MessageStatusChange)(nil),   // 7: chatrelay.v1.MessageStatusChange
+	nil,                           // 8: chatrelay.v1.Session.MetadataEntry
+	nil,                           // 9: chatrelay.v1.Contact.MetadataEntry
+	nil,                           // 10: chatrelay.v1.Message.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),       // 12: google.protobuf.Struct
 }
 var file_chatrelay_v1_resources_proto_depIdxs = []int32{
 	0,  // 0: chatrelay.v1.Session.state:type_name -> chatrelay.v1.SessionState
-	7,  // 1: chatrelay.v1.Session.metadata:type_name -> chatrelay.v1.Session.MetadataEntry
-	10, // 2: chatrelay.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	10, // 3: chatrelay.v1.Session.updated_at:type_name -> google.protobuf.Timestamp
-	10, // 4: chatrelay.v1.Session.last_activity_at:type_name -> google.protobuf.Timestamp
-	10, // 5: chatrelay.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	8,  // 6: chatrelay.v1.Contact.metadata:type_name -> chatrelay.v1.Contact.MetadataEntry
-	10, // 7: chatrelay.v1.Contact.created_at:type_name -> google.protobuf.Timestamp
-	10, // 8: chatrelay.v1.Contact.updated_at:type_name -> google.protobuf.Timestamp
+	8,  // 1: chatrelay.v1.Session.metadata:type_name -> chatrelay.v1.Session.MetadataEntry
+	11, // 2: chatrelay.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	11, // 3: chatrelay.v1.Session.updated_at:type_name -> google.protobuf.Timestamp
+	11, // 4: chatrelay.v1.Session.last_activity_at:type_name -> google.protobuf.Timestamp
+	11, // 5: chatrelay.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 6: chatrelay.v1.Contact.metadata:type_name -> chatrelay.v1.Contact.MetadataEntry
+	11, // 7: chatrelay.v1.Contact.created_at:type_name -> google.protobuf.Timestamp
+	11, // 8: chatrelay.v1.Contact.updated_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: chatrelay.v1.Message.direction:type_name -> chatrelay.v1.Direction
-	10, // 10: chatrelay.v1.Message.created_at:type_name -> google.protobuf.Timestamp
+	11, // 10: chatrelay.v1.Message.created_at:type_name -> google.protobuf.Timestamp
 	2,  // 11: chatrelay.v1.Message.status:type_name -> chatrelay.v1.MessageStatus
-	9,  // 12: chatrelay.v1.Message.metadata:type_name -> chatrelay.v1.Message.MetadataEntry
-	11, // 13: chatrelay.v1.Message.raw:type_name -> google.protobuf.Struct
+	10, // 12: chatrelay.v1.Message.metadata:type_name -> chatrelay.v1.Message.MetadataEntry
+	12, // 13: chatrelay.v1.Message.raw:type_name -> google.protobuf.Struct
 	3,  // 14: chatrelay.v1.Message.error:type_name -> chatrelay.v1.PlatformError
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	11, // 15: chatrelay.v1.Message.status_updated_at:type_name -> google.protobuf.Timestamp
+	2,  // 16: chatrelay.v1.MessageStatusChange.status:type_name -> chatrelay.v1.MessageStatus
+	11, // 17: chatrelay.v1.MessageStatusChange.status_updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 18: chatrelay.v1.MessageStatusChange.error:type_name -> chatrelay.v1.PlatformError
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_chatrelay_v1_resources_proto_init() }
@@ -765,7 +902,7 @@ func file_chatrelay_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatrelay_v1_resources_proto_rawDesc), len(file_chatrelay_v1_resources_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

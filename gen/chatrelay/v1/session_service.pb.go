@@ -144,6 +144,152 @@ func (x *CreateSessionResponse) GetSession() *Session {
 	return nil
 }
 
+// The request of ListSessions. Filters combine with AND.
+type ListSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only sessions on this platform.
+	Platform string `protobuf:"bytes,1,opt,name=platform,proto3" json:"platform,omitempty"`
+	// Only sessions on this channel (configured name or id).
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// Only sessions of this user.
+	User string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	// Only sessions in this state.
+	State SessionState `protobuf:"varint,4,opt,name=state,proto3,enum=chatrelay.v1.SessionState" json:"state,omitempty"`
+	// At most this many sessions (default 50, at most 1000).
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsRequest) Reset() {
+	*x = ListSessionsRequest{}
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsRequest) ProtoMessage() {}
+
+func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListSessionsRequest) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetState() SessionState {
+	if x != nil {
+		return x.State
+	}
+	return SessionState_SESSION_STATE_UNSPECIFIED
+}
+
+func (x *ListSessionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSessionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// The response of ListSessions.
+type ListSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The page, newest activity first.
+	Sessions []*Session `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	// Pass as `page_token` for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsResponse) Reset() {
+	*x = ListSessionsResponse{}
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsResponse) ProtoMessage() {}
+
+func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ListSessionsResponse) GetSessions() []*Session {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+func (x *ListSessionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // The request of GetSession.
 type GetSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -155,7 +301,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[2]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +313,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[2]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +326,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{2}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -201,7 +347,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[3]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -213,7 +359,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[3]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -226,7 +372,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{3}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetSessionResponse) GetSession() *Session {
@@ -257,7 +403,7 @@ type UpdateSessionRequest struct {
 
 func (x *UpdateSessionRequest) Reset() {
 	*x = UpdateSessionRequest{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[4]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +415,7 @@ func (x *UpdateSessionRequest) String() string {
 func (*UpdateSessionRequest) ProtoMessage() {}
 
 func (x *UpdateSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[4]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +428,7 @@ func (x *UpdateSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSessionRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSessionRequest) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{4}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateSessionRequest) GetSessionId() string {
@@ -331,7 +477,7 @@ type UpdateSessionResponse struct {
 
 func (x *UpdateSessionResponse) Reset() {
 	*x = UpdateSessionResponse{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[5]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +489,7 @@ func (x *UpdateSessionResponse) String() string {
 func (*UpdateSessionResponse) ProtoMessage() {}
 
 func (x *UpdateSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[5]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +502,7 @@ func (x *UpdateSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSessionResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSessionResponse) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{5}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UpdateSessionResponse) GetSession() *Session {
@@ -377,7 +523,7 @@ type CloseSessionRequest struct {
 
 func (x *CloseSessionRequest) Reset() {
 	*x = CloseSessionRequest{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[6]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -389,7 +535,7 @@ func (x *CloseSessionRequest) String() string {
 func (*CloseSessionRequest) ProtoMessage() {}
 
 func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[6]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -402,7 +548,7 @@ func (x *CloseSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionRequest.ProtoReflect.Descriptor instead.
 func (*CloseSessionRequest) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{6}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CloseSessionRequest) GetSessionId() string {
@@ -423,7 +569,7 @@ type CloseSessionResponse struct {
 
 func (x *CloseSessionResponse) Reset() {
 	*x = CloseSessionResponse{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[7]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +581,7 @@ func (x *CloseSessionResponse) String() string {
 func (*CloseSessionResponse) ProtoMessage() {}
 
 func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[7]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +594,7 @@ func (x *CloseSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseSessionResponse.ProtoReflect.Descriptor instead.
 func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{7}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CloseSessionResponse) GetSession() *Session {
@@ -473,7 +619,7 @@ type ListMessagesRequest struct {
 
 func (x *ListMessagesRequest) Reset() {
 	*x = ListMessagesRequest{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[8]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +631,7 @@ func (x *ListMessagesRequest) String() string {
 func (*ListMessagesRequest) ProtoMessage() {}
 
 func (x *ListMessagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[8]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +644,7 @@ func (x *ListMessagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMessagesRequest.ProtoReflect.Descriptor instead.
 func (*ListMessagesRequest) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{8}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListMessagesRequest) GetSessionId() string {
@@ -535,7 +681,7 @@ type ListMessagesResponse struct {
 
 func (x *ListMessagesResponse) Reset() {
 	*x = ListMessagesResponse{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[9]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +693,7 @@ func (x *ListMessagesResponse) String() string {
 func (*ListMessagesResponse) ProtoMessage() {}
 
 func (x *ListMessagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[9]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +706,7 @@ func (x *ListMessagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMessagesResponse.ProtoReflect.Descriptor instead.
 func (*ListMessagesResponse) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{9}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListMessagesResponse) GetMessages() []*Message {
@@ -593,7 +739,7 @@ type WatchSessionRequest struct {
 
 func (x *WatchSessionRequest) Reset() {
 	*x = WatchSessionRequest{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[10]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +751,7 @@ func (x *WatchSessionRequest) String() string {
 func (*WatchSessionRequest) ProtoMessage() {}
 
 func (x *WatchSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[10]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +764,7 @@ func (x *WatchSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionRequest.ProtoReflect.Descriptor instead.
 func (*WatchSessionRequest) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{10}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchSessionRequest) GetSessionId() string {
@@ -651,6 +797,7 @@ type WatchSessionResponse struct {
 	//
 	//	*WatchSessionResponse_Message
 	//	*WatchSessionResponse_Ended
+	//	*WatchSessionResponse_MessageStatus
 	Event         isWatchSessionResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -658,7 +805,7 @@ type WatchSessionResponse struct {
 
 func (x *WatchSessionResponse) Reset() {
 	*x = WatchSessionResponse{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[11]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +817,7 @@ func (x *WatchSessionResponse) String() string {
 func (*WatchSessionResponse) ProtoMessage() {}
 
 func (x *WatchSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[11]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +830,7 @@ func (x *WatchSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionResponse.ProtoReflect.Descriptor instead.
 func (*WatchSessionResponse) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{11}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchSessionResponse) GetEvent() isWatchSessionResponse_Event {
@@ -711,6 +858,15 @@ func (x *WatchSessionResponse) GetEnded() *SessionEnded {
 	return nil
 }
 
+func (x *WatchSessionResponse) GetMessageStatus() *MessageStatusChange {
+	if x != nil {
+		if x, ok := x.Event.(*WatchSessionResponse_MessageStatus); ok {
+			return x.MessageStatus
+		}
+	}
+	return nil
+}
+
 type isWatchSessionResponse_Event interface {
 	isWatchSessionResponse_Event()
 }
@@ -725,9 +881,16 @@ type WatchSessionResponse_Ended struct {
 	Ended *SessionEnded `protobuf:"bytes,2,opt,name=ended,proto3,oneof"`
 }
 
+type WatchSessionResponse_MessageStatus struct {
+	// An outbound message already sent on this stream changed status.
+	MessageStatus *MessageStatusChange `protobuf:"bytes,3,opt,name=message_status,json=messageStatus,proto3,oneof"`
+}
+
 func (*WatchSessionResponse_Message) isWatchSessionResponse_Event() {}
 
 func (*WatchSessionResponse_Ended) isWatchSessionResponse_Event() {}
+
+func (*WatchSessionResponse_MessageStatus) isWatchSessionResponse_Event() {}
 
 // The session closed or expired.
 type SessionEnded struct {
@@ -742,7 +905,7 @@ type SessionEnded struct {
 
 func (x *SessionEnded) Reset() {
 	*x = SessionEnded{}
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[12]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +917,7 @@ func (x *SessionEnded) String() string {
 func (*SessionEnded) ProtoMessage() {}
 
 func (x *SessionEnded) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_session_service_proto_msgTypes[12]
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +930,7 @@ func (x *SessionEnded) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEnded.ProtoReflect.Descriptor instead.
 func (*SessionEnded) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{12}
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SessionEnded) GetState() SessionState {
@@ -798,7 +961,18 @@ const file_chatrelay_v1_session_service_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"H\n" +
 	"\x15CreateSessionResponse\x12/\n" +
-	"\asession\x18\x01 \x01(\v2\x15.chatrelay.v1.SessionR\asession\"7\n" +
+	"\asession\x18\x01 \x01(\v2\x15.chatrelay.v1.SessionR\asession\"\xcd\x01\n" +
+	"\x13ListSessionsRequest\x12\x1a\n" +
+	"\bplatform\x18\x01 \x01(\tR\bplatform\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x120\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1a.chatrelay.v1.SessionStateR\x05state\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"q\n" +
+	"\x14ListSessionsResponse\x121\n" +
+	"\bsessions\x18\x01 \x03(\v2\x15.chatrelay.v1.SessionR\bsessions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"7\n" +
 	"\x11GetSessionRequest\x12\"\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tB\x03\xe0A\x02R\tsessionId\"E\n" +
@@ -834,16 +1008,18 @@ const file_chatrelay_v1_session_service_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tB\x03\xe0A\x02R\tsessionId\x12(\n" +
 	"\x10after_message_id\x18\x02 \x01(\tR\x0eafterMessageId\x12\x1b\n" +
-	"\tlive_only\x18\x03 \x01(\bR\bliveOnly\"\x86\x01\n" +
+	"\tlive_only\x18\x03 \x01(\bR\bliveOnly\"\xd2\x01\n" +
 	"\x14WatchSessionResponse\x121\n" +
 	"\amessage\x18\x01 \x01(\v2\x15.chatrelay.v1.MessageH\x00R\amessage\x122\n" +
-	"\x05ended\x18\x02 \x01(\v2\x1a.chatrelay.v1.SessionEndedH\x00R\x05endedB\a\n" +
+	"\x05ended\x18\x02 \x01(\v2\x1a.chatrelay.v1.SessionEndedH\x00R\x05ended\x12J\n" +
+	"\x0emessage_status\x18\x03 \x01(\v2!.chatrelay.v1.MessageStatusChangeH\x00R\rmessageStatusB\a\n" +
 	"\x05event\"w\n" +
 	"\fSessionEnded\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.chatrelay.v1.SessionStateR\x05state\x125\n" +
-	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt2\xa7\x06\n" +
+	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt2\x94\a\n" +
 	"\x0eSessionService\x12z\n" +
-	"\rCreateSession\x12\".chatrelay.v1.CreateSessionRequest\x1a#.chatrelay.v1.CreateSessionResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*b\asession\"\f/v1/sessions\x12{\n" +
+	"\rCreateSession\x12\".chatrelay.v1.CreateSessionRequest\x1a#.chatrelay.v1.CreateSessionResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*b\asession\"\f/v1/sessions\x12k\n" +
+	"\fListSessions\x12!.chatrelay.v1.ListSessionsRequest\x1a\".chatrelay.v1.ListSessionsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/sessions\x12{\n" +
 	"\n" +
 	"GetSession\x12\x1f.chatrelay.v1.GetSessionRequest\x1a .chatrelay.v1.GetSessionResponse\"*\x82\xd3\xe4\x93\x02$b\asession\x12\x19/v1/sessions/{session_id}\x12\x87\x01\n" +
 	"\rUpdateSession\x12\".chatrelay.v1.UpdateSessionRequest\x1a#.chatrelay.v1.UpdateSessionResponse\"-\x82\xd3\xe4\x93\x02':\x01*b\asession2\x19/v1/sessions/{session_id}\x12\x8a\x01\n" +
@@ -863,58 +1039,66 @@ func file_chatrelay_v1_session_service_proto_rawDescGZIP() []byte {
 	return file_chatrelay_v1_session_service_proto_rawDescData
 }
 
-var file_chatrelay_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_chatrelay_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_chatrelay_v1_session_service_proto_goTypes = []any{
 	(*CreateSessionRequest)(nil),  // 0: chatrelay.v1.CreateSessionRequest
 	(*CreateSessionResponse)(nil), // 1: chatrelay.v1.CreateSessionResponse
-	(*GetSessionRequest)(nil),     // 2: chatrelay.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),    // 3: chatrelay.v1.GetSessionResponse
-	(*UpdateSessionRequest)(nil),  // 4: chatrelay.v1.UpdateSessionRequest
-	(*UpdateSessionResponse)(nil), // 5: chatrelay.v1.UpdateSessionResponse
-	(*CloseSessionRequest)(nil),   // 6: chatrelay.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),  // 7: chatrelay.v1.CloseSessionResponse
-	(*ListMessagesRequest)(nil),   // 8: chatrelay.v1.ListMessagesRequest
-	(*ListMessagesResponse)(nil),  // 9: chatrelay.v1.ListMessagesResponse
-	(*WatchSessionRequest)(nil),   // 10: chatrelay.v1.WatchSessionRequest
-	(*WatchSessionResponse)(nil),  // 11: chatrelay.v1.WatchSessionResponse
-	(*SessionEnded)(nil),          // 12: chatrelay.v1.SessionEnded
-	nil,                           // 13: chatrelay.v1.CreateSessionRequest.MetadataEntry
-	nil,                           // 14: chatrelay.v1.UpdateSessionRequest.MetadataEntry
-	(*Session)(nil),               // 15: chatrelay.v1.Session
-	(SessionState)(0),             // 16: chatrelay.v1.SessionState
-	(*Message)(nil),               // 17: chatrelay.v1.Message
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*ListSessionsRequest)(nil),   // 2: chatrelay.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),  // 3: chatrelay.v1.ListSessionsResponse
+	(*GetSessionRequest)(nil),     // 4: chatrelay.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),    // 5: chatrelay.v1.GetSessionResponse
+	(*UpdateSessionRequest)(nil),  // 6: chatrelay.v1.UpdateSessionRequest
+	(*UpdateSessionResponse)(nil), // 7: chatrelay.v1.UpdateSessionResponse
+	(*CloseSessionRequest)(nil),   // 8: chatrelay.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),  // 9: chatrelay.v1.CloseSessionResponse
+	(*ListMessagesRequest)(nil),   // 10: chatrelay.v1.ListMessagesRequest
+	(*ListMessagesResponse)(nil),  // 11: chatrelay.v1.ListMessagesResponse
+	(*WatchSessionRequest)(nil),   // 12: chatrelay.v1.WatchSessionRequest
+	(*WatchSessionResponse)(nil),  // 13: chatrelay.v1.WatchSessionResponse
+	(*SessionEnded)(nil),          // 14: chatrelay.v1.SessionEnded
+	nil,                           // 15: chatrelay.v1.CreateSessionRequest.MetadataEntry
+	nil,                           // 16: chatrelay.v1.UpdateSessionRequest.MetadataEntry
+	(*Session)(nil),               // 17: chatrelay.v1.Session
+	(SessionState)(0),             // 18: chatrelay.v1.SessionState
+	(*Message)(nil),               // 19: chatrelay.v1.Message
+	(*MessageStatusChange)(nil),   // 20: chatrelay.v1.MessageStatusChange
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_chatrelay_v1_session_service_proto_depIdxs = []int32{
-	13, // 0: chatrelay.v1.CreateSessionRequest.metadata:type_name -> chatrelay.v1.CreateSessionRequest.MetadataEntry
-	15, // 1: chatrelay.v1.CreateSessionResponse.session:type_name -> chatrelay.v1.Session
-	15, // 2: chatrelay.v1.GetSessionResponse.session:type_name -> chatrelay.v1.Session
-	16, // 3: chatrelay.v1.UpdateSessionRequest.state:type_name -> chatrelay.v1.SessionState
-	14, // 4: chatrelay.v1.UpdateSessionRequest.metadata:type_name -> chatrelay.v1.UpdateSessionRequest.MetadataEntry
-	15, // 5: chatrelay.v1.UpdateSessionResponse.session:type_name -> chatrelay.v1.Session
-	15, // 6: chatrelay.v1.CloseSessionResponse.session:type_name -> chatrelay.v1.Session
-	17, // 7: chatrelay.v1.ListMessagesResponse.messages:type_name -> chatrelay.v1.Message
-	17, // 8: chatrelay.v1.WatchSessionResponse.message:type_name -> chatrelay.v1.Message
-	12, // 9: chatrelay.v1.WatchSessionResponse.ended:type_name -> chatrelay.v1.SessionEnded
-	16, // 10: chatrelay.v1.SessionEnded.state:type_name -> chatrelay.v1.SessionState
-	18, // 11: chatrelay.v1.SessionEnded.ended_at:type_name -> google.protobuf.Timestamp
-	0,  // 12: chatrelay.v1.SessionService.CreateSession:input_type -> chatrelay.v1.CreateSessionRequest
-	2,  // 13: chatrelay.v1.SessionService.GetSession:input_type -> chatrelay.v1.GetSessionRequest
-	4,  // 14: chatrelay.v1.SessionService.UpdateSession:input_type -> chatrelay.v1.UpdateSessionRequest
-	6,  // 15: chatrelay.v1.SessionService.CloseSession:input_type -> chatrelay.v1.CloseSessionRequest
-	8,  // 16: chatrelay.v1.SessionService.ListMessages:input_type -> chatrelay.v1.ListMessagesRequest
-	10, // 17: chatrelay.v1.SessionService.WatchSession:input_type -> chatrelay.v1.WatchSessionRequest
-	1,  // 18: chatrelay.v1.SessionService.CreateSession:output_type -> chatrelay.v1.CreateSessionResponse
-	3,  // 19: chatrelay.v1.SessionService.GetSession:output_type -> chatrelay.v1.GetSessionResponse
-	5,  // 20: chatrelay.v1.SessionService.UpdateSession:output_type -> chatrelay.v1.UpdateSessionResponse
-	7,  // 21: chatrelay.v1.SessionService.CloseSession:output_type -> chatrelay.v1.CloseSessionResponse
-	9,  // 22: chatrelay.v1.SessionService.ListMessages:output_type -> chatrelay.v1.ListMessagesResponse
-	11, // 23: chatrelay.v1.SessionService.WatchSession:output_type -> chatrelay.v1.WatchSessionResponse
-	18, // [18:24] is the sub-list for method output_type
-	12, // [12:18] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 0: chatrelay.v1.CreateSessionRequest.metadata:type_name -> chatrelay.v1.CreateSessionRequest.MetadataEntry
+	17, // 1: chatrelay.v1.CreateSessionResponse.session:type_name -> chatrelay.v1.Session
+	18, // 2: chatrelay.v1.ListSessionsRequest.state:type_name -> chatrelay.v1.SessionState
+	17, // 3: chatrelay.v1.ListSessionsResponse.sessions:type_name -> chatrelay.v1.Session
+	17, // 4: chatrelay.v1.GetSessionResponse.session:type_name -> chatrelay.v1.Session
+	18, // 5: chatrelay.v1.UpdateSessionRequest.state:type_name -> chatrelay.v1.SessionState
+	16, // 6: chatrelay.v1.UpdateSessionRequest.metadata:type_name -> chatrelay.v1.UpdateSessionRequest.MetadataEntry
+	17, // 7: chatrelay.v1.UpdateSessionResponse.session:type_name -> chatrelay.v1.Session
+	17, // 8: chatrelay.v1.CloseSessionResponse.session:type_name -> chatrelay.v1.Session
+	19, // 9: chatrelay.v1.ListMessagesResponse.messages:type_name -> chatrelay.v1.Message
+	19, // 10: chatrelay.v1.WatchSessionResponse.message:type_name -> chatrelay.v1.Message
+	14, // 11: chatrelay.v1.WatchSessionResponse.ended:type_name -> chatrelay.v1.SessionEnded
+	20, // 12: chatrelay.v1.WatchSessionResponse.message_status:type_name -> chatrelay.v1.MessageStatusChange
+	18, // 13: chatrelay.v1.SessionEnded.state:type_name -> chatrelay.v1.SessionState
+	21, // 14: chatrelay.v1.SessionEnded.ended_at:type_name -> google.protobuf.Timestamp
+	0,  // 15: chatrelay.v1.SessionService.CreateSession:input_type -> chatrelay.v1.CreateSessionRequest
+	2,  // 16: chatrelay.v1.SessionService.ListSessions:input_type -> chatrelay.v1.ListSessionsRequest
+	4,  // 17: chatrelay.v1.SessionService.GetSession:input_type -> chatrelay.v1.GetSessionRequest
+	6,  // 18: chatrelay.v1.SessionService.UpdateSession:input_type -> chatrelay.v1.UpdateSessionRequest
+	8,  // 19: chatrelay.v1.SessionService.CloseSession:input_type -> chatrelay.v1.CloseSessionRequest
+	10, // 20: chatrelay.v1.SessionService.ListMessages:input_type -> chatrelay.v1.ListMessagesRequest
+	12, // 21: chatrelay.v1.SessionService.WatchSession:input_type -> chatrelay.v1.WatchSessionRequest
+	1,  // 22: chatrelay.v1.SessionService.CreateSession:output_type -> chatrelay.v1.CreateSessionResponse
+	3,  // 23: chatrelay.v1.SessionService.ListSessions:output_type -> chatrelay.v1.ListSessionsResponse
+	5,  // 24: chatrelay.v1.SessionService.GetSession:output_type -> chatrelay.v1.GetSessionResponse
+	7,  // 25: chatrelay.v1.SessionService.UpdateSession:output_type -> chatrelay.v1.UpdateSessionResponse
+	9,  // 26: chatrelay.v1.SessionService.CloseSession:output_type -> chatrelay.v1.CloseSessionResponse
+	11, // 27: chatrelay.v1.SessionService.ListMessages:output_type -> chatrelay.v1.ListMessagesResponse
+	13, // 28: chatrelay.v1.SessionService.WatchSession:output_type -> chatrelay.v1.WatchSessionResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_chatrelay_v1_session_service_proto_init() }
@@ -923,9 +1107,10 @@ func file_chatrelay_v1_session_service_proto_init() {
 		return
 	}
 	file_chatrelay_v1_resources_proto_init()
-	file_chatrelay_v1_session_service_proto_msgTypes[11].OneofWrappers = []any{
+	file_chatrelay_v1_session_service_proto_msgTypes[13].OneofWrappers = []any{
 		(*WatchSessionResponse_Message)(nil),
 		(*WatchSessionResponse_Ended)(nil),
+		(*WatchSessionResponse_MessageStatus)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -933,7 +1118,7 @@ func file_chatrelay_v1_session_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatrelay_v1_session_service_proto_rawDesc), len(file_chatrelay_v1_session_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	SessionService_CreateSession_FullMethodName = "/chatrelay.v1.SessionService/CreateSession"
+	SessionService_ListSessions_FullMethodName  = "/chatrelay.v1.SessionService/ListSessions"
 	SessionService_GetSession_FullMethodName    = "/chatrelay.v1.SessionService/GetSession"
 	SessionService_UpdateSession_FullMethodName = "/chatrelay.v1.SessionService/UpdateSession"
 	SessionService_CloseSession_FullMethodName  = "/chatrelay.v1.SessionService/CloseSession"
@@ -37,6 +38,10 @@ type SessionServiceClient interface {
 	// when one is already active for that tuple. Over REST the body is the
 	// Session itself.
 	CreateSession(ctx context.Context, in *CreateSessionRequest, opts ...grpc.CallOption) (*CreateSessionResponse, error)
+	// Lists the tenant's sessions, newest activity first, filtered by
+	// platform, channel, user and state: how a workflow finds the session
+	// of a customer (one an inbound Slack or WhatsApp message opened, say).
+	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	// Returns a session. Over REST the body is the Session itself.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
 	// Changes an active session's state (IN_PROGRESS or OPEN), merges metadata
@@ -66,6 +71,16 @@ func (c *sessionServiceClient) CreateSession(ctx context.Context, in *CreateSess
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateSessionResponse)
 	err := c.cc.Invoke(ctx, SessionService_CreateSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionServiceClient) ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSessionsResponse)
+	err := c.cc.Invoke(ctx, SessionService_ListSessions_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -141,6 +156,10 @@ type SessionServiceServer interface {
 	// when one is already active for that tuple. Over REST the body is the
 	// Session itself.
 	CreateSession(context.Context, *CreateSessionRequest) (*CreateSessionResponse, error)
+	// Lists the tenant's sessions, newest activity first, filtered by
+	// platform, channel, user and state: how a workflow finds the session
+	// of a customer (one an inbound Slack or WhatsApp message opened, say).
+	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	// Returns a session. Over REST the body is the Session itself.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
 	// Changes an active session's state (IN_PROGRESS or OPEN), merges metadata
@@ -168,6 +187,9 @@ type UnimplementedSessionServiceServer struct{}
 
 func (UnimplementedSessionServiceServer) CreateSession(context.Context, *CreateSessionRequest) (*CreateSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateSession not implemented")
+}
+func (UnimplementedSessionServiceServer) ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSessions not implemented")
 }
 func (UnimplementedSessionServiceServer) GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSession not implemented")
@@ -219,6 +241,24 @@ func _SessionService_CreateSession_Handler(srv interface{}, ctx context.Context,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(SessionServiceServer).CreateSession(ctx, req.(*CreateSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionService_ListSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).ListSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_ListSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).ListSessions(ctx, req.(*ListSessionsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -316,6 +356,10 @@ var SessionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateSession",
 			Handler:    _SessionService_CreateSession_Handler,
+		},
+		{
+			MethodName: "ListSessions",
+			Handler:    _SessionService_ListSessions_Handler,
 		},
 		{
 			MethodName: "GetSession",
