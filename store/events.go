@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // EventKind says what changed.
@@ -15,7 +16,20 @@ const (
 	EventSessionEnded
 	// EventListenerResolved: listener ListenerID has its outcome.
 	EventListenerResolved
+	// EventMessageStatus: an outbound message of session SessionID
+	// changed status; Status says how.
+	EventMessageStatus
 )
+
+// StatusChange is an outbound message's new delivery status.
+type StatusChange struct {
+	MessageID  string
+	Seq        uint64
+	Status     MessageStatus
+	PlatformID string
+	At         time.Time
+	Error      *PlatformError
+}
 
 // Event is a change notification. Events are hints for speed: a consumer that
 // is told to resync (Subscription.Next) re-reads the store, so a backend may
@@ -31,6 +45,8 @@ type Event struct {
 	// record from the store.
 	Session  *Session
 	Listener *Listener
+	// Status is set on EventMessageStatus.
+	Status *StatusChange
 }
 
 // Topic names a stream of events: one session's or one listener's.

@@ -119,11 +119,38 @@ const (
 // MessageStatus is a message's delivery state.
 type MessageStatus int
 
+// The values are stored: new ones are added at the end.
 const (
 	StatusReceived MessageStatus = iota + 1
 	StatusDelivered
 	StatusFailed
+	StatusPending
+	StatusSent
+	StatusRead
 )
+
+// stage orders outbound statuses: a message only moves to a later stage.
+var stage = map[MessageStatus]int{StatusPending: 1, StatusSent: 2, StatusDelivered: 3, StatusRead: 4}
+
+// Advances reports whether an outbound message in status s may move to
+// next (docs/design.md §9): forward only, PENDING → SENT → DELIVERED → READ,
+// steps skipped at will; FAILED from any of them but READ. A repeated or
+// stale status does not advance, nor does anything after FAILED.
+func (s MessageStatus) Advances(next MessageStatus) bool {
+	from, ok := stage[s]
+	if !ok {
+		return false // FAILED, RECEIVED: final
+	}
+	if next == StatusFailed {
+		return s != StatusRead
+	}
+	to, ok := stage[next]
+	return ok && to > from
+}
+
+// Settled reports whether an outbound message in status s is done with
+// delivery: the platform took it, or it failed.
+func (s MessageStatus) Settled() bool { return s != StatusPending }
 
 // PlatformError is a platform's refusal of an outbound message.
 type PlatformError struct {
@@ -153,6 +180,11 @@ type Message struct {
 	// Raw is the ingested platform payload as a JSON object, or nil.
 	Raw   json.RawMessage
 	Error *PlatformError
+	// PlatformID is the platform's id of an outbound message once it took
+	// it (a Slack ts, a WhatsApp wamid): receipts name it.
+	PlatformID string
+	// StatusAt is when Status last changed (CreatedAt until it does).
+	StatusAt time.Time
 }
 
 // Idempotency identifies a request that must take effect at most once within
@@ -193,13 +225,17 @@ type SessionUpdate struct {
 
 // OutboundMessage is a message to append to an active session.
 type OutboundMessage struct {
-	Tenant      string
-	SessionID   string
-	Text        string
-	FromUser    string
-	Metadata    map[string]string
+	Tenant    string
+	SessionID string
+	Text      string
+	FromUser  string
+	Metadata  map[string]string
+	// Status and Error record how delivery went, when it is known at
+	// once (web and api sessions, or a refusal without a platform). With
+	// Delivery set, Status is PENDING and Delivery finishes it.
 	Status      MessageStatus
 	Error       *PlatformError
+	Delivery    *Delivery
 	Idempotency Idempotency
 }
 
@@ -263,9 +299,11 @@ type ChatbotStart struct {
 	// it more than once (optimistic retries) and keeps only the last result.
 	Greeting func(Session, Contact) string
 	// GreetingStatus and GreetingError record how the platform took the
-	// greeting (DELIVERED, or FAILED with the platform's refusal).
-	GreetingStatus MessageStatus
-	GreetingError  *PlatformError
+	// greeting, when it is known at once; with GreetingDelivery set,
+	// GreetingStatus is PENDING and the delivery finishes it.
+	GreetingStatus   MessageStatus
+	GreetingError    *PlatformError
+	GreetingDelivery *Delivery
 }
 
 // ChatbotResult is what StartChatbot did.
@@ -298,6 +336,48 @@ type Sessions interface {
 	// active session; skip; force-start (closing the old one); open; merge
 	// metadata; set BOT; append the rendered greeting as an outbound message.
 	StartChatbot(ctx context.Context, c ChatbotStart) (ChatbotResult, error)
+	// ListSessions returns up to limit of the tenant's sessions that f
+	// selects, newest activity first (LastActivityAt, then ID, both
+	// descending, to the millisecond), starting after the cursor (the zero
+	// cursor: the newest), and the cursor to go on from: zero when there
+	// is no more. A page may hold fewer than limit sessions and still have
+	// a next cursor (a backend bounds how many it looks at per call).
+	// Sessions deleted after EndedRetention are not listed.
+	ListSessions(ctx context.Context, tenant string, f SessionFilter, after SessionCursor, limit int) ([]Session, SessionCursor, error)
+}
+
+// SessionFilter selects sessions; empty fields select any.
+type SessionFilter struct {
+	Platform string
+	Channel  string
+	User     string
+	State    SessionState
+}
+
+// Selects reports whether s passes f.
+func (f *SessionFilter) Selects(s *Session) bool {
+	return (f.Platform == "" || f.Platform == s.Platform) && (f.Channel == "" || f.Channel == s.Channel) &&
+		(f.User == "" || f.User == s.User) && (f.State == 0 || f.State == s.State)
+}
+
+// SessionCursor is a place in a listing: after the session with this last
+// activity and id.
+type SessionCursor struct {
+	At time.Time
+	ID string
+}
+
+// CursorAt is the cursor just after s.
+func CursorAt(s *Session) SessionCursor { return SessionCursor{At: s.LastActivityAt, ID: s.ID} }
+
+// Before reports whether s comes after the cursor in a listing (newest
+// activity first).
+func (c SessionCursor) Before(s *Session) bool {
+	if c.ID == "" {
+		return true
+	}
+	at := s.LastActivityAt.UnixMilli()
+	return at < c.At.UnixMilli() || (at == c.At.UnixMilli() && s.ID < c.ID)
 }
 
 // Messages stores session history.
@@ -358,6 +438,7 @@ type Limiter interface {
 type Store interface {
 	Sessions
 	Messages
+	Deliveries
 	Listeners
 	Broker
 	Limiter

@@ -17,6 +17,7 @@ const (
 	SessionPrefix  = "ses_"
 	MessagePrefix  = "msg_"
 	ListenerPrefix = "cr_"
+	DeliveryPrefix = "dl_"
 )
 
 // Session returns a new session id, ses_<uuid>.
@@ -24,6 +25,9 @@ func Session() string { return SessionPrefix + uuid.NewString() }
 
 // Listener returns a new ChatReceive conversation id, cr_<uuid>.
 func Listener() string { return ListenerPrefix + uuid.NewString() }
+
+// Delivery returns a new delivery id, dl_<uuid>.
+func Delivery() string { return DeliveryPrefix + uuid.NewString() }
 
 // Tag returns 8 hex digits derived from parts. Backends that shard by key use
 // it to place related records together; TaggedSession and TaggedListener

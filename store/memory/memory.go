@@ -61,6 +61,12 @@ type Store struct {
 	// them; ones past their deadline or idle window are pruned when the
 	// cap is reached.
 	pending map[string]map[*listener]struct{}
+	// byTenant indexes sessions for ListSessions.
+	byTenant map[string]map[*session]struct{}
+	// outbox holds unfinished deliveries by id; platformIDs finds
+	// messages by their platform's id (delivery.go).
+	outbox      map[string]*outboxEntry
+	platformIDs map[platformKey]*platformRef
 
 	subsMu sync.Mutex
 	subs   map[store.Topic]map[*store.Subscription]struct{}
@@ -156,18 +162,21 @@ func New(opts Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		opts:      opts,
-		sessions:  make(map[string]*session),
-		active:    make(map[tuple]*session),
-		contacts:  make(map[contactKey]*store.Contact),
-		idem:      make(map[idemKey]*idemEntry),
-		listeners: make(map[string]*listener),
-		buckets:   make(map[bucket]map[*listener]struct{}),
-		pending:   make(map[string]map[*listener]struct{}),
-		subs:      make(map[store.Topic]map[*store.Subscription]struct{}),
-		lim:       limiters{byKey: make(map[string]*rate.Limiter)},
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
+		opts:        opts,
+		sessions:    make(map[string]*session),
+		active:      make(map[tuple]*session),
+		contacts:    make(map[contactKey]*store.Contact),
+		idem:        make(map[idemKey]*idemEntry),
+		listeners:   make(map[string]*listener),
+		buckets:     make(map[bucket]map[*listener]struct{}),
+		pending:     make(map[string]map[*listener]struct{}),
+		byTenant:    make(map[string]map[*session]struct{}),
+		outbox:      make(map[string]*outboxEntry),
+		platformIDs: make(map[platformKey]*platformRef),
+		subs:        make(map[store.Topic]map[*store.Subscription]struct{}),
+		lim:         limiters{byKey: make(map[string]*rate.Limiter)},
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
 	}
 	go s.sweepLoop()
 	return s, nil
@@ -310,6 +319,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		Status:    c.GreetingStatus,
 		Error:     c.GreetingError,
 	}, now)
+	s.schedule(c.GreetingDelivery, &msg, now)
 	res.Session = cloneSession(&cur.Session)
 	res.Contact = cloneContact(ct)
 	res.Greeting = msg
@@ -339,6 +349,7 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 		Metadata:  m.Metadata,
 		Error:     m.Error,
 	}, now)
+	s.schedule(m.Delivery, &msg, now)
 	remember(s, ik, m.Idempotency, msg, now, cloneMessage)
 	return msg, false, nil
 }
@@ -732,6 +743,10 @@ func (s *Store) open(t tuple, md map[string]string, now time.Time) *session {
 	}}
 	s.sessions[ses.ID] = ses
 	s.active[t] = ses
+	if s.byTenant[t.tenant] == nil {
+		s.byTenant[t.tenant] = make(map[*session]struct{})
+	}
+	s.byTenant[t.tenant][ses] = struct{}{}
 	s.contact(t, now)
 	return ses
 }
@@ -770,7 +785,7 @@ func (s *Store) append(ses *session, m store.Message, now time.Time) store.Messa
 	m.Seq = ses.LastSeq
 	m.SessionID = ses.ID
 	m.Platform, m.Channel = ses.Platform, ses.Channel
-	m.CreatedAt = now
+	m.CreatedAt, m.StatusAt = now, now
 	m.Metadata = merge(nil, m.Metadata)
 	ses.LastMessageID = m.ID
 	ses.LastActivityAt = now
@@ -838,6 +853,11 @@ func (s *Store) Sweep() {
 		s.settle(ses, now)
 		if !ses.State.Active() && !now.Before(ses.ExpiresAt.Add(s.opts.EndedRetention)) {
 			delete(s.sessions, id)
+			if set := s.byTenant[ses.Tenant]; set != nil {
+				if delete(set, ses); len(set) == 0 {
+					delete(s.byTenant, ses.Tenant)
+				}
+			}
 			continue
 		}
 		inUse[contactKey{ses.Tenant, ses.Platform, ses.User}] = struct{}{}

@@ -11,7 +11,8 @@ import (
 // the call that runs it, not a NOSCRIPT answer before it.
 func LoadScripts(ctx context.Context, c redis.Scripter) error {
 	for _, sc := range []*redis.Script{createScript, updateScript, closeScript, postScript, ingestScript, chatbotReadScript,
-		chatbotWriteScript, listenerAddScript, indexAddScript, listenerGetScript, listenerTouchScript, resolveScript, pendingAddScript} {
+		chatbotWriteScript, listenerAddScript, indexAddScript, listenerGetScript, listenerTouchScript, resolveScript, pendingAddScript,
+		statusScript, claimScript, readDeliveryScript, listScript, platformRefScript, platformReceiptScript} {
 		if err := sc.Load(ctx, c).Err(); err != nil {
 			return err
 		}
@@ -29,5 +30,6 @@ func ScriptHash(op string) string {
 		"chatbot": chatbotWriteScript.Hash(),
 		"create":  createScript.Hash(),
 		"close":   closeScript.Hash(),
+		"status":  statusScript.Hash(),
 	}[op]
 }

@@ -20,14 +20,24 @@ import (
 // AppendOutbound is one script: idempotency check, session state, XADD,
 // TTL refresh, record of the key and PUBLISH to watchers. 1 round trip, in
 // which concurrent posts share one script call.
+//
+// A message with a Delivery costs 1 more round trip before: the outbox
+// entry, which must exist before the message does (delivery.go).
 func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (store.Message, bool, error) {
+	if err := s.enqueue(ctx, m.Tenant, m.SessionID, m.Delivery); err != nil {
+		return store.Message{}, false, err
+	}
 	now := s.now()
 	r, err := s.postCall(m, now)
 	if err != nil {
 		return store.Message{}, false, err
 	}
 	v, err := s.batch.do(ctx, r)
-	return postAnswer(v, err, m, now)
+	msg, replayed, err := postAnswer(v, err, m, now)
+	if err == nil && !replayed {
+		err = s.trackActivity(ctx, m.Tenant, m.SessionID, msg.CreatedAt)
+	}
+	return msg, replayed, err
 }
 
 // postCall is the batcher call that posts m at now.
@@ -39,11 +49,16 @@ func (s *Store) postCall(m store.OutboundMessage, now int64) (*batchReq, error) 
 		return nil, err
 	}
 	slotp := s.sessionSlot(m.SessionID)
+	did := ""
+	if m.Delivery != nil {
+		did = m.Delivery.ID
+	}
 	return &batchReq{
 		sc: postScript, keys: []string{slotp + "s:" + m.SessionID}, group: s.mergeGroup(slotp), common: postCommon,
 		args: append(append(make([]any, 0, postCommon+postEach), s.postShared...),
 			slotp, now, m.Tenant, ids.MessageRandom(), suffix,
-			s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency), m.Idempotency.Fingerprint),
+			s.idemKey(slotp, m.Tenant, "post", m.SessionID, m.Idempotency), m.Idempotency.Fingerprint,
+			did, s.scriptActivityKey(m.Tenant)),
 	}, nil
 }
 
@@ -85,8 +100,8 @@ func postedMessage(posted string, m store.OutboundMessage, now int64) (store.Mes
 	}
 	return store.Message{
 		ID: id, Seq: seq, SessionID: m.SessionID, Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser,
-		Platform: platform, Channel: channel, CreatedAt: time.UnixMilli(now).UTC(), Status: m.Status,
-		Metadata: m.Metadata, Error: m.Error,
+		Platform: platform, Channel: channel, CreatedAt: time.UnixMilli(now).UTC(), StatusAt: time.UnixMilli(now).UTC(),
+		Status: m.Status, Metadata: m.Metadata, Error: m.Error,
 	}, false, nil
 }
 
@@ -132,7 +147,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	idemKey := s.idemKey(slotp, in.Tenant, "ingest", target, in.Idempotency)
 	args := []any{now.UnixMilli(), in.Tenant, in.Platform, in.Channel, in.User, in.SessionID, newSID,
 		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix, slotp,
-		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL)}
+		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), s.scriptActivityKey(in.Tenant)}
 
 	pipe := s.c.Pipeline()
 	answer := s.inPipe(ctx, pipe, ingestScript, []string{key}, args...)
@@ -155,6 +170,9 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	}
 	res, rawMsg, err := decodeIngest(out[0], now)
 	if err != nil {
+		return res, err
+	}
+	if err := s.trackActivity(ctx, in.Tenant, res.Session.ID, res.Message.CreatedAt); err != nil {
 		return res, err
 	}
 	members := out[1:]
@@ -397,51 +415,32 @@ func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }
 
-// ListMessages reads the session record and the stream range in one
-// pipeline: 1 round trip.
+// ListMessages is one script (list.lua): the session record, the stream
+// range and the statuses that changed since; 1 round trip.
 func (s *Store) ListMessages(ctx context.Context, tenant, sessionID, afterID string, limit int) ([]store.Message, error) {
 	var after uint64
+	start := "-"
 	if afterID != "" {
 		var err error
 		if after, err = ids.MessageSeq(afterID); err != nil {
 			return nil, store.ErrMessageNotFound
 		}
-	}
-	slotp := s.sessionSlot(sessionID)
-	pipe := s.c.Pipeline()
-	recCmd := pipe.HMGet(ctx, slotp+"s:"+sessionID, "tn", "seq")
-	// Inclusive of the cursor's own entry, to check it is this session's.
-	start := "-"
-	if afterID != "" {
+		// Inclusive of the cursor's own entry, to check it is this
+		// session's.
 		start = strconv.FormatUint(after, 10) + "-0"
 	}
-	rangeCmd := pipe.XRangeN(ctx, slotp+"h:"+sessionID, start, "+", int64(limit)+1)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, unavailable(err)
+	msgs, last, err := s.readHistory(ctx, tenant, sessionID, start, limit+1)
+	if err != nil {
+		return nil, err
 	}
-	rec := recCmd.Val()
-	if len(rec) < 2 || rec[0] == nil || rec[0].(string) != tenant {
-		return nil, store.ErrSessionNotFound
-	}
-	last, _ := strconv.ParseUint(rec[1].(string), 10, 64)
 	if after > last {
 		return nil, store.ErrMessageNotFound
 	}
-	out := make([]store.Message, 0, limit)
-	for i, e := range rangeCmd.Val() {
-		m, err := decodeMessage(fmt.Sprint(e.Values["m"]))
-		if err != nil {
-			return nil, err
+	if len(msgs) > 0 && afterID != "" && msgs[0].Seq == after {
+		if msgs[0].ID != afterID {
+			return nil, store.ErrMessageNotFound
 		}
-		if i == 0 && afterID != "" && m.Seq == after {
-			if m.ID != afterID {
-				return nil, store.ErrMessageNotFound
-			}
-			continue
-		}
-		if len(out) < limit {
-			out = append(out, m)
-		}
+		msgs = msgs[1:]
 	}
-	return out, nil
+	return msgs[:min(len(msgs), limit)], nil
 }

@@ -265,6 +265,16 @@ func (h *hub) dispatch(name, payload string) {
 		ev = store.Event{Kind: store.EventListenerResolved, ListenerID: t.ListenerID}
 	case payload == "end":
 		ev = store.Event{Kind: store.EventSessionEnded, SessionID: t.SessionID}
+	case strings.HasPrefix(payload, "s{"):
+		st, err := decodeStatusEvent(payload[1:])
+		if err != nil {
+			h.log.Error("pubsub: undecodable status; resyncing its subscribers", "channel", name, "err", err)
+			for _, sub := range subs {
+				sub.Resync()
+			}
+			return
+		}
+		ev = store.Event{Kind: store.EventMessageStatus, SessionID: t.SessionID, Status: st}
 	case strings.HasPrefix(payload, "{"):
 		m, err := decodeMessage(payload)
 		if err != nil {

@@ -26,6 +26,12 @@
 //	{ids.Tag(lid)}             l:<lid>            hash listener: filter, deadline, state, outcome
 //	{ids.Tag(tenant, "pl")}    pl:<tenant>        zset pending listeners, scored by when they stop being (the cap)
 //	rate:<prefix>:<key>                           string a rate budget (redis_rate's, keyed as it keys them)
+//	su:<tenant>:<user>              zset   the user's sessions by creation (ListSessions by user)
+//	dv:<sid>                        hash   delivery id → "<message id> <seq>": the session's deliveries
+//	ms:<sid>                        hash   message id → status JSON: statuses changed after the append
+//	{ids.Tag(tenant, "sa")}    sa:<tenant>        zset the tenant's sessions by last activity (ListSessions)
+//	{ids.Tag("outbox")}        ob, oba            zset, hash the deployment's outbox and its attempts
+//	{ids.Tag(tenant, pf, id)}  pm:<tenant>:<pf>:<id> string a message's platform id: its message, or receipts that came first
 //
 // An index member is "<lid> <filter JSON>" (short keys, empty fields left
 // out), so an ingest evaluates candidates without reading their records;
@@ -33,8 +39,8 @@
 // lazily.
 //
 // Pub/sub channels: "<prefix>:ev:s:<tenant>:<sid>" carries each appended
-// message (as JSON) and "end"; "<prefix>:ev:l:<tenant>:<lid>" carries "r"
-// when a listener is decided.
+// message (as JSON), "s" and a status change's JSON, and "end";
+// "<prefix>:ev:l:<tenant>:<lid>" carries "r" when a listener is decided.
 //
 // # Memory
 //
@@ -220,6 +226,31 @@ func (s *Store) anyBucket(tenant string) string {
 // pendingKey is the tenant's pending listeners, for the cap on them.
 func (s *Store) pendingKey(tenant string) string {
 	return s.slot(ids.Tag(tenant, "pl")) + "pl:" + tenant
+}
+
+// activityKey is the tenant's sessions by last activity, for
+// ListSessions.
+func (s *Store) activityKey(tenant string) string {
+	return s.slot(ids.Tag(tenant, "sa")) + "sa:" + tenant
+}
+
+// scriptActivityKey is the activity key a script writes itself: on one
+// server, where a script may touch any key. On Cluster it is in another
+// slot, and trackActivity writes it after the script.
+func (s *Store) scriptActivityKey(tenant string) string {
+	if s.single() {
+		return s.activityKey(tenant)
+	}
+	return ""
+}
+
+// trackActivity moves a session up the tenant's activity index when a
+// script could not (Cluster): 1 round trip there, none on one server.
+func (s *Store) trackActivity(ctx context.Context, tenant, sid string, at time.Time) error {
+	if s.single() {
+		return nil
+	}
+	return unavailable(s.c.ZAdd(ctx, s.activityKey(tenant), redis.Z{Score: float64(at.UnixMilli()), Member: sid}).Err())
 }
 
 func (s *Store) idemKey(slotp, tenant, op, target string, idem store.Idempotency) string {
@@ -427,6 +458,7 @@ func decodeMessage(raw string) (store.Message, error) {
 		CreatedAt: time.UnixMilli(w.At).UTC(), Direction: store.Direction(w.Direction), Text: w.Text,
 		FromUser: w.FromUser, Status: store.MessageStatus(w.Status), Metadata: w.Metadata, Raw: w.Raw,
 	}
+	m.StatusAt = m.CreatedAt
 	if w.ErrCode != "" || w.ErrMsg != "" {
 		m.Error = &store.PlatformError{Code: w.ErrCode, Message: w.ErrMsg}
 	}

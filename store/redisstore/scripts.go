@@ -35,21 +35,27 @@ func lua(name string) string {
 // The scripts; each file's header says what it does and what its KEYS and
 // ARGV are.
 var (
-	createScript        = script("create")
-	updateScript        = script("update")
-	closeScript         = script("close")
-	postScript          = script("post")
-	ingestScript        = script("ingest")
-	chatbotReadScript   = script("chatbot_read")
-	chatbotWriteScript  = script("chatbot_write")
-	listenerAddScript   = script("listener_add")
-	indexAddScript      = script("index_add")
-	listenerGetScript   = script("listener_get")
-	listenerTouchScript = script("listener_touch")
-	resolveScript       = script("resolve")
-	pendingAddScript    = script("pending_add")
+	createScript          = script("create")
+	updateScript          = script("update")
+	closeScript           = script("close")
+	postScript            = script("post")
+	ingestScript          = script("ingest")
+	chatbotReadScript     = script("chatbot_read")
+	chatbotWriteScript    = script("chatbot_write")
+	listenerAddScript     = script("listener_add")
+	indexAddScript        = script("index_add")
+	listenerGetScript     = script("listener_get")
+	listenerTouchScript   = script("listener_touch")
+	resolveScript         = script("resolve")
+	pendingAddScript      = script("pending_add")
+	statusScript          = script("status")
+	claimScript           = script("claim")
+	readDeliveryScript    = script("read_delivery")
+	listScript            = script("list")
+	platformRefScript     = script("platform_ref")
+	platformReceiptScript = script("platform_receipt")
 )
 
 // postCommon is the number of ARGV postScript takes once, before the
 // posts' own; postEach, the number each post adds.
-const postCommon, postEach = 5, 7
+const postCommon, postEach = 5, 9

@@ -1,24 +1,33 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/redis/go-redis/v9"
 )
 
 // CreateSession costs 1 round trip.
 func (s *Store) CreateSession(ctx context.Context, ns store.NewSession) (store.Session, error) {
 	tag := userTag(ns.Tenant, ns.User)
 	slotp := s.slot(tag)
-	return s.sessionAnswer(s.reply(ctx, createScript,
+	ses, err := s.sessionAnswer(s.reply(ctx, createScript,
 		[]string{slotp + "a:" + ns.Tenant + ":" + ns.Platform + ":" + ns.Channel + ":" + ns.User},
 		slotp, s.now(), ms(s.o.SessionTTL), ms(s.o.EndedRetention),
-		ns.Tenant, ns.Platform, ns.Channel, ns.User, ids.TaggedSession(tag), jsonMap(ns.Metadata)))
+		ns.Tenant, ns.Platform, ns.Channel, ns.User, ids.TaggedSession(tag), jsonMap(ns.Metadata), s.scriptActivityKey(ns.Tenant)))
+	if err != nil {
+		return ses, err
+	}
+	return ses, s.trackActivity(ctx, ns.Tenant, ses.ID, ses.LastActivityAt)
 }
 
 // GetSession costs 1 round trip.
@@ -158,11 +167,24 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		if err != nil {
 			return store.ChatbotResult{}, err
 		}
+		// The session the greeting goes to: its delivery is recorded
+		// before the greeting is (delivery.go).
+		newSID, did := ids.TaggedSession(tag), ""
+		if action != "skip" && c.GreetingDelivery != nil {
+			target := newSID
+			if action == "reuse" {
+				target = subject
+			}
+			if err := s.enqueue(ctx, c.Tenant, target, c.GreetingDelivery); err != nil {
+				return store.ChatbotResult{}, err
+			}
+			did = c.GreetingDelivery.ID
+		}
 		code, out2, err := s.reply(ctx, chatbotWriteScript, []string{pointer},
 			now.UnixMilli(), c.Tenant, c.Platform, c.Channel, c.User, action, out[2], subject, version, contactRec["v"],
-			ids.TaggedSession(tag), c.ChatbotID, jsonMap(c.SessionMetadata), jsonMap(c.ContactMetadata), suffix,
+			newSID, c.ChatbotID, jsonMap(c.SessionMetadata), jsonMap(c.ContactMetadata), suffix,
 			ids.MessageRandom(), ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, slotp, s.sessionEventPrefix(),
-			idemKey, c.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), int(plan.Skip))
+			idemKey, c.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), int(plan.Skip), s.scriptActivityKey(c.Tenant), did)
 		if err != nil {
 			return store.ChatbotResult{}, err
 		}
@@ -172,6 +194,9 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		case "OK", "REPLAY":
 			r, err := s.decodeChatbot(out2[0], &c)
 			r.Replayed = code == "REPLAY"
+			if err == nil && !r.Replayed && r.Skip == store.NotSkipped {
+				err = s.trackActivity(ctx, c.Tenant, r.Session.ID, r.Greeting.CreatedAt)
+			}
 			return r, err
 		default:
 			return store.ChatbotResult{}, codeErr(code)
@@ -256,4 +281,138 @@ func (s *Store) sessionAnswer(code string, out []string, err error) (store.Sessi
 		return store.Session{}, codeErr(code)
 	}
 	return decodeSession(out[0], s.o.Clock.Now())
+}
+
+// How many sessions ListSessions reads per call at most, whatever it
+// finds: a filter that selects few of many still answers in bounded time,
+// with a shorter page and a cursor to go on from.
+const listScanBudget = 1000
+
+// ListSessions reads the user's index (ListSessions by user: a user has
+// few sessions, all read and sorted), or the tenant's activity index from
+// the cursor; then the sessions' records, pipelined. 2 round trips, or a
+// few more when filters reject much of what the index holds.
+func (s *Store) ListSessions(ctx context.Context, tenant string, f store.SessionFilter, after store.SessionCursor, limit int) ([]store.Session, store.SessionCursor, error) {
+	now := s.o.Clock.Now()
+	if f.User != "" {
+		slotp := s.slot(userTag(tenant, f.User))
+		sids, err := s.c.ZRevRange(ctx, slotp+"su:"+tenant+":"+f.User, 0, listScanBudget-1).Result()
+		if err != nil {
+			return nil, store.SessionCursor{}, unavailable(err)
+		}
+		all, err := s.loadSessions(ctx, tenant, sids, now)
+		if err != nil {
+			return nil, store.SessionCursor{}, err
+		}
+		var out []store.Session
+		for i := range all {
+			if all[i].ID != "" && f.Selects(&all[i]) && after.Before(&all[i]) {
+				out = append(out, all[i])
+			}
+		}
+		sortByActivity(out)
+		if len(out) <= limit {
+			return out, store.SessionCursor{}, nil
+		}
+		return out[:limit], store.CursorAt(&out[limit-1]), nil
+	}
+
+	key := s.activityKey(tenant)
+	max := "+inf"
+	if after.ID != "" {
+		max = strconv.FormatInt(after.At.UnixMilli(), 10)
+	}
+	var out []store.Session
+	var stale []any
+	scanned, offset := 0, int64(0)
+	for scanned < listScanBudget {
+		batch := min(int64(limit*2+16), int64(listScanBudget-scanned))
+		zs, err := s.c.ZRevRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{Max: max, Min: "-inf", Offset: offset, Count: batch}).Result()
+		if err != nil {
+			return nil, store.SessionCursor{}, unavailable(err)
+		}
+		sids := make([]string, len(zs))
+		for i, z := range zs {
+			sids[i] = z.Member.(string)
+		}
+		loaded, err := s.loadSessions(ctx, tenant, sids, now)
+		if err != nil {
+			return nil, store.SessionCursor{}, err
+		}
+		for i := range loaded {
+			scanned++
+			offset++
+			ses := &loaded[i]
+			if ses.ID == "" {
+				stale = append(stale, sids[i])
+				continue
+			}
+			// The index's score is the cursor's order; the record has
+			// the same time (to the millisecond) once written.
+			ses.LastActivityAt = time.UnixMilli(int64(zs[i].Score)).UTC()
+			if !after.Before(ses) || !f.Selects(ses) {
+				continue
+			}
+			out = append(out, *ses)
+			if len(out) == limit {
+				s.dropStale(key, stale)
+				return out, store.CursorAt(ses), nil
+			}
+		}
+		if int64(len(zs)) < batch {
+			s.dropStale(key, stale)
+			return out, store.SessionCursor{}, nil // the index is read to its end
+		}
+	}
+	s.dropStale(key, stale)
+	// The budget ran out: go on from the last session looked at.
+	last, err := s.c.ZRevRangeByScoreWithScores(ctx, key, &redis.ZRangeBy{Max: max, Min: "-inf", Offset: offset - 1, Count: 1}).Result()
+	if err != nil || len(last) == 0 {
+		return out, store.SessionCursor{}, unavailable(err)
+	}
+	return out, store.SessionCursor{At: time.UnixMilli(int64(last[0].Score)), ID: last[0].Member.(string)}, nil
+}
+
+// loadSessions reads session records, pipelined; a session that is gone
+// (or another tenant's) comes back zero.
+func (s *Store) loadSessions(ctx context.Context, tenant string, sids []string, now time.Time) ([]store.Session, error) {
+	if len(sids) == 0 {
+		return nil, nil
+	}
+	pipe := s.c.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(sids))
+	for i, sid := range sids {
+		cmds[i] = pipe.HGetAll(ctx, s.sessionKey(sid))
+	}
+	_, _ = pipe.Exec(ctx)
+	out := make([]store.Session, len(sids))
+	for i, c := range cmds {
+		m, err := c.Result()
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		if len(m) == 0 || m["tn"] != tenant {
+			continue
+		}
+		if out[i], err = sessionFromMap(m, now); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) dropStale(key string, sids []any) {
+	if len(sids) == 0 {
+		return
+	}
+	s.background(func(ctx context.Context) { _ = s.c.ZRem(ctx, key, sids...).Err() })
+}
+
+func sortByActivity(ss []store.Session) {
+	slices.SortFunc(ss, func(a, b store.Session) int {
+		if c := cmp.Compare(b.LastActivityAt.UnixMilli(), a.LastActivityAt.UnixMilli()); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
 }

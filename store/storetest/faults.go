@@ -32,7 +32,8 @@ func (f Fault) String() string {
 type Faults interface {
 	// Break makes the next write of op fail with f, once. The ops are
 	// "post", "ingest", "resolve" (a listener's compare-and-set, inside
-	// Ingest), "chatbot", "create" and "close".
+	// Ingest), "chatbot", "create", "close" and "status" (a message's
+	// status, inside FinishDelivery).
 	Break(op string, f Fault)
 }
 
@@ -55,6 +56,7 @@ func RunFaults(t *testing.T, f FaultyFactory) {
 		{"Chatbot", faultChatbot},
 		{"CreateSession", faultCreate},
 		{"CloseSession", faultClose},
+		{"FinishDelivery", faultFinishDelivery},
 	}
 	for _, p := range paths {
 		for _, fault := range []Fault{RequestLost, ReplyLost, ReplyLate} {
@@ -220,4 +222,25 @@ func faultClose(e *faultEnv, fault Fault) {
 	}
 	_, _, err := e.s.AppendOutbound(e.ctx, store.OutboundMessage{Tenant: "t1", SessionID: ses.ID, Text: "x", Status: store.StatusDelivered})
 	wantErr(e.t, err, store.ErrSessionClosed)
+}
+
+// A delivery's outcome whose recording broke is recorded again: the
+// message moves once, and its delivery ends (or is dropped at its next
+// claim, its message no longer pending).
+func faultFinishDelivery(e *faultEnv, fault Fault) {
+	ses := e.create("t1", "u1")
+	m, d := e.pending("t1", ses.ID, "hi", "")
+	o := store.DeliveryOutcome{Status: store.StatusSent, PlatformID: "wamid.1"}
+	e.broken("status", fault, func() error { _, err := e.s.FinishDelivery(e.ctx, d, o); return err })
+	var got store.Message
+	if err := e.retry(func() (err error) { got, err = e.s.FinishDelivery(e.ctx, d, o); return err }); err != nil {
+		e.t.Fatalf("retry: %v", err)
+	}
+	if got.Status != store.StatusSent || got.PlatformID != "wamid.1" || got.ID != m.ID {
+		e.t.Fatalf("after the retried outcome: %+v", got)
+	}
+	e.clk.Advance(2 * lease)
+	if cs := e.claim(10); len(cs) != 0 {
+		e.t.Fatalf("a finished delivery was claimed: %+v", cs)
+	}
 }

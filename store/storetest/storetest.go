@@ -94,6 +94,12 @@ func Run(t *testing.T, f Factory) {
 		{"ChatbotNamedSession", testChatbotNamedSession},
 		{"ChatbotIsIdempotent", testChatbotIdempotent},
 		{"RateBudgetsArePerKey", testRateBudgets},
+		{"DeliveryIsLeasedThenClaimed", testDeliveryLifecycle},
+		{"DeliveryRetriesAtItsTime", testDeliveryRetry},
+		{"DeliveryIsRecordedOnce", testDeliveryIdempotent},
+		{"ReceiptsMoveStatusForwardOnly", testReceipts},
+		{"ChatbotGreetingIsDelivered", testChatbotGreetingDelivery},
+		{"ListSessionsByActivity", testListSessions},
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"CloseIsSafeConcurrently", testCloseConcurrently},
 	}

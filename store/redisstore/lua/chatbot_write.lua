@@ -5,7 +5,8 @@
 -- version, contact version seen ('' when absent), new sid, chatbot id,
 -- session metadata patch, contact metadata patch, greeting suffix, rnd, ttl,
 -- ret, limit, slotp, event prefix, idempotency key, fingerprint, idempotency
--- ttl, skip reason.
+-- ttl, skip reason, the tenant's activity index ('' on Cluster), the
+-- greeting's delivery id ('' for none).
 local now, slotp, evp = tonumber(ARGV[1]), ARGV[20], ARGV[21]
 local prev = idem(ARGV[22], ARGV[23], now)
 if prev then return prev end
@@ -31,7 +32,7 @@ if plan == 'close' then
   rec = nil
 end
 if plan ~= 'reuse' then
-  rec = open(slotp, ARGV[11], ARGV[2], ARGV[3], ARGV[4], ARGV[5], '{}', now, ttl, ret)
+  rec = open(slotp, ARGV[11], ARGV[2], ARGV[3], ARGV[4], ARGV[5], '{}', now, ttl, ret, ARGV[26])
   started = true
 end
 local key = slotp .. 's:' .. rec.id
@@ -44,7 +45,8 @@ if not ct then
 end
 set(ck, ct, 'md', merge(ct.md, ARGV[14]), 'ua', now, 'v', tonumber(ct.v) + 1)
 expire(ck, ttl + ret)
-local m = append(slotp, evp, rec, now, ARGV[1], ARGV[15], ARGV[16], ttl, ret, tonumber(ARGV[19]))
+local m = append(slotp, evp, rec, now, ARGV[1], ARGV[15], ARGV[16], ttl, ret, tonumber(ARGV[19]), nil, ARGV[26])
+scheduled(slotp, rec, ARGV[27], ttl, ret)
 local res = '{"skip":0,"s":' .. cjson.encode(rec) .. ',"c":' .. cjson.encode(ct) .. ',"m":' .. m ..
   ',"started":' .. tostring(started) .. ',"closed":' .. closed .. '}'
 remember(ARGV[22], ARGV[23], now, tonumber(ARGV[24]), res)

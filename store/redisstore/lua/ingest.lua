@@ -3,7 +3,8 @@
 -- share this slot) as match candidates. KEYS[1] session (when named) or
 -- tuple pointer. ARGV now, tenant, platform, channel, user, named sid ('' for
 -- none), new sid, ttl, ret, limit, rnd, suffix, slotp, event prefix,
--- idempotency key, fingerprint, idempotency ttl.
+-- idempotency key, fingerprint, idempotency ttl, the tenant's activity index
+-- ('' on Cluster).
 local now, slotp = tonumber(ARGV[1]), ARGV[13]
 local prev = idem(ARGV[15], ARGV[16], now)
 if prev then return prev end
@@ -22,11 +23,11 @@ else
     if rec and not active(state(rec, now)) then rec = nil end
   end
   if not rec then
-    rec = open(slotp, ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV[5], '{}', now, ttl, ret)
+    rec = open(slotp, ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV[5], '{}', now, ttl, ret, ARGV[18])
     started = true
   end
 end
-local m = append(slotp, ARGV[14], rec, now, ARGV[1], ARGV[12], ARGV[11], ttl, ret, tonumber(ARGV[10]), rec.us)
+local m = append(slotp, ARGV[14], rec, now, ARGV[1], ARGV[12], ARGV[11], ttl, ret, tonumber(ARGV[10]), rec.us, ARGV[18])
 local res = '{"m":' .. m .. ',"s":' .. cjson.encode(rec) .. ',"started":' .. tostring(started) .. '}'
 remember(ARGV[15], ARGV[16], now, tonumber(ARGV[17]), res)
 local out = {'OK', res}

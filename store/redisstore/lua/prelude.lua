@@ -41,6 +41,17 @@ end
 -- as floating point (%.14g), which costs Redis four times as much.
 local function itoa(n) return string.format('%d', n) end
 local function active(st) return st == 1 or st == 2 or st == 3 end
+-- advances is store.MessageStatus.Advances: an outbound message's status
+-- moves forward only, PENDING (4) → SENT (5) → DELIVERED (2) → READ (6),
+-- or to FAILED (3) from any of them but READ.
+local stage = {[4] = 1, [5] = 2, [2] = 3, [6] = 4}
+local function advances(from, to)
+  local f = stage[from]
+  if not f then return false end
+  if to == 3 then return from ~= 6 end
+  local t = stage[to]
+  return t ~= nil and t > f
+end
 -- The state at now: an active session past its expiry has expired (5).
 local function state(rec, now)
   local st = num(rec.st)
@@ -89,9 +100,12 @@ end
 local function pointer(slotp, rec)
   return slotp .. 'a:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.ch .. ':' .. rec.us
 end
+local function userIndex(slotp, rec)
+  return slotp .. 'su:' .. rec.tn .. ':' .. rec.us
+end
 -- open creates a session record, its active pointer and (if absent) its
--- contact, and returns the record.
-local function open(slotp, sid, tn, pf, ch, us, md, now, ttl, ret)
+-- contact, indexes it for listing, and returns the record.
+local function open(slotp, sid, tn, pf, ch, us, md, now, ttl, ret, ak)
   local rec = {}
   local key = slotp .. 's:' .. sid
   set(key, rec, 'id', sid, 'tn', tn, 'pf', pf, 'ch', ch, 'us', us, 'st', 1, 'bot', '', 'md', md,
@@ -103,6 +117,17 @@ local function open(slotp, sid, tn, pf, ch, us, md, now, ttl, ret)
     redis.call('HSET', ck, 'ua', now, 'md', '{}', 'v', 0)
   end
   expire(ck, ttl + ret)
+  -- A session's records live ttl + ret past its last activity, refreshed
+  -- hourly: older index entries name sessions that are gone.
+  local gone = now - ttl - ret - 3600000
+  local ui = userIndex(slotp, rec)
+  redis.call('ZADD', ui, now, sid)
+  redis.call('ZREMRANGEBYSCORE', ui, '-inf', gone)
+  expire(ui, ttl + ret)
+  if ak ~= '' and ak ~= nil then
+    redis.call('ZADD', ak, now, sid)
+    redis.call('ZREMRANGEBYSCORE', ak, '-inf', gone)
+  end
   return rec
 end
 -- close ends an active session and tells its watchers.
@@ -129,8 +154,12 @@ end
 -- work[rec] is this call's working state for a record, kept out of rec
 -- (which scripts return encoded): what entry derives from it once, and
 -- trim, the limit save must trim the history to, while entries are unsaved.
+--
+-- ak, when given, is the tenant's activity index (ListSessions), which save
+-- moves the session up in; on Cluster it lives in another slot and the
+-- caller does.
 local work = {}
-local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
+local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from, ak)
   local w = work[rec]
   if not w then
     w = {
@@ -139,6 +168,7 @@ local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, f
       events = evp .. rec.tn .. ':' .. rec.id,
       history = slotp .. 'h:' .. rec.id,
       gx = num(rec.gx or 0),
+      ak = ak,
     }
     work[rec] = w
   end
@@ -160,10 +190,13 @@ local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, f
   rec.seq, rec.lid, rec.lms, rec.la, rec.ex, rec.v = seq, id, lms, nows, now + ttl, v
   if refresh then
     w.gx, rec.gx = now, nows
-    expire(slotp .. 's:' .. rec.id, ttl + ret)
-    expire(w.history, ttl + ret)
-    redis.call('PEXPIRE', pointer(slotp, rec), math.floor(ttl + ret))
-    redis.call('PEXPIRE', slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us, math.floor(ttl + ret))
+    local life = math.floor(ttl + ret)
+    expire(slotp .. 's:' .. rec.id, life)
+    expire(w.history, life)
+    for _, k in ipairs({pointer(slotp, rec), slotp .. 'c:' .. rec.tn .. ':' .. rec.pf .. ':' .. rec.us,
+        slotp .. 'dv:' .. rec.id, slotp .. 'ms:' .. rec.id, userIndex(slotp, rec)}) do
+      redis.call('PEXPIRE', k, life)
+    end
   end
   redis.call('PUBLISH', w.events, m)
   return m, seqs
@@ -179,10 +212,19 @@ local function save(key, rec)
   rec.seq, rec.lms, rec.ex, rec.v = itoa(rec.seq), itoa(rec.lms), itoa(rec.ex), itoa(rec.v)
   redis.call('HSET', key, 'seq', rec.seq, 'lid', rec.lid, 'lms', rec.lms, 'la', rec.la,
     'ex', rec.ex, 'v', rec.v, 'gx', rec.gx)
+  if w.ak ~= '' and w.ak ~= nil then redis.call('ZADD', w.ak, rec.la, rec.id) end
+end
+-- scheduled records that the message just appended to rec is delivery
+-- did's (store.Delivery): the delivery index maps it to the message.
+local function scheduled(slotp, rec, did, ttl, ret)
+  if did == '' or did == nil then return end
+  local k = slotp .. 'dv:' .. rec.id
+  redis.call('HSET', k, did, rec.lid .. ' ' .. itoa(num(rec.seq)))
+  expire(k, ttl + ret)
 end
 -- append is entry and save, for one message.
-local function append(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
-  local m = entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from)
+local function append(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from, ak)
+  local m = entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, from, ak)
   save(slotp .. 's:' .. rec.id, rec)
   return m
 end
