@@ -1,0 +1,151 @@
+// Package adapters connects the hub to the chat platforms where sessions
+// live (docs/design.md §9). An adapter is one configured account on a
+// platform: it sends outbound messages there and reports what the platform
+// said, and it serves the platform's HTTP callbacks, verifies them, and
+// hands what they carry to the hub. The server consumes Adapter; one
+// package per platform implements it (adapters/slack, adapters/whatsapp).
+//
+// web and api sessions need no adapter: the hub delivers their messages to
+// its own watchers.
+package adapters
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/chatrelay/chatrelay/store"
+)
+
+// Adapter is one configured account on a platform.
+type Adapter interface {
+	// Platform is the adapter's platform: "slack", "whatsapp", "webhook".
+	Platform() string
+	// Name is the account's configured name; its callbacks are served at
+	// /hooks/<platform>/<name>.
+	Name() string
+	// Tenant owns every session the adapter delivers to and everything it
+	// ingests.
+	Tenant() string
+	// Delivers reports whether the adapter delivers the outbound messages
+	// of channel, one of its tenant's channels on its platform.
+	Delivers(channel string) bool
+	// Send delivers out and reports how the platform took it: SENT or
+	// DELIVERED (with its id for the message), or FAILED with its refusal.
+	// An error is a failure that may not last (the network, the platform
+	// unwell): the delivery is tried again, as Retry says.
+	Send(ctx context.Context, out *Outbound) (Result, error)
+	// Retry says how long to wait after failed attempt n (1, 2, …) before
+	// the next, or false when there is to be none: the message then fails.
+	Retry(attempt int) (time.Duration, bool)
+	// Handler serves the platform's callbacks, feeding hub.
+	Handler(hub Hub) http.Handler
+}
+
+// Outbound is a message on its way to a platform.
+type Outbound struct {
+	Tenant    string
+	SessionID string
+	MessageID string
+	// Channel is the session's channel id on the platform (a Slack
+	// channel, a WhatsApp phone number id).
+	Channel string
+	// User is the session's user: the recipient on WhatsApp.
+	User     string
+	Text     string
+	Metadata map[string]string
+}
+
+// Result is how a platform took a message.
+type Result struct {
+	Status     store.MessageStatus
+	PlatformID string
+	Error      *store.PlatformError
+}
+
+// Accepted is the Result of a message the platform took with id.
+func Accepted(status store.MessageStatus, id string) Result {
+	return Result{Status: status, PlatformID: id}
+}
+
+// Refused is the Result of a message the platform refused.
+func Refused(code, msg string) Result {
+	return Result{Status: store.StatusFailed, Error: &store.PlatformError{Code: code, Message: msg}}
+}
+
+// Hub is the hub as an adapter sees it: where what the platform sends
+// goes. It runs the same path as IngestMessage (limits, idempotency,
+// matching).
+type Hub interface {
+	// Ingest hands the hub an inbound message; a message with the same
+	// Key as one before is taken once. An error wrapping ErrRetry is one
+	// the platform should retry on (the hub's backend is unreachable):
+	// the callback then answers 503.
+	Ingest(ctx context.Context, in *Inbound) error
+	// Receipt applies a platform's report on a message it took; errors as
+	// Ingest's.
+	Receipt(ctx context.Context, r store.Receipt) error
+}
+
+// Inbound is a user's message as a platform delivered it.
+type Inbound struct {
+	Tenant   string
+	Platform string
+	Channel  string
+	User     string
+	Text     string
+	// Raw is the platform's own object for the message, kept with it and
+	// handed to ChatReceive.
+	Raw json.RawMessage
+	// Key is the platform's id for the delivery (a Slack event_id, a
+	// WhatsApp message id): a redelivery is taken once.
+	Key string
+}
+
+// ErrRetry marks a failure the platform should retry on.
+var ErrRetry = errors.New("temporarily unavailable")
+
+// Schedule is a retry schedule: the waits after each failed attempt.
+type Schedule []time.Duration
+
+// Retry implements Adapter.Retry.
+func (s Schedule) Retry(attempt int) (time.Duration, bool) {
+	if attempt < 1 || attempt > len(s) {
+		return 0, false
+	}
+	return s[attempt-1], true
+}
+
+// PlatformSchedule retries a platform API that failed for a while: over
+// about three quarters of an hour, then the message fails.
+var PlatformSchedule = Schedule{5 * time.Second, 30 * time.Second, 2 * time.Minute, 10 * time.Minute, 30 * time.Minute}
+
+// Answer ends a callback with code and a short plain-text body.
+func Answer(w http.ResponseWriter, code int, body string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(body))
+}
+
+// IngestAnswer answers a callback after ingesting: 503 when the platform
+// should retry, 200 otherwise (a refusal of bad input is logged by the
+// hub; retrying would not mend it).
+func IngestAnswer(w http.ResponseWriter, err error) {
+	if errors.Is(err, ErrRetry) {
+		Answer(w, http.StatusServiceUnavailable, "retry")
+		return
+	}
+	Answer(w, http.StatusOK, "ok")
+}
+
+// Transport is the HTTP transport adapters share: keep-alive connections
+// enough for the concurrency a hub sends with (the default keeps 2 per
+// host, and a burst of posts would open and close hundreds).
+var Transport = sync.OnceValue(func() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns, t.MaxIdleConnsPerHost = 512, 256
+	return t
+})
