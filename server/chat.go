@@ -2,11 +2,11 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"regexp"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/chatrelay/chatrelay/adapters"
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/store"
 )
@@ -16,21 +16,12 @@ type chatService struct {
 	*Server
 }
 
-// deliver decides how an outbound message on platform is delivered. web and
-// api sessions are delivered by the hub itself: the message reaches every
-// WatchSession stream (the widget, an API client). Other platforms need an
-// adapter, and none is built into this server yet, so they answer FAILED —
-// the message is kept in history either way, as docs/design.md §3 says.
-func deliver(platform string) (store.MessageStatus, *store.PlatformError) {
-	if platform == platformWeb || platform == platformAPI {
-		return store.StatusDelivered, nil
-	}
-	return store.StatusFailed, &store.PlatformError{
-		Code:    "platform_not_configured",
-		Message: fmt.Sprintf("no %s adapter is configured on this server; the message was stored but not delivered", platform),
-	}
-}
-
+// PostMessage records the message and delivers it (docs/design.md §9).
+// web and api sessions are delivered by the hub itself: the message
+// reaches every WatchSession stream (the widget, an API client), and is
+// DELIVERED as it is recorded. Any other platform's message is recorded
+// PENDING and sent through the tenant's adapter for the channel; without
+// one it is FAILED at once, platform_not_configured, and kept.
 func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageRequest) (*pb.PostMessageResponse, error) {
 	chk := c.checker()
 	chk.id("session_id", req.SessionId, true)
@@ -41,14 +32,9 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 		return nil, err
 	}
 	tenant := tenantFrom(ctx)
-	at, known := c.places.get(tenant, req.SessionId)
-	if !known {
-		ses, err := c.cfg.Store.GetSession(ctx, tenant, req.SessionId)
-		if err != nil {
-			return nil, err
-		}
-		at = place{ses.Platform, ses.Channel}
-		c.places.learn(&ses)
+	at, err := c.placeOf(ctx, tenant, req.SessionId)
+	if err != nil {
+		return nil, err
 	}
 	out := store.OutboundMessage{
 		Tenant:      tenant,
@@ -57,25 +43,71 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 		Metadata:    req.Metadata,
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) { m.(*pb.PostMessageRequest).IdempotencyKey = "" }),
 	}
+	var a adapters.Adapter
+	out.Status, out.Error, a = c.route(tenant, at)
+	if a != nil {
+		out.Delivery = c.newDelivery()
+	}
 	// An ended session is refused by the store, unless the key replays a
 	// result from before it ended.
-	out.Status, out.Error = deliver(at.platform)
-	msg, _, err := c.cfg.Store.AppendOutbound(ctx, out)
+	msg, replayed, err := c.cfg.Store.AppendOutbound(ctx, out)
 	if err != nil {
 		return nil, err
 	}
+	switch {
+	case replayed && msg.Status == store.StatusPending:
+		// Never sent again: the delivery it recorded goes on. Its status
+		// now is the answer.
+		if now, err := c.cfg.Store.GetMessage(ctx, tenant, msg.SessionID, msg.ID); err == nil {
+			msg = now
+		}
+	case a != nil && !replayed:
+		msg = c.deliverNow(ctx, a, store.DeliveryClaim{ID: out.Delivery.ID, Tenant: tenant, SessionID: msg.SessionID,
+			Message: msg, Attempt: 1}, at.user)
+	}
+	return postResponse(&msg), nil
+}
+
+// placeOf is where a session lives: known from an earlier call, or read.
+func (c *chatService) placeOf(ctx context.Context, tenant, sessionID string) (place, error) {
+	if at, ok := c.places.get(tenant, sessionID); ok {
+		return at, nil
+	}
+	ses, err := c.cfg.Store.GetSession(ctx, tenant, sessionID)
+	if err != nil {
+		return place{}, err
+	}
+	c.places.learn(&ses)
+	return place{ses.Platform, ses.Channel, ses.User}, nil
+}
+
+// route says how a message to a session at at is delivered: by the hub
+// (DELIVERED), through an adapter (PENDING, then its answer), or not at all
+// (FAILED: no account of the tenant delivers the channel).
+func (c *chatService) route(tenant string, at place) (store.MessageStatus, *store.PlatformError, adapters.Adapter) {
+	if at.platform == platformWeb || at.platform == platformAPI {
+		return store.StatusDelivered, nil, nil
+	}
+	if a := c.adapterFor(tenant, at.platform, at.channel); a != nil {
+		return store.StatusPending, nil, a
+	}
+	return store.StatusFailed, notConfigured(at.platform), nil
+}
+
+func postResponse(m *store.Message) *pb.PostMessageResponse {
 	resp := &pb.PostMessageResponse{
-		Status:    statusToPB[msg.Status],
-		MessageId: msg.ID,
-		SessionId: msg.SessionID,
-		Platform:  msg.Platform,
-		Channel:   msg.Channel,
-		Error:     platformErrorPB(msg.Error),
+		Status:            statusToPB[m.Status],
+		MessageId:         m.ID,
+		SessionId:         m.SessionID,
+		Platform:          m.Platform,
+		Channel:           m.Channel,
+		Error:             platformErrorPB(m.Error),
+		PlatformMessageId: m.PlatformID,
 	}
-	if msg.Status == store.StatusDelivered {
-		resp.DeliveredAt = ts(msg.CreatedAt)
+	if m.Status == store.StatusDelivered || m.Status == store.StatusSent || m.Status == store.StatusRead {
+		resp.DeliveredAt = ts(m.StatusAt)
 	}
-	return resp, nil
+	return resp
 }
 
 func idempotency(key string, req proto.Message, clear func(proto.Message)) store.Idempotency {
@@ -108,12 +140,13 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 	case !ok:
 		chk.add("chatbot", "unknown chatbot %q: name a configured chatbot by name or id", req.Chatbot)
 	}
+	tenant := tenantFrom(ctx)
 	var platform, channel string
 	if req.From == "" {
 		chk.add("from", "is required")
-	} else if ch, ok := c.dir.channelByName[req.From]; ok {
+	} else if ch, ok := c.dir.named(tenant, req.From); ok {
 		platform, channel = ch.Platform, ch.ID
-	} else if ch, ok := c.dir.channelByID[req.From]; ok {
+	} else if ch, ok := c.dir.byID(tenant, req.From); ok {
 		platform, channel = ch.Platform, ch.ID
 	} else {
 		chk.add("from", "unknown channel %q: name a configured channel by name or id", req.From)
@@ -126,9 +159,9 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 	if err := chk.err(); err != nil {
 		return nil, err
 	}
-	status, perr := deliver(platform)
+	status, perr, a := c.route(tenant, place{platform: platform, channel: channel})
 	start := store.ChatbotStart{
-		Tenant:               tenantFrom(ctx),
+		Tenant:               tenant,
 		Platform:             platform,
 		Channel:              channel,
 		User:                 req.To,
@@ -146,11 +179,26 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		GreetingStatus: status,
 		GreetingError:  perr,
 	}
+	if a != nil {
+		start.GreetingDelivery = c.newDelivery()
+	}
 	r, err := c.cfg.Store.StartChatbot(ctx, start)
 	if err != nil {
 		return nil, err
 	}
 	c.places.learn(&r.Session)
+	greeting := &r.Greeting
+	switch {
+	case r.Skip != store.NotSkipped || greeting.ID == "":
+	case r.Replayed && greeting.Status == store.StatusPending:
+		// Never sent again; its status now is the answer.
+		if now, err := c.cfg.Store.GetMessage(ctx, tenant, greeting.SessionID, greeting.ID); err == nil {
+			*greeting = now
+		}
+	case a != nil && !r.Replayed:
+		*greeting = c.deliverNow(ctx, a, store.DeliveryClaim{ID: start.GreetingDelivery.ID, Tenant: tenant,
+			SessionID: greeting.SessionID, Message: *greeting, Attempt: 1}, req.To)
+	}
 	resp := &pb.SendChatbotMessageResponse{
 		SessionId:      r.Session.ID,
 		SessionStarted: r.SessionStarted,
@@ -165,10 +213,13 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		resp.Status, resp.SkipReason = pb.ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_SKIPPED, pb.SkipReason_SKIP_REASON_BOT_IN_EXECUTION
 	case r.Skip == store.SkipInProgress:
 		resp.Status, resp.SkipReason = pb.ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_SKIPPED, pb.SkipReason_SKIP_REASON_IN_PROGRESS
-	case r.Greeting.Status == store.StatusFailed:
-		resp.Status, resp.MessageId, resp.Error = pb.ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_FAILED, r.Greeting.ID, platformErrorPB(r.Greeting.Error)
+	case greeting.Status == store.StatusFailed:
+		resp.Status, resp.MessageId, resp.Error = pb.ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_FAILED, greeting.ID, platformErrorPB(greeting.Error)
 	default:
-		resp.Status, resp.MessageId = pb.ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_SENT, r.Greeting.ID
+		resp.Status, resp.MessageId = pb.ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_SENT, greeting.ID
+	}
+	if r.Skip == store.NotSkipped {
+		resp.GreetingStatus = statusToPB[greeting.Status]
 	}
 	return resp, nil
 }
@@ -177,8 +228,9 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	chk := c.checker()
 	chk.id("session_id", req.SessionId, false)
 	var platform, channel string
+	tenant := tenantFrom(ctx)
 	if req.SessionId == "" || req.Platform != "" || req.Channel != "" {
-		platform, channel = c.dir.channel(&chk, "platform", req.Platform, "channel", req.Channel)
+		platform, channel = c.dir.channel(&chk, tenant, "platform", req.Platform, "channel", req.Channel)
 	}
 	chk.user("from_user", platform, req.FromUser, req.SessionId == "")
 	chk.text("text", req.Text, c.cfg.Limits.MessageBytes, true)
@@ -188,7 +240,6 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	if err := chk.err(); err != nil {
 		return nil, err
 	}
-	tenant := tenantFrom(ctx)
 	if req.SessionId != "" {
 		// The session's own place, when known, is a better hint than the
 		// caller's.

@@ -1,15 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/store"
 )
@@ -55,11 +52,26 @@ type Config struct {
 	ResumeWindow time.Duration
 	// ShutdownTimeout bounds graceful shutdown; default 10 s.
 	ShutdownTimeout time.Duration
+	// Adapters are the platform accounts messages are delivered through
+	// (docs/design.md §9); web and api need none.
+	Adapters []adapters.Adapter
+	// DeliveryTimeout is how long PostMessage waits for the platform
+	// before it answers PENDING (delivery goes on); default 10 s.
+	DeliveryTimeout time.Duration
+	// DeliveryLease is how long a replica has to finish a delivery it
+	// started before any other may; default 2 min. It must exceed the
+	// longest send.
+	DeliveryLease time.Duration
+	// DeliveryPoll is how often a replica looks for deliveries to finish
+	// or retry; default 1 s.
+	DeliveryPoll time.Duration
 }
 
-// Channel is a configured channel: a human name for a platform's channel id.
+// Channel is a configured channel: a human name for a platform's channel
+// id, within a tenant (default "default").
 type Channel struct {
 	Name     string `yaml:"name"`
+	Tenant   string `yaml:"tenant"`
 	Platform string `yaml:"platform"`
 	ID       string `yaml:"id"`
 }
@@ -81,7 +93,7 @@ type APIKey struct {
 	Tenant string `yaml:"tenant"`
 	// KeyEnv names the environment variable holding the key.
 	KeyEnv string `yaml:"key_env"`
-	// Key is the secret, resolved from KeyEnv by LoadFile.
+	// Key is the secret, resolved from KeyEnv.
 	Key string `yaml:"-"`
 	// RatePerSecond and Burst limit calls made with this key; 0 means no
 	// limit.
@@ -119,46 +131,68 @@ func (c *Config) setDefaults() error {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
-	if c.ResumeWindow < 0 || c.ShutdownTimeout < 0 {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.DeliveryTimeout, 10*time.Second)
+	def(&c.DeliveryLease, 2*time.Minute)
+	def(&c.DeliveryPoll, time.Second)
+	if c.ResumeWindow < 0 || c.ShutdownTimeout < 0 || c.DeliveryTimeout < 0 || c.DeliveryPoll < 0 {
 		return errors.New("config: durations must not be negative")
+	}
+	if c.DeliveryLease <= sendTimeout {
+		return fmt.Errorf("config: the delivery lease must exceed the longest send (%s)", sendTimeout)
 	}
 	return nil
 }
 
-// directory resolves channel and chatbot names.
+// directory resolves channel and chatbot names. Channels belong to a
+// tenant (the built-in web and api to every one); chatbots to all.
 type directory struct {
-	channelByName map[string]Channel
-	channelByID   map[string]Channel
+	channelByName map[tenantKeyed]Channel
+	channelByID   map[tenantKeyed]Channel
 	botByName     map[string]Chatbot
 	botByID       map[string]Chatbot
 }
 
+// tenantKeyed is a channel's name or id within its tenant ("" for the
+// built-in channels, which every tenant has).
+type tenantKeyed struct{ tenant, key string }
+
 func newDirectory(cfg *Config) (*directory, error) {
 	d := &directory{
-		channelByName: map[string]Channel{},
-		channelByID:   map[string]Channel{},
+		channelByName: map[tenantKeyed]Channel{},
+		channelByID:   map[tenantKeyed]Channel{},
 		botByName:     map[string]Chatbot{},
 		botByID:       map[string]Chatbot{},
 	}
 	chk := checker{lim: cfg.Limits}
-	builtins := []Channel{{Name: "web", Platform: platformWeb, ID: "web"}, {Name: "api", Platform: platformAPI, ID: "api"}}
-	for i, ch := range append(builtins, cfg.Channels...) {
-		field := fmt.Sprintf("channels[%d]", i-len(builtins))
+	for _, ch := range []Channel{{Name: "web", Platform: platformWeb, ID: "web"}, {Name: "api", Platform: platformAPI, ID: "api"}} {
+		d.channelByName[tenantKeyed{"", ch.Name}] = ch
+		d.channelByID[tenantKeyed{"", ch.ID}] = ch
+	}
+	for i, ch := range cfg.Channels {
+		field := fmt.Sprintf("channels[%d]", i)
+		if ch.Tenant == "" {
+			ch.Tenant = defaultTenant
+		}
 		chk.id(field+".name", ch.Name, true)
 		chk.id(field+".id", ch.ID, true)
+		chk.id(field+".tenant", ch.Tenant, true)
 		if !platforms[ch.Platform] {
 			chk.add(field+".platform", "must be one of web, api, slack, whatsapp, webhook")
 		}
-		if i >= len(builtins) {
-			if _, dup := d.channelByName[ch.Name]; dup {
-				chk.add(field+".name", "%q is configured twice (web and api are built in)", ch.Name)
-			}
-			if prev, dup := d.channelByID[ch.ID]; dup && prev.Platform != ch.Platform {
-				chk.add(field+".id", "%q is already the id of a %s channel", ch.ID, prev.Platform)
-			}
+		name, id := tenantKeyed{ch.Tenant, ch.Name}, tenantKeyed{ch.Tenant, ch.ID}
+		if _, dup := d.channelByName[name]; dup || ch.Name == "web" || ch.Name == "api" {
+			chk.add(field+".name", "%q is configured twice for tenant %s (web and api are built in)", ch.Name, ch.Tenant)
 		}
-		d.channelByName[ch.Name] = ch
-		d.channelByID[ch.ID] = ch
+		if prev, dup := d.channelByID[id]; dup && prev.Platform != ch.Platform {
+			chk.add(field+".id", "%q is already the id of a %s channel of tenant %s", ch.ID, prev.Platform, ch.Tenant)
+		}
+		d.channelByName[name] = ch
+		d.channelByID[id] = ch
 	}
 	for i, b := range cfg.Chatbots {
 		field := fmt.Sprintf("chatbots[%d]", i)
@@ -182,6 +216,24 @@ func newDirectory(cfg *Config) (*directory, error) {
 	return d, nil
 }
 
+// named finds a tenant's channel by its name.
+func (d *directory) named(tenant, name string) (Channel, bool) {
+	if ch, ok := d.channelByName[tenantKeyed{"", name}]; ok {
+		return ch, true
+	}
+	ch, ok := d.channelByName[tenantKeyed{tenant, name}]
+	return ch, ok
+}
+
+// byID finds a tenant's configured channel by its id.
+func (d *directory) byID(tenant, id string) (Channel, bool) {
+	if ch, ok := d.channelByID[tenantKeyed{"", id}]; ok {
+		return ch, true
+	}
+	ch, ok := d.channelByID[tenantKeyed{tenant, id}]
+	return ch, ok
+}
+
 // chatbot finds a bot by name, then by id.
 func (d *directory) chatbot(v string) (Chatbot, bool) {
 	if b, ok := d.botByName[v]; ok {
@@ -194,19 +246,19 @@ func (d *directory) chatbot(v string) (Chatbot, bool) {
 // channel resolves where a session lives from an optional platform and a
 // channel name or id. A configured name pins both; otherwise platform is
 // needed, and web and api default to their built-in channel.
-func (d *directory) channel(c *checker, platformField, platform, channelField, channel string) (string, string) {
+func (d *directory) channel(c *checker, tenant, platformField, platform, channelField, channel string) (string, string) {
 	if platform != "" && !platforms[platform] {
 		c.add(platformField, "must be one of web, api, slack, whatsapp, webhook")
 		return "", ""
 	}
-	if ch, ok := d.channelByName[channel]; ok {
+	if ch, ok := d.named(tenant, channel); ok {
 		if platform != "" && platform != ch.Platform {
 			c.add(channelField, "%q is a %s channel, not %s", channel, ch.Platform, platform)
 		}
 		return ch.Platform, ch.ID
 	}
 	if platform == "" {
-		if ch, ok := d.channelByID[channel]; ok {
+		if ch, ok := d.byID(tenant, channel); ok {
 			return ch.Platform, ch.ID
 		}
 		if channel != "" {
@@ -224,57 +276,4 @@ func (d *directory) channel(c *checker, platformField, platform, channelField, c
 	}
 	c.id(channelField, channel, true)
 	return platform, channel
-}
-
-// File is the optional YAML configuration file.
-type File struct {
-	Channels []Channel `yaml:"channels"`
-	Chatbots []Chatbot `yaml:"chatbots"`
-	APIKeys  []APIKey  `yaml:"api_keys"`
-	// ResumeWindow: see Config.ResumeWindow.
-	ResumeWindow time.Duration `yaml:"resume_window"`
-	// SessionTTL and HistoryLimit configure the store.
-	SessionTTL   time.Duration `yaml:"session_ttl"`
-	HistoryLimit int           `yaml:"history_limit"`
-	// Limits override DefaultLimits field by field; nil means none.
-	Limits *Limits `yaml:"limits"`
-}
-
-// LimitsOrDefault returns DefaultLimits with the file's overrides applied.
-func (f *File) LimitsOrDefault() Limits {
-	if f.Limits == nil {
-		return DefaultLimits()
-	}
-	return *f.Limits
-}
-
-// LoadFile reads a YAML configuration file. Unknown fields are errors, so a
-// typo cannot silently drop a setting. API keys are resolved through
-// lookupEnv (os.LookupEnv in main), never read from the file itself.
-func LoadFile(path string, lookupEnv func(string) (string, bool)) (*File, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
-	}
-	// Limits the file leaves out keep their defaults: the decoder only
-	// sets the fields it finds.
-	defaults := DefaultLimits()
-	f := File{Limits: &defaults}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("config file %s: %w", path, err)
-	}
-	for i := range f.APIKeys {
-		k := &f.APIKeys[i]
-		if k.KeyEnv == "" {
-			return nil, fmt.Errorf("config file %s: api_keys[%d]: key_env is required (keys are never written in the file)", path, i)
-		}
-		v, ok := lookupEnv(k.KeyEnv)
-		if !ok || v == "" {
-			return nil, fmt.Errorf("config file %s: api_keys[%d]: environment variable %s is not set", path, i, k.KeyEnv)
-		}
-		k.Key = v
-	}
-	return &f, nil
 }

@@ -29,10 +29,21 @@ var stateToPB = map[store.SessionState]pb.SessionState{
 	store.StateExpired:    pb.SessionState_SESSION_STATE_EXPIRED,
 }
 
+var stateFromPB = map[pb.SessionState]store.SessionState{
+	pb.SessionState_SESSION_STATE_OPEN:        store.StateOpen,
+	pb.SessionState_SESSION_STATE_BOT:         store.StateBot,
+	pb.SessionState_SESSION_STATE_IN_PROGRESS: store.StateInProgress,
+	pb.SessionState_SESSION_STATE_CLOSED:      store.StateClosed,
+	pb.SessionState_SESSION_STATE_EXPIRED:     store.StateExpired,
+}
+
 var statusToPB = map[store.MessageStatus]pb.MessageStatus{
 	store.StatusReceived:  pb.MessageStatus_MESSAGE_STATUS_RECEIVED,
 	store.StatusDelivered: pb.MessageStatus_MESSAGE_STATUS_DELIVERED,
 	store.StatusFailed:    pb.MessageStatus_MESSAGE_STATUS_FAILED,
+	store.StatusPending:   pb.MessageStatus_MESSAGE_STATUS_PENDING,
+	store.StatusSent:      pb.MessageStatus_MESSAGE_STATUS_SENT,
+	store.StatusRead:      pb.MessageStatus_MESSAGE_STATUS_READ,
 }
 
 var directionToPB = map[store.Direction]pb.Direction{
@@ -96,6 +107,19 @@ func messagePB(m *store.Message) *pb.Message {
 		Metadata:  m.Metadata,
 		Raw:       rawPB(m.Raw),
 		Error:     platformErrorPB(m.Error),
+
+		PlatformMessageId: m.PlatformID,
+		StatusUpdatedAt:   ts(m.StatusAt),
+	}
+}
+
+func statusChangePB(c *store.StatusChange) *pb.MessageStatusChange {
+	return &pb.MessageStatusChange{
+		MessageId:         c.MessageID,
+		Status:            statusToPB[c.Status],
+		PlatformMessageId: c.PlatformID,
+		StatusUpdatedAt:   ts(c.At),
+		Error:             platformErrorPB(c.Error),
 	}
 }
 

@@ -26,16 +26,18 @@ func FuzzReceiveFilter(f *testing.F) {
 	f.Add("", "", "ses_x", "(.*){1000}Z", int32(3), int32(0), int64(60), int32(5), "cr_x")
 	f.Add("a b", "\xff", "", "", int32(-1), int32(2147483647), int64(-1), int32(-1), "")
 	lim := DefaultLimits()
-	srv := &chatService{Server: &Server{cfg: Config{Limits: lim}, dir: &directory{channelByName: map[string]Channel{
-		"support": {Name: "support", Platform: platformWhatsApp, ID: "15550001111"},
-	}}}}
+	dir, err := newDirectory(&Config{Limits: lim, Channels: []Channel{{Name: "support", Platform: platformWhatsApp, ID: "15550001111"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv := &chatService{Server: &Server{cfg: Config{Limits: lim}, dir: dir}}
 	f.Fuzz(func(t *testing.T, channel, user, session, keyword string, match, minutes int32, secs int64, nanos int32, conv string) {
 		req := &pb.ChatReceiveRequest{Channel: channel, FromUser: user, SessionId: session, KeywordFilter: keyword,
 			Match: pb.MatchMode(match), TimeoutMinutes: minutes, ConversationId: conv}
 		if secs != 0 || nanos != 0 {
 			req.Timeout = &durationpb.Duration{Seconds: secs, Nanos: nanos}
 		}
-		filter, timeout, err := srv.receiveFilter(req)
+		filter, timeout, err := srv.receiveFilter(defaultTenant, req)
 		if err != nil {
 			return
 		}
@@ -67,7 +69,11 @@ func FuzzIngestRaw(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = ms.Close() })
-	srv := &Server{cfg: Config{Store: ms, Limits: DefaultLimits()}, dir: &directory{channelByName: map[string]Channel{}, channelByID: map[string]Channel{}}}
+	dir, err := newDirectory(&Config{Limits: DefaultLimits()})
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv := &Server{cfg: Config{Store: ms, Limits: DefaultLimits()}, dir: dir}
 	chat, sessions := &chatService{Server: srv}, &sessionService{Server: srv}
 	ctx := context.WithValue(context.Background(), tenantKey{}, "t")
 	f.Fuzz(func(t *testing.T, raw []byte) {

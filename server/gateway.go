@@ -17,7 +17,8 @@ import (
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 )
 
-// httpHandler serves the REST gateway, /openapi.json, /healthz and /readyz.
+// httpHandler serves the REST gateway, the platforms' callbacks
+// (/hooks/<platform>/<name>), /openapi.json, /healthz and /readyz.
 // Unary REST calls run the services in process, through the same
 // interceptors as gRPC (auth, limits, error mapping); the two streaming
 // calls go over a gRPC connection to this server (conn), which the
@@ -52,6 +53,11 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 
 	mux := http.NewServeMux()
 	mux.Handle("/", http.MaxBytesHandler(gw, int64(s.cfg.Limits.RequestBytes)*2))
+	// Platform callbacks: no API key; each verifies its platform's
+	// signature instead.
+	for _, a := range s.cfg.Adapters {
+		mux.Handle("/hooks/"+a.Platform()+"/"+a.Name(), a.Handler(hub{s}))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

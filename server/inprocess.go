@@ -50,6 +50,10 @@ func (p *inProcess) CreateSession(ctx context.Context, r *pb.CreateSessionReques
 	return call(p.unary, ctx, r, pb.SessionService_CreateSession_FullMethodName, p.sessions.CreateSession)
 }
 
+func (p *inProcess) ListSessions(ctx context.Context, r *pb.ListSessionsRequest) (*pb.ListSessionsResponse, error) {
+	return call(p.unary, ctx, r, pb.SessionService_ListSessions_FullMethodName, p.sessions.ListSessions)
+}
+
 func (p *inProcess) GetSession(ctx context.Context, r *pb.GetSessionRequest) (*pb.GetSessionResponse, error) {
 	return call(p.unary, ctx, r, pb.SessionService_GetSession_FullMethodName, p.sessions.GetSession)
 }

@@ -6,9 +6,9 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// place is where a session lives: its platform and channel, which never
-// change.
-type place struct{ platform, channel string }
+// place is where a session lives: its platform, channel and user, which
+// never change.
+type place struct{ platform, channel, user string }
 
 // placeCache remembers each session's place, so that PostMessage can choose
 // how to deliver without reading the session first, and an ingest into a
@@ -40,7 +40,7 @@ func (c *placeCache) learn(ses *store.Session) {
 	if ses.ID == "" {
 		return
 	}
-	c.put(ses.Tenant, ses.ID, place{ses.Platform, ses.Channel})
+	c.put(ses.Tenant, ses.ID, place{ses.Platform, ses.Channel, ses.User})
 }
 
 func (c *placeCache) put(tenant, sessionID string, p place) {

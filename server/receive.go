@@ -16,7 +16,7 @@ import (
 )
 
 // receiveFilter validates a ChatReceive request's filters and timeout.
-func (c *chatService) receiveFilter(req *pb.ChatReceiveRequest) (store.Filter, time.Duration, error) {
+func (c *chatService) receiveFilter(tenant string, req *pb.ChatReceiveRequest) (store.Filter, time.Duration, error) {
 	chk := c.checker()
 	f := store.Filter{
 		User:      req.FromUser,
@@ -24,7 +24,7 @@ func (c *chatService) receiveFilter(req *pb.ChatReceiveRequest) (store.Filter, t
 		Keyword:   req.KeywordFilter,
 	}
 	if req.Channel != "" {
-		if ch, ok := c.dir.channelByName[req.Channel]; ok {
+		if ch, ok := c.dir.named(tenant, req.Channel); ok {
 			f.Platform, f.Channel = ch.Platform, ch.ID
 		} else {
 			chk.id("channel", req.Channel, false)
@@ -73,7 +73,7 @@ func hasFilter(req *pb.ChatReceiveRequest) bool {
 }
 
 func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.ServerStreamingServer[pb.ChatReceiveResponse]) error {
-	filter, timeout, err := c.receiveFilter(req)
+	filter, timeout, err := c.receiveFilter(tenantFrom(stream.Context()), req)
 	if err != nil {
 		return err
 	}

@@ -473,6 +473,7 @@ func TestRedisRoundTripsPerRPC(t *testing.T) {
 	recvOrFail(t, warm.Recv)
 	other := a.createSession("u3")
 	a.sessions.CloseSession(a.ctx(), &pb.CloseSessionRequest{SessionId: other.SessionId})
+	a.history(other.SessionId)
 	created, created2 := a.createSession("u7"), a.createSession("u8") // no post or ingest yet
 	unseen, unseen2 := cl.replicas[1].createSession("u6"), cl.replicas[1].createSession("u9")
 	// Sessions A has seen only through SendChatbotMessage and GetSession.

@@ -148,6 +148,10 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go s.watchReadiness(watchCtx)
+	if len(s.cfg.Adapters) > 0 {
+		// Without an adapter this replica has nothing to deliver with.
+		go s.drain(watchCtx)
+	}
 	log.Info("chatrelay serving", "grpc", gl.Addr().String(), "http", hl.Addr().String())
 
 	var serveErr error

@@ -5,6 +5,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,7 +25,7 @@ type sessionService struct {
 
 func (s *sessionService) CreateSession(ctx context.Context, req *pb.CreateSessionRequest) (*pb.CreateSessionResponse, error) {
 	chk := s.checker()
-	platform, channel := s.dir.channel(&chk, "platform", req.Platform, "channel", req.Channel)
+	platform, channel := s.dir.channel(&chk, tenantFrom(ctx), "platform", req.Platform, "channel", req.Channel)
 	chk.user("user", platform, req.User, true)
 	chk.metadata("metadata", req.Metadata)
 	if err := chk.err(); err != nil {
@@ -96,18 +99,91 @@ const (
 	maxPageSize     = 1000
 )
 
-func (s *sessionService) ListMessages(ctx context.Context, req *pb.ListMessagesRequest) (*pb.ListMessagesResponse, error) {
-	chk := s.checker()
-	chk.id("session_id", req.SessionId, true)
-	size := int(req.PageSize)
+// pageSize checks a request's page size: default 50, at most 1000 (a
+// larger one is coerced, as AIP-158 says).
+func pageSize(chk *checker, size int32) int {
 	switch {
 	case size < 0:
 		chk.add("page_size", "must not be negative")
 	case size == 0:
-		size = defaultPageSize
+		return defaultPageSize
 	case size > maxPageSize:
-		size = maxPageSize // AIP-158: coerce, don't fail
+		return maxPageSize
 	}
+	return int(size)
+}
+
+// ListSessions pages through the tenant's sessions, newest activity
+// first. The page token is the store's cursor: the last session's
+// activity and id.
+func (s *sessionService) ListSessions(ctx context.Context, req *pb.ListSessionsRequest) (*pb.ListSessionsResponse, error) {
+	chk := s.checker()
+	tenant := tenantFrom(ctx)
+	f := store.SessionFilter{User: req.User}
+	if req.Platform != "" || req.Channel != "" {
+		if req.Channel == "" {
+			if !platforms[req.Platform] {
+				chk.add("platform", "must be one of web, api, slack, whatsapp, webhook")
+			}
+			f.Platform = req.Platform
+		} else {
+			f.Platform, f.Channel = s.dir.channel(&chk, tenant, "platform", req.Platform, "channel", req.Channel)
+		}
+	}
+	chk.id("user", req.User, false)
+	if req.State != pb.SessionState_SESSION_STATE_UNSPECIFIED {
+		if f.State = stateFromPB[req.State]; f.State == 0 {
+			chk.add("state", "is not a session state")
+		}
+	}
+	size := pageSize(&chk, req.PageSize)
+	var after store.SessionCursor
+	if req.PageToken != "" {
+		var ok bool
+		if after, ok = decodeSessionToken(req.PageToken); !ok {
+			chk.add("page_token", "is not a token this server issued")
+		}
+	}
+	if err := chk.err(); err != nil {
+		return nil, err
+	}
+	page, next, err := s.cfg.Store.ListSessions(ctx, tenant, f, after, size)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListSessionsResponse{NextPageToken: encodeSessionToken(next)}
+	for i := range page {
+		resp.Sessions = append(resp.Sessions, sessionPB(&page[i]))
+	}
+	return resp, nil
+}
+
+// A session page token is "<ms> <session id>", base64url: opaque to
+// clients.
+func encodeSessionToken(c store.SessionCursor) string {
+	if c.ID == "" {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.At.UnixMilli(), 10) + " " + c.ID))
+}
+
+func decodeSessionToken(tok string) (store.SessionCursor, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return store.SessionCursor{}, false
+	}
+	at, id, ok := strings.Cut(string(b), " ")
+	ms, err := strconv.ParseInt(at, 10, 64)
+	if !ok || err != nil || id == "" || len(id) > 128 {
+		return store.SessionCursor{}, false
+	}
+	return store.SessionCursor{At: time.UnixMilli(ms), ID: id}, true
+}
+
+func (s *sessionService) ListMessages(ctx context.Context, req *pb.ListMessagesRequest) (*pb.ListMessagesResponse, error) {
+	chk := s.checker()
+	chk.id("session_id", req.SessionId, true)
+	size := pageSize(&chk, req.PageSize)
 	var after string
 	if req.PageToken != "" {
 		b, err := base64.RawURLEncoding.DecodeString(req.PageToken)
@@ -213,6 +289,14 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 			for _, ev := range evs {
 				switch {
 				case resync:
+				case ev.Kind == store.EventMessageStatus:
+					// Only for a message the stream has sent; a later one
+					// comes from history with its status.
+					if ev.Status.Seq <= w.lastSeq {
+						if err := w.status(ev.Status); err != nil {
+							return err
+						}
+					}
 				case ev.Kind == store.EventMessage && ev.Message.Seq <= w.lastSeq:
 					// Already sent, from history.
 				case ev.Kind == store.EventMessage && ev.Message.Seq == w.lastSeq+1:
@@ -320,6 +404,10 @@ func historyTrimmed(afterID string, lost uint64) error {
 		msg: fmt.Sprintf("%d messages after %s were trimmed from the retained history before they could be read; "+
 			"read on from the oldest retained message (watch or list with no cursor) knowing they are lost", lost, afterID),
 		meta: map[string]string{"last_message_id": afterID}}
+}
+
+func (w *watcher) status(c *store.StatusChange) error {
+	return w.stream.Send(&pb.WatchSessionResponse{Event: &pb.WatchSessionResponse_MessageStatus{MessageStatus: statusChangePB(c)}})
 }
 
 func (w *watcher) ended(ses *store.Session) error {

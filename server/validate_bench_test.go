@@ -29,12 +29,16 @@ func BenchmarkValidate(b *testing.B) {
 			}
 		}
 	})
-	srv := &chatService{Server: &Server{cfg: Config{Limits: lim}, dir: &directory{channelByName: map[string]Channel{}}}}
+	dir, err := newDirectory(&Config{Limits: lim})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &chatService{Server: &Server{cfg: Config{Limits: lim}, dir: dir}}
 	recv := &pb.ChatReceiveRequest{FromUser: "+15551234567", KeywordFilter: `^(yes|no)$`, Match: pb.MatchMode_MATCH_MODE_REGEX, Timeout: durationpb.New(3600e9)}
 	b.Run("ChatReceive with a regex", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, _, err := srv.receiveFilter(recv); err != nil {
+			if _, _, err := srv.receiveFilter(defaultTenant, recv); err != nil {
 				b.Fatal(err)
 			}
 		}

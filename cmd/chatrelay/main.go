@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/chatrelay/chatrelay/internal/config"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/store/memory"
@@ -42,12 +43,16 @@ func run() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 
-	file := &server.File{}
+	file := config.Default()
 	if *configPath != "" {
 		var err error
-		if file, err = server.LoadFile(*configPath, os.LookupEnv); err != nil {
+		if file, err = config.Load(*configPath, os.LookupEnv); err != nil {
 			return err
 		}
+	}
+	accounts, err := file.Adapters(logger)
+	if err != nil {
+		return err
 	}
 	st, closeStore, err := openStore(*redisURL, file, logger)
 	if err != nil {
@@ -58,21 +63,23 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return server.Run(ctx, server.Config{
-		GRPCAddr:     *grpcAddr,
-		HTTPAddr:     *httpAddr,
-		Store:        st,
-		Logger:       logger,
-		Channels:     file.Channels,
-		Chatbots:     file.Chatbots,
-		APIKeys:      file.APIKeys,
-		Limits:       file.LimitsOrDefault(),
-		ResumeWindow: file.ResumeWindow,
+		GRPCAddr:        *grpcAddr,
+		HTTPAddr:        *httpAddr,
+		Store:           st,
+		Logger:          logger,
+		Channels:        file.Channels,
+		Chatbots:        file.Chatbots,
+		APIKeys:         file.APIKeys,
+		Limits:          file.Limits,
+		ResumeWindow:    file.ResumeWindow,
+		Adapters:        accounts,
+		DeliveryTimeout: file.DeliveryTimeout,
 	})
 }
 
 // openStore opens the Redis backend when a URL is given, else the memory
 // one, and returns how to close what it opened.
-func openStore(redisURL string, f *server.File, logger *slog.Logger) (store.Store, func(), error) {
+func openStore(redisURL string, f *config.File, logger *slog.Logger) (store.Store, func(), error) {
 	opts := store.Options{SessionTTL: f.SessionTTL, HistoryLimit: f.HistoryLimit}
 	if redisURL == "" {
 		st, err := memory.New(memory.Options{Options: opts})

@@ -1,0 +1,140 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/chatrelay/chatrelay/adapters"
+	"github.com/chatrelay/chatrelay/store"
+)
+
+// hub is the server as adapters see it (adapters.Hub): what a platform's
+// callback carries goes the way of IngestMessage.
+type hub struct{ *Server }
+
+var _ adapters.Hub = hub{}
+
+// Ingest stores a platform's inbound message. A platform cannot be told
+// no, so what is past a limit is cut to fit rather than refused, and said
+// so in the message's metadata: a text past limits.message_bytes is cut
+// (at a character), a raw payload past limits.raw_bytes or raw_depth is
+// left out. An id the hub cannot hold (a user or channel id) is refused
+// and logged. The platform's id for the delivery is the idempotency key:
+// a redelivery is taken once.
+func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
+	chk := h.checker()
+	chk.id("channel", in.Channel, true)
+	chk.id("user", in.User, true)
+	chk.id("key", in.Key, false)
+	if err := chk.err(); err != nil {
+		h.cfg.Logger.Warn("inbound message refused", "platform", in.Platform, "tenant", in.Tenant, "err", err)
+		return nil
+	}
+	var md map[string]string
+	text := in.Text
+	if len(text) > h.cfg.Limits.MessageBytes || !utf8.ValidString(text) {
+		text = cut(text, h.cfg.Limits.MessageBytes)
+		md = map[string]string{"truncated": fmt.Sprintf("the text was %d bytes; the limit is %d", len(in.Text), h.cfg.Limits.MessageBytes)}
+	}
+	raw := in.Raw
+	if why := h.rawTooBig(raw); why != "" {
+		raw = nil
+		if md == nil {
+			md = map[string]string{}
+		}
+		md["raw_omitted"] = why
+	}
+	r, err := h.cfg.Store.Ingest(ctx, store.InboundMessage{
+		Tenant: in.Tenant, Platform: in.Platform, Channel: in.Channel, User: in.User, Text: text, Metadata: md, Raw: raw,
+		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key},
+	})
+	switch {
+	case errors.Is(err, store.ErrUnavailable):
+		return fmt.Errorf("%w: %v", adapters.ErrRetry, err)
+	case err != nil:
+		h.cfg.Logger.Warn("inbound message not stored", "platform", in.Platform, "tenant", in.Tenant, "err", err)
+		return nil
+	}
+	h.places.learn(&r.Session)
+	return nil
+}
+
+// Receipt applies a platform's report on a message.
+func (h hub) Receipt(ctx context.Context, r store.Receipt) error {
+	err := h.cfg.Store.ApplyReceipt(ctx, r)
+	switch {
+	case errors.Is(err, store.ErrUnavailable):
+		return fmt.Errorf("%w: %v", adapters.ErrRetry, err)
+	case err != nil:
+		h.cfg.Logger.Warn("receipt not applied", "platform", r.Platform, "tenant", r.Tenant, "err", err)
+	}
+	return nil
+}
+
+// rawTooBig says why a platform's raw payload cannot be kept, or "".
+func (h hub) rawTooBig(raw json.RawMessage) string {
+	switch {
+	case len(raw) == 0:
+		return ""
+	case len(raw) > h.cfg.Limits.RawBytes:
+		return fmt.Sprintf("the payload was %d bytes; the limit is %d", len(raw), h.cfg.Limits.RawBytes)
+	case jsonDepth(raw, h.cfg.Limits.RawDepth) > h.cfg.Limits.RawDepth:
+		return fmt.Sprintf("the payload nests more than %d levels", h.cfg.Limits.RawDepth)
+	case !json.Valid(raw) || bytes.TrimSpace(raw)[0] != '{':
+		return "the payload is not a JSON object"
+	}
+	return ""
+}
+
+// cut shortens s to at most n bytes of valid UTF-8, at a character.
+func cut(s string, n int) string {
+	s = toValidUTF8(s)
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+func toValidUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return string([]rune(s)) // each invalid byte becomes U+FFFD
+}
+
+// jsonDepth is how deeply a JSON text nests objects and arrays, counted
+// up to limit+1.
+func jsonDepth(b []byte, limit int) int {
+	depth, deepest, inString, escaped := 0, 0, false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			if depth++; depth > deepest {
+				if deepest = depth; deepest > limit {
+					return deepest
+				}
+			}
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return deepest
+}
