@@ -13,10 +13,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/adapters/slack"
 	"github.com/chatrelay/chatrelay/adapters/whatsapp"
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/platformtest"
 	"github.com/chatrelay/chatrelay/store"
 )

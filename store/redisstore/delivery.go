@@ -308,7 +308,7 @@ type wireStatus struct {
 	Seq uint64 `json:"seq,omitempty"`
 }
 
-// messageWithStatus decodes a history entry and its overlay ('' for none).
+// messageWithStatus decodes a history entry and its overlay (” for none).
 func messageWithStatus(raw, overlay string) (store.Message, error) {
 	m, err := decodeMessage(raw)
 	if err != nil || overlay == "" {
