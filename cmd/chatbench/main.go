@@ -38,15 +38,18 @@ type config struct {
 	matchRate   int
 	fanoutKs    []int
 	fanoutFor   time.Duration
+	eventNs     []int // idle listeners in the slack-events scenario
 	redisURL    string // -use-redis, or a private redis-server's
 }
 
-var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "idle", "match", "fanout", "cancel"}
+var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "post-slack", "idle", "match", "fanout", "cancel",
+	"slack-slow", "slack-events"}
 
 func main() {
 	serve := flag.Bool("serve", false, "internal: run as the server under test")
 	backend := flag.String("backend", "memory", "internal: the child's backend: echo, memory or redis")
 	childRedis := flag.String("redis-url", "", "internal: the child's Redis URL")
+	childSlack := flag.String("slack-api", "", "internal: the child's Slack Web API, for a Slack account")
 	childProfile := flag.String("cpuprofile", "", "internal: where the child writes its CPU profile")
 	flag.StringVar(&profileDir, "profile", "", "write each server's CPU profile (<backend>-<n>.prof) and final heap (<backend>-<n>.heap) to this directory")
 	short := flag.Bool("short", false, "small sizes; finishes in under a minute")
@@ -69,7 +72,7 @@ func main() {
 		return
 	}
 	if *serve {
-		if err := serveChild(*backend, *childRedis, *childProfile); err != nil {
+		if err := serveChild(*backend, *childRedis, *childSlack, *childProfile); err != nil {
 			fmt.Fprintln(os.Stderr, "chatbench -serve:", err)
 			os.Exit(1)
 		}
@@ -87,9 +90,11 @@ func main() {
 	if *short {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
 			2*time.Second, []int{1_000, 10_000}, []int{0, 1_000}, time.Second, []int{1, 100}, time.Second
+		cfg.eventNs = []int{1_000}
 	} else {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
 			4*time.Second, []int{1_000, 10_000, 100_000}, []int{0, 10_000, 100_000}, 5*time.Second, []int{1, 100, 1000}, 3*time.Second
+		cfg.eventNs = []int{10_000}
 	}
 	if *duration > 0 {
 		cfg.duration = *duration
@@ -123,7 +128,7 @@ func run(cfg config, scenarios []string) error {
 		runtime.GOOS, runtime.GOARCH, cfg.concurrency, cfg.rounds, cfg.duration)
 
 	needRedis := slices.ContainsFunc(scenarios, func(s string) bool {
-		return s == "post-grpc-redis" || s == "match" || s == "fanout" || s == "cancel"
+		return s == "post-grpc-redis" || s == "match" || s == "fanout" || s == "cancel" || s == "slack-events"
 	})
 	if needRedis && cfg.redisURL == "" {
 		if _, err := exec.LookPath("redis-server"); err != nil {
@@ -169,6 +174,10 @@ func run(cfg config, scenarios []string) error {
 			rows, err = benchFanout(ctx, cfg)
 		case "cancel":
 			rows, err = benchCancel(ctx, cfg)
+		case "slack-slow":
+			rows, err = benchSlackSlow(ctx, cfg)
+		case "slack-events":
+			rows, err = benchSlackEvents(ctx, cfg)
 		default:
 			continue
 		}
@@ -190,6 +199,7 @@ var throughputCases = []struct{ name, baseline, label string }{
 	{"post-grpc-memory", "echo", "/ echo"},
 	{"post-grpc-redis", "echo", "/ echo"},
 	{"post-rest", "post-grpc-memory", "/ post-grpc (memory)"},
+	{"post-slack", "post-grpc-memory", "/ post-grpc (memory)"},
 }
 
 func runThroughput(ctx context.Context, cfg config, scenarios []string, report func(string, []row, error) error) error {
@@ -208,6 +218,8 @@ func runThroughput(ctx context.Context, cfg config, scenarios []string, report f
 				rows, err = benchPostGRPC(ctx, cfg, strings.TrimPrefix(c.name, "post-grpc-"))
 			case "post-rest":
 				rows, err = benchPostREST(ctx, cfg)
+			case "post-slack":
+				rows, err = benchPostSlack(ctx, cfg)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)

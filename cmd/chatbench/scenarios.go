@@ -41,8 +41,13 @@ type child struct {
 	sessions pb.SessionServiceClient
 }
 
-func startChild(backend, redisURL string) (*child, error) {
-	args := []string{"-serve", "-backend", backend, "-redis-url", redisURL}
+func startChild(backend, redisURL string) (*child, error) { return startChildWith(backend, redisURL, "") }
+
+// startChildWith starts a server under test whose tenant "default" has a
+// Slack account (benchSlackToken, benchSlackSecret) on the Web API at
+// slackAPI, when given.
+func startChildWith(backend, redisURL, slackAPI string) (*child, error) {
+	args := []string{"-serve", "-backend", backend, "-redis-url", redisURL, "-slack-api", slackAPI}
 	if profileDir != "" {
 		children++
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", backend, children)))
@@ -508,7 +513,11 @@ func benchMatch(ctx context.Context, cfg config) ([]row, error) {
 			a.stop()
 			return nil, err
 		}
-		r, err := matchOnce(ctx, cfg, n, a, b)
+		ingester := pb.NewChatServiceClient(b.conn)
+		r, err := matchOnce(ctx, cfg, n, a, fmt.Sprintf("ingest on B → success on A, %d msg/s", cfg.matchRate), func(ctx context.Context, user string) error {
+			_, err := ingester.IngestMessage(ctx, &pb.IngestMessageRequest{FromUser: user, Text: "yes"})
+			return err
+		})
 		a.stop()
 		b.stop()
 		if err != nil {
@@ -519,7 +528,10 @@ func benchMatch(ctx context.Context, cfg config) ([]row, error) {
 	return rows, nil
 }
 
-func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error) {
+// matchOnce measures, with n idle listeners on a, the latency from send
+// (a message from user, on another replica or platform) to the success
+// frame on a, at cfg.matchRate.
+func matchOnce(ctx context.Context, cfg config, n int, a *child, title string, send func(ctx context.Context, user string) error) (row, error) {
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	conns, err := dialMany(a.grpcAddr, max(1, n/10_000))
 	if err != nil {
@@ -581,7 +593,6 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 	}
 	tick := time.NewTicker(time.Second / time.Duration(cfg.matchRate))
 	defer tick.Stop()
-	ingester := pb.NewChatServiceClient(b.conn)
 	var ingests sync.WaitGroup
 	for i := range msgs {
 		<-tick.C
@@ -591,14 +602,14 @@ func matchOnce(ctx context.Context, cfg config, n int, a, b *child) (row, error)
 		ingests.Add(1)
 		go func() {
 			defer ingests.Done()
-			if _, err := ingester.IngestMessage(ctx, &pb.IngestMessageRequest{FromUser: fmt.Sprintf("match-%s-%d", run, i), Text: "yes"}); err != nil {
+			if err := send(ctx, fmt.Sprintf("match-%s-%d", run, i)); err != nil {
 				rec.add(0, err)
 			}
 		}()
 	}
 	ingests.Wait()
 	wg.Wait()
-	r := rec.row(fmt.Sprintf("ingest on B → success on A, %d msg/s", cfg.matchRate), n, time.Since(sent[warm]))
+	r := rec.row(title, n, time.Since(sent[warm]))
 	r.rssBytes = a.rss()
 	r.extra = fmt.Sprintf("N = idle listeners on A; A settled in %v; %s", settled.Round(100*time.Millisecond), a.gcs.during(sent[warm], time.Now()))
 	return r, nil

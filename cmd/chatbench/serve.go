@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/chatrelay/chatrelay/adapters"
+	"github.com/chatrelay/chatrelay/adapters/slack"
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
@@ -53,7 +55,14 @@ var echoDesc = grpc.ServiceDesc{
 	}},
 }
 
-func serveChild(backend, redisURL, cpuprofile string) error {
+// The bench's Slack account.
+const (
+	benchSlackToken  = "xoxb-bench-0123456789"
+	benchSlackSecret = "bench-signing-secret"
+	benchSlackChan   = "C0BENCH"
+)
+
+func serveChild(backend, redisURL, slackAPI, cpuprofile string) error {
 	if cpuprofile != "" {
 		f, err := os.Create(cpuprofile)
 		if err != nil {
@@ -123,7 +132,15 @@ func serveChild(backend, redisURL, cpuprofile string) error {
 	// default caps, which are for production.
 	limits := server.DefaultLimits()
 	limits.Streams, limits.PendingListeners = 1_000_000, 1_000_000
-	srv, err := server.New(server.Config{Store: st, Logger: quiet, Limits: limits})
+	cfg := server.Config{Store: st, Logger: quiet, Limits: limits}
+	if slackAPI != "" {
+		a, err := slack.New(slack.Config{Name: "bench", BotToken: benchSlackToken, SigningSecret: benchSlackSecret, APIURL: slackAPI, Logger: quiet})
+		if err != nil {
+			return err
+		}
+		cfg.Adapters = []adapters.Adapter{a}
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}

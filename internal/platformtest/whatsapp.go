@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,6 +28,7 @@ type WhatsApp struct {
 	mu     sync.Mutex
 	sends  []WhatsAppSend
 	script []WhatsAppAnswer
+	onSend func(*http.Request, WhatsAppSend)
 	seq    atomic.Int64
 }
 
@@ -58,11 +60,29 @@ var (
 	WhatsAppDown          = WhatsAppAnswer{Status: http.StatusInternalServerError, Code: 131000, Title: "Something went wrong"}
 )
 
-// NewWhatsApp starts a fake for phoneNumberID that accepts token. Close it.
+// NewWhatsApp starts a fake for phoneNumberID that accepts token, on a
+// free loopback port. Close it.
 func NewWhatsApp(token, phoneNumberID string) *WhatsApp {
 	w := &WhatsApp{token: token, phoneNumberID: phoneNumberID}
 	w.srv = httptest.NewServer(http.HandlerFunc(w.serve))
 	return w
+}
+
+// NewWhatsAppOn starts the fake on l.
+func NewWhatsAppOn(l net.Listener, token, phoneNumberID string) *WhatsApp {
+	w := &WhatsApp{token: token, phoneNumberID: phoneNumberID}
+	w.srv = httptest.NewUnstartedServer(http.HandlerFunc(w.serve))
+	w.srv.Listener.Close()
+	w.srv.Listener = l
+	w.srv.Start()
+	return w
+}
+
+// OnSend, when set, is told of each send as the fake reads it.
+func (w *WhatsApp) OnSend(fn func(r *http.Request, s WhatsAppSend)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.onSend = fn
 }
 
 // URL is the API URL to configure (whatsapp's api_url).
@@ -123,6 +143,9 @@ func (w *WhatsApp) serve(rw http.ResponseWriter, r *http.Request) {
 		s.ID = fmt.Sprintf("wamid.FAKE%020d", w.seq.Add(1))
 	}
 	w.sends = append(w.sends, s)
+	if w.onSend != nil {
+		w.onSend(r, s)
+	}
 	w.mu.Unlock()
 	if a.Code != 0 {
 		status := a.Status
