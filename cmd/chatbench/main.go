@@ -38,7 +38,7 @@ type config struct {
 	matchRate   int
 	fanoutKs    []int
 	fanoutFor   time.Duration
-	eventNs     []int // idle listeners in the slack-events scenario
+	eventNs     []int  // idle listeners in the slack-events scenario
 	redisURL    string // -use-redis, or a private redis-server's
 }
 

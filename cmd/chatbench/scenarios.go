@@ -41,7 +41,9 @@ type child struct {
 	sessions pb.SessionServiceClient
 }
 
-func startChild(backend, redisURL string) (*child, error) { return startChildWith(backend, redisURL, "") }
+func startChild(backend, redisURL string) (*child, error) {
+	return startChildWith(backend, redisURL, "")
+}
 
 // startChildWith starts a server under test whose tenant "default" has a
 // Slack account (benchSlackToken, benchSlackSecret) on the Web API at
