@@ -36,12 +36,16 @@ K='b:{x}s:ses1'
 $R hset $K id ses1 tn t pf api ch api us u st 1 bot '' md '{}' ca 1 ua 1 la 1 \
 	ex 99999999999999 seq 0 lid '' lms 0 v 0 gx 1795297498123 >/dev/null
 # postScript's arguments: ttl, ret, limit, event prefix, idempotency ttl;
-# then per post: slotp, now, tenant, rnd, suffix, idempotency key, fingerprint.
+# then per post: slotp, now, tenant, rnd, suffix, idempotency key,
+# fingerprint, and, since the platform work, delivery id and the tenant's
+# activity index. Scripts from before then take the first seven (EACH=7).
+EACH=${EACH:-9}
 ARGS="86400000 86400000 1000 b:ev: 86400000"
 KEYS=""
 for _ in $(seq "$POSTS"); do
 	KEYS="$KEYS $K"
 	ARGS="$ARGS b:{x} 1795297498123 t 0123456789abcdef \"dir\":\"out\",\"text\":\"shipped\",\"st\":\"delivered\"} '' ''"
+	[ "$EACH" = 9 ] && ARGS="$ARGS '' b:{y}sa:t"
 done
 eval redis-benchmark -p "$PORT" -c 1 -n "$WARM" -q EVALSHA "$SHA" "$POSTS" $KEYS $ARGS >/dev/null 2>&1
 # Count only the calls into the full history, not the warm-up's.
