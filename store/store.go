@@ -322,7 +322,8 @@ type ChatbotResult struct {
 // Sessions stores sessions and contacts.
 type Sessions interface {
 	// CreateSession opens a session in state OPEN and upserts its contact.
-	// ErrSessionExists when an active one exists for the tuple.
+	// ErrSessionExists when an active one exists for the tuple, with a
+	// Session that holds only that one's ID.
 	CreateSession(ctx context.Context, s NewSession) (Session, error)
 	// GetSession returns the session, reading EXPIRED once past ExpiresAt.
 	GetSession(ctx context.Context, tenant, id string) (Session, error)
@@ -432,6 +433,20 @@ type Limiter interface {
 	// until it will. n = 0 only looks: it answers how long until the
 	// budget holds one call.
 	Take(ctx context.Context, key string, r Rate, n int) (wait time.Duration, err error)
+}
+
+// Stats are a backend's own counters, for metrics.
+type Stats struct {
+	// PubSubReconnects counts lost and remade pub/sub connections.
+	PubSubReconnects uint64
+	// QueuedCalls is how many calls wait for a pipeline now.
+	QueuedCalls int
+}
+
+// StatsReporter is a backend that keeps Stats (redisstore does; memory has
+// nothing to report).
+type StatsReporter interface {
+	Stats() Stats
 }
 
 // Store is a complete backend.

@@ -201,7 +201,7 @@ func (s *Store) CreateSession(_ context.Context, ns store.NewSession) (store.Ses
 	now := s.opts.Clock.Now()
 	t := tuple{ns.Tenant, ns.Platform, ns.Channel, ns.User}
 	if cur := s.activeFor(t, now); cur != nil {
-		return store.Session{}, store.ErrSessionExists
+		return store.Session{ID: cur.ID}, store.ErrSessionExists
 	}
 	ses := s.open(t, ns.Metadata, now)
 	return cloneSession(&ses.Session), nil

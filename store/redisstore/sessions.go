@@ -20,10 +20,14 @@ import (
 func (s *Store) CreateSession(ctx context.Context, ns store.NewSession) (store.Session, error) {
 	tag := userTag(ns.Tenant, ns.User)
 	slotp := s.slot(tag)
-	ses, err := s.sessionAnswer(s.reply(ctx, createScript,
+	code, out, err := s.reply(ctx, createScript,
 		[]string{slotp + "a:" + ns.Tenant + ":" + ns.Platform + ":" + ns.Channel + ":" + ns.User},
 		slotp, s.now(), ms(s.o.SessionTTL), ms(s.o.EndedRetention),
-		ns.Tenant, ns.Platform, ns.Channel, ns.User, ids.TaggedSession(tag), jsonMap(ns.Metadata), s.scriptActivityKey(ns.Tenant)))
+		ns.Tenant, ns.Platform, ns.Channel, ns.User, ids.TaggedSession(tag), jsonMap(ns.Metadata), s.scriptActivityKey(ns.Tenant))
+	if code == "EXISTS" && len(out) == 1 {
+		return store.Session{ID: out[0]}, store.ErrSessionExists
+	}
+	ses, err := s.sessionAnswer(code, out, err)
 	if err != nil {
 		return ses, err
 	}

@@ -194,9 +194,11 @@ func faultChatbot(e *faultEnv, fault Fault) {
 func faultCreate(e *faultEnv, fault Fault) {
 	ns := store.NewSession{Tenant: "t1", Platform: "api", Channel: "api", User: "u1"}
 	e.broken("create", fault, func() error { _, err := e.s.CreateSession(e.ctx, ns); return err })
-	err := e.retry(func() error { _, err := e.s.CreateSession(e.ctx, ns); return err })
+	var ses store.Session
+	err := e.retry(func() (err error) { ses, err = e.s.CreateSession(e.ctx, ns); return err })
 	// Without a key, a create that was done answers as a duplicate: the
-	// session exists, once.
+	// session exists, once, and the refusal names it, so the caller whose
+	// answer was lost learns its id.
 	if fault == RequestLost {
 		if err != nil {
 			e.t.Fatalf("retry: %v", err)
@@ -207,6 +209,9 @@ func faultCreate(e *faultEnv, fault Fault) {
 	r, err := e.s.Ingest(e.ctx, store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Text: "hi"})
 	if err != nil || r.SessionStarted {
 		e.t.Fatalf("an ingest after the retried create opened another session (started=%v, %v)", r.SessionStarted, err)
+	}
+	if r.Session.ID != ses.ID {
+		e.t.Fatalf("the retried create named session %q; the session is %q", ses.ID, r.Session.ID)
 	}
 }
 

@@ -229,8 +229,11 @@ func testCreateAndGet(e *env) {
 
 func testOneActive(e *env) {
 	s := e.create("t1", "u1")
-	_, err := e.s.CreateSession(e.ctx, store.NewSession{Tenant: "t1", Platform: "api", Channel: "api", User: "u1"})
+	active, err := e.s.CreateSession(e.ctx, store.NewSession{Tenant: "t1", Platform: "api", Channel: "api", User: "u1"})
 	wantErr(e.t, err, store.ErrSessionExists)
+	if active.ID != s.ID {
+		e.t.Fatalf("refused CreateSession names session %q as active, want %q", active.ID, s.ID)
+	}
 	// Another user, channel or tenant is another tuple.
 	e.create("t1", "u2")
 	e.create("t2", "u1")
