@@ -17,7 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chatrelay/chatrelay/internal/telemetry"
 	"github.com/chatrelay/chatrelay/store"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Adapter is one configured account on a platform.
@@ -88,7 +91,16 @@ type Hub interface {
 	// Receipt applies a platform's report on a message it took; errors as
 	// Ingest's.
 	Receipt(ctx context.Context, r store.Receipt) error
+	// Refused counts a callback refused before it reached Ingest:
+	// BadSignature, or Ignored (not a user's message).
+	Refused(platform, why string)
 }
+
+// Why a callback was refused, for Hub.Refused.
+const (
+	BadSignature = "bad_signature"
+	Ignored      = "ignored"
+)
 
 // Inbound is a user's message as a platform delivered it.
 type Inbound struct {
@@ -149,3 +161,15 @@ var Transport = sync.OnceValue(func() http.RoundTripper {
 	t.MaxIdleConns, t.MaxIdleConnsPerHost = 512, 256
 	return t
 })
+
+// Client is an HTTP client for a platform's API, on Transport, with a 30 s
+// limit on each call. With a tracer provider, each call is a span and
+// carries the trace to the platform (docs/design.md §11); nil traces
+// nothing.
+func Client(tp trace.TracerProvider) *http.Client {
+	rt := Transport()
+	if tp != nil {
+		rt = otelhttp.NewTransport(rt, otelhttp.WithTracerProvider(tp), otelhttp.WithPropagators(telemetry.Propagators))
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: rt}
+}

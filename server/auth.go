@@ -112,14 +112,7 @@ func (kr *keyring) authenticate(ctx context.Context) (context.Context, error) {
 	if !ok || token == "" {
 		return nil, errMissingKey
 	}
-	d := sha256.Sum256([]byte(token))
-	var found *keyEntry
-	for i := range kr.keys {
-		// Compare against every key, so timing does not tell which matched.
-		if subtle.ConstantTimeCompare(d[:], kr.keys[i].digest[:]) == 1 {
-			found = &kr.keys[i]
-		}
-	}
+	found := kr.find(token)
 	if found == nil {
 		return nil, kr.failedFrom(ctx, addr)
 	}
@@ -133,6 +126,35 @@ func (kr *keyring) authenticate(ctx context.Context) (context.Context, error) {
 		}
 	}
 	return context.WithValue(ctx, tenantKey{}, found.tenant), nil
+}
+
+// tenantOf is the tenant of the key in an authorization header, or "" (no
+// key, or not one of ours): for logs, without a rate budget's cost.
+func (kr *keyring) tenantOf(authorization string) string {
+	if len(kr.keys) == 0 {
+		return defaultTenant
+	}
+	token, ok := strings.CutPrefix(authorization, "Bearer ")
+	if !ok || token == "" {
+		return ""
+	}
+	if k := kr.find(token); k != nil {
+		return k.tenant
+	}
+	return ""
+}
+
+// find is the key token is, compared against every key in constant time,
+// so timing does not tell which matched; nil for none.
+func (kr *keyring) find(token string) *keyEntry {
+	d := sha256.Sum256([]byte(token))
+	var found *keyEntry
+	for i := range kr.keys {
+		if subtle.ConstantTimeCompare(d[:], kr.keys[i].digest[:]) == 1 {
+			found = &kr.keys[i]
+		}
+	}
+	return found
 }
 
 // failedFrom takes a failed authentication from addr's budget. Once it is

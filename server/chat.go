@@ -65,6 +65,9 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 		msg = c.deliverNow(ctx, a, store.DeliveryClaim{ID: out.Delivery.ID, Tenant: tenant, SessionID: msg.SessionID,
 			Message: msg, Attempt: 1}, at.user)
 	}
+	if !replayed {
+		c.metrics.message(&msg)
+	}
 	return postResponse(&msg), nil
 }
 
@@ -199,6 +202,9 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		*greeting = c.deliverNow(ctx, a, store.DeliveryClaim{ID: start.GreetingDelivery.ID, Tenant: tenant,
 			SessionID: greeting.SessionID, Message: *greeting, Attempt: 1}, req.To)
 	}
+	if !r.Replayed {
+		c.metrics.message(greeting)
+	}
 	resp := &pb.SendChatbotMessageResponse{
 		SessionId:      r.Session.ID,
 		SessionStarted: r.SessionStarted,
@@ -262,6 +268,9 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	})
 	if err != nil {
 		return nil, err
+	}
+	if !r.Replayed {
+		c.metrics.message(&r.Message)
 	}
 	c.places.learn(&r.Session)
 	return &pb.IngestMessageResponse{

@@ -71,11 +71,18 @@ func (c jsonCodec) Marshal(v any) ([]byte, error) {
 	return c.JSONPb.Marshal(v)
 }
 
+// streamContentType is a stream's: one JSON object per line.
+const streamContentType = "application/x-ndjson"
+
+// StreamContentType is runtime.StreamContentType: streams are served as
+// newline-delimited JSON, each line a whole object.
+func (jsonCodec) StreamContentType(any) string { return streamContentType }
+
 func newJSONCodec() runtime.Marshaler {
-	return &runtime.HTTPBodyMarshaler{Marshaler: jsonCodec{&runtime.JSONPb{
+	return jsonCodec{&runtime.JSONPb{
 		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-	}}}
+	}}
 }
 
 // appendPostMessageResponse writes m as the codec's protojson options

@@ -9,6 +9,8 @@ import (
 	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Platforms (docs/design.md §1).
@@ -65,6 +67,13 @@ type Config struct {
 	// DeliveryPoll is how often a replica looks for deliveries to finish
 	// or retry; default 1 s.
 	DeliveryPoll time.Duration
+	// Metrics, when set, is where the server registers its Prometheus
+	// metrics, served at /metrics; nil counts nothing.
+	Metrics *prometheus.Registry
+	// TracerProvider, when set, traces every RPC and HTTP request, and
+	// carries the trace to platforms' APIs; nil traces nothing, at no
+	// cost.
+	TracerProvider trace.TracerProvider
 }
 
 // Channel is a configured channel: a human name for a platform's channel

@@ -55,8 +55,9 @@ func (s *Server) newDelivery() *store.Delivery {
 func (s *Server) deliverNow(ctx context.Context, a adapters.Adapter, d store.DeliveryClaim, user string) store.Message {
 	done := make(chan store.Message, 1)
 	go func() {
-		// Not the caller's context: the delivery goes on without it.
-		done <- s.attempt(context.Background(), a, d, user)
+		// Not the caller's cancellation: the delivery goes on without
+		// it. Its values (a trace) go on.
+		done <- s.attempt(context.WithoutCancel(ctx), a, d, user)
 	}()
 	deadline := newAlarm(s.cfg.Clock)
 	deadline.set(s.cfg.Clock.Now().Add(s.cfg.DeliveryTimeout), 0)
@@ -76,19 +77,32 @@ func (s *Server) deliverNow(ctx context.Context, a adapters.Adapter, d store.Del
 // stands.
 func (s *Server) attempt(ctx context.Context, a adapters.Adapter, d store.DeliveryClaim, user string) store.Message {
 	sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+	began := time.Now()
 	res, err := a.Send(sctx, &adapters.Outbound{
 		Tenant: d.Tenant, SessionID: d.SessionID, MessageID: d.Message.ID, Channel: d.Message.Channel, User: user,
 		Text: d.Message.Text, Metadata: d.Message.Metadata,
 	})
 	cancel()
+	switch {
+	case err != nil:
+		s.metrics.platformCall(a.Platform(), "error", time.Since(began))
+	case res.Status == store.StatusFailed:
+		s.metrics.platformCall(a.Platform(), "refused", time.Since(began))
+		s.metrics.delivery(a.Platform(), "failed")
+	default:
+		s.metrics.platformCall(a.Platform(), "accepted", time.Since(began))
+		s.metrics.delivery(a.Platform(), "delivered")
+	}
 	o := store.DeliveryOutcome{Status: res.Status, PlatformID: res.PlatformID, Error: res.Error}
 	if err != nil {
 		wait, again := a.Retry(d.Attempt)
 		s.cfg.Logger.Warn("delivery failed", "platform", a.Platform(), "account", a.Name(), "message_id", d.Message.ID,
 			"attempt", d.Attempt, "retry", again, "err", err)
 		if again {
+			s.metrics.delivery(a.Platform(), "retry")
 			o = store.DeliveryOutcome{RetryAt: s.cfg.Clock.Now().Add(wait + rand.N(wait/10+1))}
 		} else {
+			s.metrics.delivery(a.Platform(), "failed")
 			o = store.DeliveryOutcome{Status: store.StatusFailed, Error: &store.PlatformError{Code: "unreachable",
 				Message: fmt.Sprintf("%s did not take the message after %d attempts", a.Platform(), d.Attempt)}}
 		}

@@ -233,8 +233,11 @@ func TestAPIKeyRateLimit(t *testing.T) {
 	wantREST(t, ts.rest("GET", "/v1/sessions/ses_x", nil), 429, "RATE_LIMITED")
 }
 
+// Health, readiness, reflection and the OpenAPI document need no API key,
+// even where keys are configured: probes and grpcurl can describe and check
+// the service without one.
 func TestHealthReadinessReflectionAndOpenAPI(t *testing.T) {
-	ts := start(t, nil, nil)
+	ts := start(t, nil, nil, withKeys(testKey{"key-acme-0123456789", "acme"}))
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/openapi.json": 200} {
 		if r := ts.rest("GET", path, nil); r.code != want {
 			t.Fatalf("%s: HTTP %d", path, r.code)
@@ -245,6 +248,21 @@ func TestHealthReadinessReflectionAndOpenAPI(t *testing.T) {
 	for _, p := range []string{"/v1/sessions/{session_id}/messages", "/v1/chatbot-messages", "/v1/chat:receive", "/v1/inbound-messages", "/v1/sessions/{session_id}:watch"} {
 		if paths[p] == nil {
 			t.Errorf("openapi.json has no path %s", p)
+		}
+	}
+	if info := doc["info"].(map[string]any); info["title"] != "chatrelay" || info["version"] != "v1" {
+		t.Errorf("openapi.json info %v", info)
+	}
+	if typ := path(doc, "securityDefinitions", "bearer", "type"); typ != "apiKey" || path(doc, "securityDefinitions", "bearer", "name") != "Authorization" {
+		t.Errorf("openapi.json securityDefinitions %v", doc["securityDefinitions"])
+	}
+	if sec, _ := doc["security"].([]any); len(sec) != 1 || path(sec[0], "bearer") == nil {
+		t.Errorf("openapi.json security %v", doc["security"])
+	}
+	// :close takes no body, and the document says so.
+	for _, p := range path(doc, "paths", "/v1/sessions/{session_id}:close", "post", "parameters").([]any) {
+		if path(p, "in") == "body" {
+			t.Errorf("openapi.json gives :close a body parameter: %v", p)
 		}
 	}
 	waitFor(t, "SERVING", func() bool {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -26,13 +27,31 @@ import (
 func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Handler {
 	opts := []runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newJSONCodec()),
-		runtime.WithForwardResponseOption(flushStreamHeaders),
+		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
+			switch strings.ToLower(key) {
+			case requestIDHeader, viaGateway:
+				return key, true
+			}
+			return runtime.DefaultHeaderMatcher(key)
+		}),
+		// Internal metadata stays internal; the rest is forwarded as the
+		// gateway does, as Grpc-Metadata-*.
+		runtime.WithOutgoingHeaderMatcher(func(key string) (string, bool) {
+			switch strings.ToLower(key) {
+			case streamHeader, "content-type", requestIDHeader:
+				return "", false
+			}
+			return runtime.MetadataHeaderPrefix + key, true
+		}),
+		runtime.WithForwardResponseOption(func(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
+			noteRoute(ctx)
+			return flushStreamHeaders(ctx, w, m)
+		}),
 		runtime.WithErrorHandler(func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-			runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, withErrorInfo(status.Convert(err)).Err())
+			runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, restStatus(ctx, err).Err())
 		}),
-		runtime.WithStreamErrorHandler(func(_ context.Context, err error) *status.Status {
-			return withErrorInfo(status.Convert(err))
-		}),
+		runtime.WithStreamErrorHandler(restStatus),
+		runtime.WithRoutingErrorHandler(routingError),
 	}
 	// Registration cannot fail with these arguments; the errors are kept
 	// for API compatibility.
@@ -74,6 +93,9 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
+	if s.cfg.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{Registry: s.cfg.Metrics}))
+	}
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(chatrelay.OpenAPI)
@@ -123,7 +145,7 @@ func flushStreamHeaders(ctx context.Context, w http.ResponseWriter, m proto.Mess
 	if !ok || len(md.HeaderMD.Get(streamHeader)) == 0 {
 		return nil
 	}
-	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Type", streamContentType)
 	w.WriteHeader(http.StatusOK)
 	return http.NewResponseController(w).Flush()
 }

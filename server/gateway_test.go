@@ -1,13 +1,11 @@
 package server
 
 import (
-	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"testing"
 
-	"google.golang.org/genproto/googleapis/api/annotations"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
@@ -19,46 +17,29 @@ import (
 // new streaming RPC missing from isStream would answer 501 over REST.
 func TestIsStreamKnowsEveryStreamingRoute(t *testing.T) {
 	vars := regexp.MustCompile(`\{[^}]*\}`)
-	routes := 0
+	routes := restRoutes()
+	for _, r := range routes {
+		path := vars.ReplaceAllString(r.template, "ses_x")
+		req := httptest.NewRequest(r.method, path, nil)
+		if got := isStream(req); got != r.rpc.IsStreamingServer() {
+			t.Errorf("%s (%s %s): isStream = %v, want %v", r.rpc.FullName(), r.method, r.template, got, r.rpc.IsStreamingServer())
+		}
+		if !r.path.MatchString(path) {
+			t.Errorf("route %s %s does not match its own path %s", r.method, r.template, path)
+		}
+	}
+	if len(routes) < 11 {
+		t.Fatalf("checked only %d routes", len(routes))
+	}
+	// Every RPC has a route.
 	for _, fd := range []protoreflect.FileDescriptor{pb.File_chatrelay_v1_chat_service_proto, pb.File_chatrelay_v1_session_service_proto} {
 		for i := range fd.Services().Len() {
 			methods := fd.Services().Get(i).Methods()
 			for j := range methods.Len() {
-				md := methods.Get(j)
-				rule, _ := proto.GetExtension(md.Options(), annotations.E_Http).(*annotations.HttpRule)
-				if rule == nil {
-					t.Fatalf("%s has no HTTP route", md.FullName())
-				}
-				for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
-					verb, path := httpRoute(r)
-					req := httptest.NewRequest(verb, vars.ReplaceAllString(path, "ses_x"), nil)
-					if got := isStream(req); got != md.IsStreamingServer() {
-						t.Errorf("%s (%s %s): isStream = %v, want %v", md.FullName(), verb, path, got, md.IsStreamingServer())
-					}
-					routes++
+				if !slices.ContainsFunc(routes, func(r restRoute) bool { return r.rpc == methods.Get(j) }) {
+					t.Errorf("%s has no HTTP route", methods.Get(j).FullName())
 				}
 			}
 		}
 	}
-	if routes < 10 {
-		t.Fatalf("checked only %d routes", routes)
-	}
-}
-
-func httpRoute(r *annotations.HttpRule) (verb, path string) {
-	switch p := r.GetPattern().(type) {
-	case *annotations.HttpRule_Get:
-		return http.MethodGet, p.Get
-	case *annotations.HttpRule_Post:
-		return http.MethodPost, p.Post
-	case *annotations.HttpRule_Patch:
-		return http.MethodPatch, p.Patch
-	case *annotations.HttpRule_Put:
-		return http.MethodPut, p.Put
-	case *annotations.HttpRule_Delete:
-		return http.MethodDelete, p.Delete
-	case *annotations.HttpRule_Custom:
-		return p.Custom.GetKind(), p.Custom.GetPath()
-	}
-	return "", ""
 }

@@ -150,8 +150,9 @@ func (ts *testServer) ctx() context.Context {
 // ---- REST ----
 
 type restResp struct {
-	code int
-	body []byte
+	code   int
+	body   []byte
+	header http.Header
 }
 
 func (r restResp) json(t *testing.T) map[string]any {
@@ -193,7 +194,7 @@ func (ts *testServer) rest(method, path string, body any) restResp {
 	if err != nil {
 		ts.t.Fatal(err)
 	}
-	return restResp{code: resp.StatusCode, body: data}
+	return restResp{code: resp.StatusCode, body: data, header: resp.Header}
 }
 
 // ndjson is a REST server stream read line by line.

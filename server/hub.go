@@ -32,6 +32,7 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	chk.id("key", in.Key, false)
 	if err := chk.err(); err != nil {
 		h.cfg.Logger.Warn("inbound message refused", "platform", in.Platform, "tenant", in.Tenant, "err", err)
+		h.metrics.inboundEvent(in.Platform, "error")
 		return nil
 	}
 	var md map[string]string
@@ -54,14 +55,24 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	})
 	switch {
 	case errors.Is(err, store.ErrUnavailable):
+		h.metrics.inboundEvent(in.Platform, "error")
 		return fmt.Errorf("%w: %v", adapters.ErrRetry, err)
 	case err != nil:
 		h.cfg.Logger.Warn("inbound message not stored", "platform", in.Platform, "tenant", in.Tenant, "err", err)
+		h.metrics.inboundEvent(in.Platform, "error")
 		return nil
+	case r.Replayed:
+		h.metrics.inboundEvent(in.Platform, "duplicate")
+	default:
+		h.metrics.inboundEvent(in.Platform, "accepted")
+		h.metrics.message(&r.Message)
 	}
 	h.places.learn(&r.Session)
 	return nil
 }
+
+// Refused counts a callback an adapter refused.
+func (h hub) Refused(platform, why string) { h.metrics.inboundEvent(platform, why) }
 
 // Receipt applies a platform's report on a message.
 func (h hub) Receipt(ctx context.Context, r store.Receipt) error {

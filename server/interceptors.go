@@ -2,20 +2,26 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"strings"
 
+	"github.com/chatrelay/chatrelay/store"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 )
 
 // public reports whether a method needs no API key: health checks, so load
-// balancers can probe without credentials.
+// balancers can probe without credentials, and server reflection, so
+// grpcurl can describe the API (which /openapi.json publishes anyway).
 func public(method string) bool {
-	return strings.HasPrefix(method, "/"+grpc_health_v1.Health_ServiceDesc.ServiceName+"/")
+	return strings.HasPrefix(method, "/"+grpc_health_v1.Health_ServiceDesc.ServiceName+"/") ||
+		strings.HasPrefix(method, "/grpc.reflection.")
 }
 
 // interceptors applies, to every RPC including those arriving through the
@@ -23,14 +29,19 @@ func public(method string) bool {
 // cap on each tenant's open streams, and the mapping of errors to statuses
 // with details.
 type interceptors struct {
-	log     *slog.Logger
+	logger  *slog.Logger
 	keys    *keyring
 	lim     Limits
 	codec   *requestCodec
 	streams *streamCounts
+	metrics *metrics
+	// gateway is the value of the viaGateway header on the REST
+	// gateway's calls.
+	gateway string
 }
 
 func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	call := ic.newCallInfo(ctx)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
@@ -38,11 +49,11 @@ func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServ
 		if err != nil {
 			resp, err = nil, ic.finish(info.FullMethod, err)
 		}
+		ic.log(ctx, call, info.FullMethod, err)
 	}()
-	if !public(info.FullMethod) {
-		if ctx, err = ic.keys.authenticate(ctx); err != nil {
-			return nil, err
-		}
+	echoID(ctx, call)
+	if ctx, err = ic.authenticate(ctx, info.FullMethod); err != nil {
+		return nil, err
 	}
 	if err := ic.decoded(req); err != nil {
 		return nil, err
@@ -51,6 +62,8 @@ func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServ
 }
 
 func (ic *interceptors) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	ctx := ss.Context()
+	call := ic.newCallInfo(ctx)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
@@ -58,12 +71,15 @@ func (ic *interceptors) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 		if err != nil {
 			err = ic.finish(info.FullMethod, err)
 		}
+		ic.log(ctx, call, info.FullMethod, err)
 	}()
-	ctx := ss.Context()
+	if !call.gateway {
+		_ = ss.SetHeader(metadata.Pairs(requestIDHeader, call.id))
+	}
+	if ctx, err = ic.authenticate(ctx, info.FullMethod); err != nil {
+		return err
+	}
 	if !public(info.FullMethod) {
-		if ctx, err = ic.keys.authenticate(ctx); err != nil {
-			return err
-		}
 		release, err := ic.streams.acquire(tenantFrom(ctx))
 		if err != nil {
 			return err
@@ -73,9 +89,29 @@ func (ic *interceptors) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	return handler(srv, &serverStream{ServerStream: ss, ctx: ctx, ic: ic})
 }
 
+// authenticate is the API key check of a method that needs one, and tells
+// the HTTP layer (for a REST call) whose call it is. Refused, it returns
+// ctx as it was.
+func (ic *interceptors) authenticate(ctx context.Context, method string) (context.Context, error) {
+	if public(method) {
+		return ctx, nil
+	}
+	actx, err := ic.keys.authenticate(ctx)
+	if err != nil {
+		return ctx, err
+	}
+	if info := infoFrom(actx); info != nil {
+		info.tenant = tenantFrom(actx)
+	}
+	return actx, nil
+}
+
 func (ic *interceptors) finish(method string, err error) error {
 	st := toStatus(err)
-	logError(ic.log, method, err, st)
+	logError(ic.logger, method, err, st)
+	if st.Code() == codes.Unavailable && errors.Is(err, store.ErrUnavailable) {
+		ic.metrics.backendError(method)
+	}
 	return st.Err()
 }
 

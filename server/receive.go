@@ -86,9 +86,11 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 		return r.fail(err)
 	}
 	defer r.sub.Close()
+	defer c.metrics.wait()()
 	if err := r.wait(); err != nil {
 		return r.fail(err)
 	}
+	c.metrics.outcome(r.l.Outcome.String())
 	return stream.Send(outcomePB(&r.l))
 }
 

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/internal/telemetry"
 )
 
 // Server is a configured chatrelay server, ready to Serve.
@@ -43,6 +46,8 @@ type Server struct {
 	ic       *interceptors
 	// bodies bounds how long HTTP request bodies take to arrive.
 	bodies *bodyReads
+	// metrics is nil when Config.Metrics is.
+	metrics *metrics
 }
 
 // TransportOptions are the grpc-go settings of the server's transport,
@@ -71,24 +76,38 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{})}
-	s.ic = &interceptors{log: cfg.Logger, keys: keys, lim: cfg.Limits, codec: newRequestCodec(), streams: newStreamCounts(cfg.Limits.Streams)}
+	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{}), metrics: newMetrics(cfg.Metrics, cfg.Store)}
+	s.ic = &interceptors{logger: cfg.Logger, keys: keys, lim: cfg.Limits, codec: newRequestCodec(),
+		streams: newStreamCounts(cfg.Limits.Streams), metrics: s.metrics, gateway: randomHex(16)}
 	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
-	s.grpc = grpc.NewServer(append(TransportOptions(),
+	unary, stream := []grpc.UnaryServerInterceptor{s.ic.unary}, []grpc.StreamServerInterceptor{s.ic.stream}
+	if s.metrics != nil {
+		unary = append([]grpc.UnaryServerInterceptor{s.metrics.grpc.UnaryServerInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{s.metrics.grpc.StreamServerInterceptor()}, stream...)
+	}
+	opts := append(TransportOptions(),
 		grpc.ForceServerCodecV2(s.ic.codec),
-		grpc.ChainUnaryInterceptor(s.ic.unary),
-		grpc.ChainStreamInterceptor(s.ic.stream),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		// The transport's own limit sits above Limits.RequestBytes so that
 		// oversized requests reach the interceptor and get a proper error.
 		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
 		// Metadata arrives before authentication: bound it as HTTP
 		// headers are.
 		grpc.MaxHeaderListSize(uint32(cfg.Limits.HeaderBytes)),
-	)...)
+	)
+	if cfg.TracerProvider != nil {
+		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(cfg.TracerProvider),
+			otelgrpc.WithPropagators(telemetry.Propagators))))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	pb.RegisterChatServiceServer(s.grpc, s.chat)
 	pb.RegisterSessionServiceServer(s.grpc, s.sessions)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	if s.metrics != nil {
+		s.metrics.grpc.InitializeMetrics(s.grpc)
+	}
 	if len(cfg.APIKeys) == 0 {
 		cfg.Logger.Warn("no API keys configured: every caller is tenant \"default\" without authentication")
 	}
@@ -120,7 +139,12 @@ func Run(ctx context.Context, cfg Config) error {
 // end, HTTP drains, and gRPC stops gracefully or, past the deadline, hard.
 func (s *Server) Serve(ctx context.Context, gl, hl net.Listener) error {
 	log := s.cfg.Logger
-	conn, err := grpc.NewClient(dialTarget(gl.Addr()), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dial := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if s.cfg.TracerProvider != nil {
+		dial = append(dial, grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(s.cfg.TracerProvider),
+			otelgrpc.WithPropagators(telemetry.Propagators))))
+	}
+	conn, err := grpc.NewClient(dialTarget(gl.Addr()), dial...)
 	if err != nil {
 		gl.Close()
 		hl.Close()
@@ -129,7 +153,7 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener) error {
 	defer conn.Close()
 	s.bodies = newBodyReads(s.cfg.Limits.BodyTimeout)
 	hs := &http.Server{
-		Handler:           s.bodies.wrap(s.httpHandler(ctx, conn)),
+		Handler:           s.observeHTTP(s.bodies.wrap(s.traceHTTP(s.httpHandler(ctx, conn)))),
 		ConnContext:       connContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -229,4 +253,13 @@ func dialTarget(a net.Addr) string {
 		return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
 	}
 	return net.JoinHostPort("::1", fmt.Sprint(tcp.Port))
+}
+
+// traceHTTP traces HTTP requests, when tracing is on.
+func (s *Server) traceHTTP(h http.Handler) http.Handler {
+	if s.cfg.TracerProvider == nil {
+		return h
+	}
+	return otelhttp.NewHandler(h, "http", otelhttp.WithTracerProvider(s.cfg.TracerProvider), otelhttp.WithPropagators(telemetry.Propagators),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + routeOf(r) }))
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/ids"
@@ -34,6 +35,11 @@ func (s *sessionService) CreateSession(ctx context.Context, req *pb.CreateSessio
 	ses, err := s.cfg.Store.CreateSession(ctx, store.NewSession{
 		Tenant: tenantFrom(ctx), Platform: platform, Channel: channel, User: req.User, Metadata: req.Metadata,
 	})
+	if errors.Is(err, store.ErrSessionExists) && ses.ID != "" {
+		return nil, &codedError{code: codes.AlreadyExists, reason: reasonSessionExists,
+			msg:  "session " + ses.ID + " is active for this platform, channel and user; use it, or close it first",
+			meta: map[string]string{"session_id": ses.ID}}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -151,10 +157,17 @@ func (s *sessionService) ListSessions(ctx context.Context, req *pb.ListSessionsR
 	if err != nil {
 		return nil, err
 	}
-	resp := &pb.ListSessionsResponse{NextPageToken: encodeSessionToken(next)}
+	resp := &pb.ListSessionsResponse{}
+	used := 0
 	for i := range page {
-		resp.Sessions = append(resp.Sessions, sessionPB(&page[i]))
+		ses := sessionPB(&page[i])
+		if used += proto.Size(ses) + 8; i > 0 && used > s.cfg.Limits.PageBytes {
+			next = store.CursorAt(&page[i-1])
+			break
+		}
+		resp.Sessions = append(resp.Sessions, ses)
 	}
+	resp.NextPageToken = encodeSessionToken(next)
 	return resp, nil
 }
 
@@ -187,11 +200,10 @@ func (s *sessionService) ListMessages(ctx context.Context, req *pb.ListMessagesR
 	var after string
 	if req.PageToken != "" {
 		b, err := base64.RawURLEncoding.DecodeString(req.PageToken)
-		if err != nil {
+		after = string(b)
+		if err != nil || !chk.isID(after) {
 			chk.add("page_token", "is not a token this server issued")
 		}
-		after = string(b)
-		chk.id("page_token", after, false)
 	}
 	if err := chk.err(); err != nil {
 		return nil, err
@@ -210,12 +222,15 @@ func (s *sessionService) ListMessages(ctx context.Context, req *pb.ListMessagesR
 		}
 	}
 	resp := &pb.ListMessagesResponse{}
-	if len(msgs) > size {
-		msgs = msgs[:size]
-		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(msgs[size-1].ID))
-	}
+	used := 0
 	for i := range msgs {
-		resp.Messages = append(resp.Messages, messagePB(&msgs[i]))
+		m := messagePB(&msgs[i])
+		// Each item costs its size and a few bytes of framing.
+		if used += proto.Size(m) + 8; i == size || i > 0 && used > s.cfg.Limits.PageBytes {
+			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(msgs[i-1].ID))
+			break
+		}
+		resp.Messages = append(resp.Messages, m)
 	}
 	return resp, nil
 }
@@ -264,15 +279,28 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 		}
 		w.at(req.AfterMessageId, seq)
 	}
+	// The first page of history is read before the stream is accepted, so
+	// a cursor that is not in it (unknown, or trimmed) is refused with its
+	// own status: over REST, the HTTP code.
+	var first []store.Message
+	if !req.LiveOnly {
+		if first, err = w.read(); errors.Is(err, store.ErrMessageNotFound) {
+			return invalid("after_message_id", "is not a message of this session")
+		} else if err != nil {
+			return err
+		}
+	}
 	if err := stream.SendHeader(metadata.Pairs(streamHeader, "watch")); err != nil {
 		return err
 	}
 	if !req.LiveOnly {
-		if err := w.catchUp(); err != nil {
-			if errors.Is(err, store.ErrMessageNotFound) {
-				return invalid("after_message_id", "is not a message of this session")
-			}
+		if err := w.sendAll(first); err != nil {
 			return err
+		}
+		if len(first) == replayPage {
+			if err := w.catchUp(); err != nil {
+				return err
+			}
 		}
 	}
 	if !ses.State.Active() {
@@ -379,22 +407,38 @@ func (w *watcher) send(m *store.Message) error {
 // HISTORY_TRIMMED rather than skip what was lost.
 func (w *watcher) catchUp() error {
 	for {
-		msgs, err := w.st.ListMessages(w.ctx, w.tenant, w.id, w.lastID, replayPage)
+		msgs, err := w.read()
 		if err != nil {
 			return err
 		}
-		if len(msgs) > 0 && w.exact && msgs[0].Seq != w.lastSeq+1 {
-			return historyTrimmed(w.lastID, msgs[0].Seq-w.lastSeq-1)
-		}
-		for i := range msgs {
-			if err := w.send(&msgs[i]); err != nil {
-				return err
-			}
+		if err := w.sendAll(msgs); err != nil {
+			return err
 		}
 		if len(msgs) < replayPage {
 			return nil
 		}
 	}
+}
+
+// read is the next page of history after the cursor, or HISTORY_TRIMMED.
+func (w *watcher) read() ([]store.Message, error) {
+	msgs, err := w.st.ListMessages(w.ctx, w.tenant, w.id, w.lastID, replayPage)
+	if err != nil {
+		return nil, err
+	}
+	if len(msgs) > 0 && w.exact && msgs[0].Seq != w.lastSeq+1 {
+		return nil, historyTrimmed(w.lastID, msgs[0].Seq-w.lastSeq-1)
+	}
+	return msgs, nil
+}
+
+func (w *watcher) sendAll(msgs []store.Message) error {
+	for i := range msgs {
+		if err := w.send(&msgs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // historyTrimmed is the error of a reader whose cursor fell off the

@@ -224,7 +224,7 @@ func TestWatchSessionOverRESTFlushesHeadersThenStreams(t *testing.T) {
 	// restStream returns once the response headers arrived: on a quiet
 	// session that only happens if the server flushes them early.
 	s := ts.restStream("GET", "/v1/sessions/"+ses.SessionId+":watch?live_only=true", nil)
-	if s.resp.StatusCode != 200 || s.resp.Header.Get("Content-Type") != "application/json" {
+	if s.resp.StatusCode != 200 || s.resp.Header.Get("Content-Type") != "application/x-ndjson" {
 		t.Fatalf("HTTP %d %v", s.resp.StatusCode, s.resp.Header)
 	}
 	id := ts.post(ses.SessionId, "hi")

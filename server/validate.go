@@ -57,6 +57,11 @@ type Limits struct {
 	// Streams caps a tenant's open streams (ChatReceive and WatchSession)
 	// on one replica. Default 10,000.
 	Streams int `yaml:"streams"`
+	// PageBytes bounds a ListMessages or ListSessions page's encoded size,
+	// below the 4 MiB a default gRPC client receives: a page holds fewer
+	// items than page_size when they would exceed it (at least one).
+	// Default 2 MiB.
+	PageBytes int `yaml:"page_bytes"`
 	// FailedAuthsPerMinute is how many failed authentications a client
 	// address may make in a burst, and per minute after it; past it the
 	// address is refused with RATE_LIMITED. Default 10.
@@ -81,6 +86,7 @@ func DefaultLimits() Limits {
 		BodyTimeout:          15 * time.Second,
 		PendingListeners:     100_000,
 		Streams:              10_000,
+		PageBytes:            2 << 20,
 		FailedAuthsPerMinute: 10,
 	}
 }
@@ -93,6 +99,7 @@ func (l Limits) validate() error {
 		"raw_bytes": int64(l.RawBytes), "raw_depth": int64(l.RawDepth), "max_timeout": int64(l.MaxTimeout),
 		"request_bytes": int64(l.RequestBytes), "header_bytes": int64(l.HeaderBytes), "body_timeout": int64(l.BodyTimeout),
 		"pending_listeners": int64(l.PendingListeners), "streams": int64(l.Streams), "failed_auths_per_minute": int64(l.FailedAuthsPerMinute),
+		"page_bytes": int64(l.PageBytes),
 	} {
 		if v <= 0 {
 			return fmt.Errorf("%s must be positive", name)
@@ -117,6 +124,19 @@ func (c *checker) err() error {
 		return nil
 	}
 	return &invalidError{violations: c.v}
+}
+
+// isID reports whether v is a well-formed id, without saying why not.
+func (c *checker) isID(v string) bool {
+	if v == "" || len(v) > c.lim.IDBytes {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if !idChar(v[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 func idChar(b byte) bool {

@@ -70,7 +70,7 @@ func New(c Config) (*Adapter, error) {
 		c.APIURL += "/" // slack-go appends method names to it as they are
 	}
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: adapters.Transport()}
+		c.HTTPClient = adapters.Client(nil)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -144,6 +144,7 @@ func (a *Adapter) Handler(hub adapters.Hub) http.Handler {
 		}
 		if err := a.verify(r.Header, body); err != nil {
 			a.cfg.Logger.Warn("slack: event refused", "account", a.cfg.Name, "err", err)
+			hub.Refused("slack", adapters.BadSignature)
 			adapters.Answer(w, http.StatusUnauthorized, "bad signature")
 			return
 		}
@@ -152,6 +153,7 @@ func (a *Adapter) Handler(hub adapters.Hub) http.Handler {
 			// Signed by Slack, but not an event we read: acknowledged, so
 			// Slack does not retry it.
 			a.cfg.Logger.Debug("slack: unreadable event", "account", a.cfg.Name, "err", err)
+			hub.Refused("slack", adapters.Ignored)
 			adapters.Answer(w, http.StatusOK, "ignored")
 			return
 		}
@@ -172,6 +174,7 @@ func (a *Adapter) Handler(hub adapters.Hub) http.Handler {
 				return
 			}
 		}
+		hub.Refused("slack", adapters.Ignored)
 		adapters.Answer(w, http.StatusOK, "ignored")
 	})
 }

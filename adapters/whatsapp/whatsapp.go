@@ -77,7 +77,7 @@ func New(c Config) (*Adapter, error) {
 		c.APIURL += "/"
 	}
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: adapters.Transport()}
+		c.HTTPClient = adapters.Client(nil)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -256,6 +256,7 @@ func (a *Adapter) notification(w http.ResponseWriter, r *http.Request, hub adapt
 	}
 	if !a.signed(r.Header.Get("X-Hub-Signature-256"), body) {
 		a.cfg.Logger.Warn("whatsapp: webhook refused: bad signature", "account", a.cfg.Name)
+		hub.Refused("whatsapp", adapters.BadSignature)
 		adapters.Answer(w, http.StatusUnauthorized, "bad signature")
 		return
 	}
@@ -280,6 +281,7 @@ func (a *Adapter) notification(w http.ResponseWriter, r *http.Request, hub adapt
 			for _, raw := range v.Messages {
 				var m inboundMessage
 				if json.Unmarshal(raw, &m) != nil || m.Type != "text" || m.From == "" {
+					hub.Refused("whatsapp", adapters.Ignored)
 					continue
 				}
 				err := hub.Ingest(r.Context(), &adapters.Inbound{Tenant: a.cfg.Tenant, Platform: "whatsapp",

@@ -1,5 +1,9 @@
 // Command chatrelay serves the chat-session hub: gRPC on -grpc-addr, and the
-// REST gateway, /openapi.json, /healthz and /readyz on -http-addr.
+// REST gateway, platform callbacks, /metrics, /openapi.json, /healthz and
+// /readyz on -http-addr.
+//
+// Tracing is on when the standard OTEL_EXPORTER_OTLP_* variables name an
+// endpoint (internal/telemetry).
 //
 // Every flag can also be set by its environment variable (CHATRELAY_*); an
 // explicit flag wins over the environment.
@@ -13,12 +17,20 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/internal/config"
+	"github.com/chatrelay/chatrelay/internal/telemetry"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/store/memory"
 	"github.com/chatrelay/chatrelay/store/redisstore"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 )
 
 func main() {
@@ -42,6 +54,19 @@ func run() error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
+	redis.SetLogger(redisstore.LogTo(logger))
+
+	tp, stopTracing, err := telemetry.Tracing(context.Background())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(ctx); err != nil {
+			logger.Warn("tracing: spans not flushed", "err", err)
+		}
+	}()
 
 	file := config.Default()
 	if *configPath != "" {
@@ -50,11 +75,11 @@ func run() error {
 			return err
 		}
 	}
-	accounts, err := file.Adapters(logger)
+	accounts, err := file.Adapters(logger, adapters.Client(tp))
 	if err != nil {
 		return err
 	}
-	st, closeStore, err := openStore(*redisURL, file, logger)
+	st, closeStore, err := openStore(*redisURL, file, logger, tp)
 	if err != nil {
 		return err
 	}
@@ -74,12 +99,14 @@ func run() error {
 		ResumeWindow:    file.ResumeWindow,
 		Adapters:        accounts,
 		DeliveryTimeout: file.DeliveryTimeout,
+		Metrics:         metrics(),
+		TracerProvider:  tp,
 	})
 }
 
 // openStore opens the Redis backend when a URL is given, else the memory
 // one, and returns how to close what it opened.
-func openStore(redisURL string, f *config.File, logger *slog.Logger) (store.Store, func(), error) {
+func openStore(redisURL string, f *config.File, logger *slog.Logger, tp trace.TracerProvider) (store.Store, func(), error) {
 	opts := store.Options{SessionTTL: f.SessionTTL, HistoryLimit: f.HistoryLimit}
 	if redisURL == "" {
 		st, err := memory.New(memory.Options{Options: opts})
@@ -93,6 +120,12 @@ func openStore(redisURL string, f *config.File, logger *slog.Logger) (store.Stor
 	if err != nil {
 		return nil, nil, err
 	}
+	if tp != nil {
+		if err := redisotel.InstrumentTracing(client, redisotel.WithTracerProvider(tp), redisotel.WithDBStatement(false)); err != nil {
+			_ = client.Close()
+			return nil, nil, fmt.Errorf("redis tracing: %w", err)
+		}
+	}
 	st, err := redisstore.New(client, redisstore.Options{Options: opts, Logger: logger})
 	if err != nil {
 		_ = client.Close()
@@ -100,6 +133,14 @@ func openStore(redisURL string, f *config.File, logger *slog.Logger) (store.Stor
 	}
 	logger.Info("using the Redis backend") // never the URL: it may hold a password
 	return st, func() { _ = st.Close(); _ = client.Close() }, nil
+}
+
+// metrics is the registry /metrics serves: the server's metrics, and the
+// process's and the Go runtime's.
+func metrics() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
 func env(key, def string) string {

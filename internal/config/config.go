@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
 
@@ -131,8 +132,9 @@ func (r *resolver) secret(field, name string) string {
 
 // Adapters builds the platform accounts, checking each. At most one Slack
 // account per tenant (a workspace's sessions are found by tenant), and
-// names are unique per platform (they are URLs).
-func (f *File) Adapters(logger *slog.Logger) ([]adapters.Adapter, error) {
+// names are unique per platform (they are URLs). client, when set, makes
+// their API calls (adapters.Client, traced); nil gives each its default.
+func (f *File) Adapters(logger *slog.Logger, client *http.Client) ([]adapters.Adapter, error) {
 	var out []adapters.Adapter
 	slackTenants := map[string]bool{}
 	names := map[string]bool{}
@@ -145,7 +147,7 @@ func (f *File) Adapters(logger *slog.Logger) ([]adapters.Adapter, error) {
 	}
 	for _, s := range f.Slack {
 		a, err := slack.New(slack.Config{Name: s.Name, Tenant: s.Tenant, BotToken: s.botToken, SigningSecret: s.signingSecret,
-			APIURL: s.APIURL, Logger: logger})
+			APIURL: s.APIURL, Logger: logger, HTTPClient: client})
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
@@ -161,7 +163,7 @@ func (f *File) Adapters(logger *slog.Logger) ([]adapters.Adapter, error) {
 	numbers := map[string]bool{}
 	for _, w := range f.WhatsApp {
 		a, err := whatsapp.New(whatsapp.Config{Name: w.Name, Tenant: w.Tenant, PhoneNumberID: w.PhoneNumberID,
-			AccessToken: w.accessToken, AppSecret: w.appSecret, VerifyToken: w.verifyToken, APIURL: w.APIURL, Logger: logger})
+			AccessToken: w.accessToken, AppSecret: w.appSecret, VerifyToken: w.verifyToken, APIURL: w.APIURL, Logger: logger, HTTPClient: client})
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}

@@ -41,13 +41,14 @@ limits:
   pending_listeners: 14
   streams: 15
   failed_auths_per_minute: 16
+  page_bytes: 17
 `, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := server.Limits{MessageBytes: 1, IDBytes: 2, MetadataEntries: 3, MetadataKeyBytes: 4, MetadataValueBytes: 5,
 		KeywordBytes: 6, RegexInstructions: 7, RawBytes: 8, RawDepth: 9, MaxTimeout: 10 * time.Minute, RequestBytes: 11,
-		HeaderBytes: 12, BodyTimeout: 13 * time.Second, PendingListeners: 14, Streams: 15, FailedAuthsPerMinute: 16}
+		HeaderBytes: 12, BodyTimeout: 13 * time.Second, PendingListeners: 14, Streams: 15, FailedAuthsPerMinute: 16, PageBytes: 17}
 	if f.Limits != want {
 		t.Fatalf("limits %+v\nwant   %+v", f.Limits, want)
 	}
@@ -90,7 +91,7 @@ whatsapp:
 	if err != nil {
 		t.Fatal(err)
 	}
-	accounts, err := f.Adapters(nil)
+	accounts, err := f.Adapters(nil, nil)
 	if err != nil || len(accounts) != 2 {
 		t.Fatalf("adapters: %v, %v", accounts, err)
 	}
@@ -136,7 +137,7 @@ whatsapp:
 	} {
 		f, err := load(t, yaml, env)
 		if err == nil {
-			_, err = f.Adapters(nil)
+			_, err = f.Adapters(nil, nil)
 		}
 		if err == nil {
 			t.Errorf("%s: accepted", name)

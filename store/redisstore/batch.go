@@ -181,6 +181,14 @@ func (b *batcher) passLeadLocked() {
 	next.wake <- struct{}{}
 }
 
+// queueLen is how many calls wait in the queue (abandoned ones included
+// until they are dropped).
+func (b *batcher) queueLen() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
+}
+
 // popLocked takes the oldest call still wanted off the queue, or nil.
 func (b *batcher) popLocked() *batchReq {
 	for len(b.queue) > 0 {

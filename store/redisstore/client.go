@@ -1,8 +1,11 @@
 package redisstore
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -79,4 +82,19 @@ func setName(name *string) {
 	if *name == "" {
 		*name = "chatrelay"
 	}
+}
+
+// LogTo adapts logger for go-redis's own messages (pass it to
+// redis.SetLogger): a lost connection, a failover, a pool that cannot
+// dial. They are rare, and each is a warning.
+func LogTo(logger *slog.Logger) interface {
+	Printf(ctx context.Context, format string, v ...any)
+} {
+	return redisLog{logger}
+}
+
+type redisLog struct{ l *slog.Logger }
+
+func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
+	r.l.WarnContext(ctx, "redis: "+strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "), "component", "go-redis")
 }

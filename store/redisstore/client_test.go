@@ -1,6 +1,10 @@
 package redisstore_test
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -67,5 +71,20 @@ func TestNewClientRetriesNothing(t *testing.T) {
 	}
 	if cl, _ := redisstore.NewClient("redis://localhost:6379?max_retries=2"); cl.(*redis.Client).Options().MaxRetries != 2 {
 		t.Error("an explicit max_retries was overridden")
+	}
+}
+
+// go-redis's own messages reach the service's logger, as structured
+// warnings.
+func TestLogToRoutesGoRedisThroughSlog(t *testing.T) {
+	var buf bytes.Buffer
+	l := redisstore.LogTo(slog.New(slog.NewJSONHandler(&buf, nil)))
+	l.Printf(context.Background(), "redis: discarding bad PubSub connection: %s", "EOF")
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("not one JSON record: %q", buf.String())
+	}
+	if rec["level"] != "WARN" || rec["msg"] != "redis: discarding bad PubSub connection: EOF" || rec["component"] != "go-redis" {
+		t.Fatalf("record %v", rec)
 	}
 }

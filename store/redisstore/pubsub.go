@@ -48,6 +48,8 @@ type hub struct {
 	// checks, for tests.
 	idleAfter, sweepEvery time.Duration
 	sweeps                atomic.Int64
+	// reconnects counts connections lost and made again.
+	reconnects atomic.Uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -209,6 +211,7 @@ func (h *hub) run() {
 			// what was published meanwhile is gone, so every subscriber
 			// re-reads the store.
 			lost = false
+			h.reconnects.Add(1)
 			h.log.Info("pubsub: reconnected; resyncing subscribers")
 			h.resyncAll()
 		}

@@ -156,6 +156,12 @@ func (s *Store) background(fn func(ctx context.Context)) {
 	}()
 }
 
+// Stats reports the pub/sub connection's reconnects and the batcher's
+// queue.
+func (s *Store) Stats() store.Stats {
+	return store.Stats{PubSubReconnects: s.hub.reconnects.Load(), QueuedCalls: s.batch.queueLen()}
+}
+
 // Ping reports whether Redis answers. 1 round trip.
 func (s *Store) Ping(ctx context.Context) error { return unavailable(s.c.Ping(ctx).Err()) }
 

@@ -7,6 +7,7 @@
 package chatrelayv1
 
 import (
+	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -1365,7 +1366,7 @@ var File_chatrelay_v1_chat_service_proto protoreflect.FileDescriptor
 
 const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fchatrelay/v1/chat_service.proto\x12\fchatrelay.v1\x1a\x1cchatrelay/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n" +
+	"\x1fchatrelay/v1/chat_service.proto\x12\fchatrelay.v1\x1a\x1cchatrelay/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x89\x02\n" +
 	"\x12PostMessageRequest\x12\"\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tB\x03\xe0A\x02R\tsessionId\x12\x1d\n" +
@@ -1505,7 +1506,13 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\vPostMessage\x12 .chatrelay.v1.PostMessageRequest\x1a!.chatrelay.v1.PostMessageResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/sessions/{session_id}/messages\x12\x88\x01\n" +
 	"\x12SendChatbotMessage\x12'.chatrelay.v1.SendChatbotMessageRequest\x1a(.chatrelay.v1.SendChatbotMessageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/chatbot-messages\x12q\n" +
 	"\vChatReceive\x12 .chatrelay.v1.ChatReceiveRequest\x1a!.chatrelay.v1.ChatReceiveResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/chat:receive0\x01\x12y\n" +
-	"\rIngestMessage\x12\".chatrelay.v1.IngestMessageRequest\x1a#.chatrelay.v1.IngestMessageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/inbound-messagesB=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
+	"\rIngestMessage\x12\".chatrelay.v1.IngestMessageRequest\x1a#.chatrelay.v1.IngestMessageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/inbound-messagesB\x91\x03\x92A\xd0\x02\x12\xa8\x01\n" +
+	"\tchatrelay\x12\x96\x01The chat-session hub's REST API: sessions, messages, chatbots and waits for replies. Streams (`:watch`, `chat:receive`) answer newline-delimited JSON.2\x02v1Z\x94\x01\n" +
+	"\x91\x01\n" +
+	"\x06bearer\x12\x86\x01\b\x02\x12qAn API key from the configuration, sent as `Authorization: Bearer <key>`. Not needed when no keys are configured.\x1a\rAuthorization \x02b\f\n" +
+	"\n" +
+	"\n" +
+	"\x06bearer\x12\x00Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
 
 var (
 	file_chatrelay_v1_chat_service_proto_rawDescOnce sync.Once

@@ -1016,14 +1016,14 @@ const file_chatrelay_v1_session_service_proto_rawDesc = "" +
 	"\x05event\"w\n" +
 	"\fSessionEnded\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.chatrelay.v1.SessionStateR\x05state\x125\n" +
-	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt2\x94\a\n" +
+	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt2\x91\a\n" +
 	"\x0eSessionService\x12z\n" +
 	"\rCreateSession\x12\".chatrelay.v1.CreateSessionRequest\x1a#.chatrelay.v1.CreateSessionResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*b\asession\"\f/v1/sessions\x12k\n" +
 	"\fListSessions\x12!.chatrelay.v1.ListSessionsRequest\x1a\".chatrelay.v1.ListSessionsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/sessions\x12{\n" +
 	"\n" +
 	"GetSession\x12\x1f.chatrelay.v1.GetSessionRequest\x1a .chatrelay.v1.GetSessionResponse\"*\x82\xd3\xe4\x93\x02$b\asession\x12\x19/v1/sessions/{session_id}\x12\x87\x01\n" +
-	"\rUpdateSession\x12\".chatrelay.v1.UpdateSessionRequest\x1a#.chatrelay.v1.UpdateSessionResponse\"-\x82\xd3\xe4\x93\x02':\x01*b\asession2\x19/v1/sessions/{session_id}\x12\x8a\x01\n" +
-	"\fCloseSession\x12!.chatrelay.v1.CloseSessionRequest\x1a\".chatrelay.v1.CloseSessionResponse\"3\x82\xd3\xe4\x93\x02-:\x01*b\asession\"\x1f/v1/sessions/{session_id}:close\x12\x81\x01\n" +
+	"\rUpdateSession\x12\".chatrelay.v1.UpdateSessionRequest\x1a#.chatrelay.v1.UpdateSessionResponse\"-\x82\xd3\xe4\x93\x02':\x01*b\asession2\x19/v1/sessions/{session_id}\x12\x87\x01\n" +
+	"\fCloseSession\x12!.chatrelay.v1.CloseSessionRequest\x1a\".chatrelay.v1.CloseSessionResponse\"0\x82\xd3\xe4\x93\x02*b\asession\"\x1f/v1/sessions/{session_id}:close\x12\x81\x01\n" +
 	"\fListMessages\x12!.chatrelay.v1.ListMessagesRequest\x1a\".chatrelay.v1.ListMessagesResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/sessions/{session_id}/messages\x12\x80\x01\n" +
 	"\fWatchSession\x12!.chatrelay.v1.WatchSessionRequest\x1a\".chatrelay.v1.WatchSessionResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/sessions/{session_id}:watch0\x01B=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
 

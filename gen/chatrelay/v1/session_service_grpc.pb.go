@@ -48,7 +48,8 @@ type SessionServiceClient interface {
 	// or ends the chatbot. Over REST the body is the Session itself.
 	UpdateSession(ctx context.Context, in *UpdateSessionRequest, opts ...grpc.CallOption) (*UpdateSessionResponse, error)
 	// Ends a session. Closing an ended session changes nothing and returns it.
-	// Over REST the body is the Session itself.
+	// Over REST the request has no body, and the response's is the Session
+	// itself.
 	CloseSession(ctx context.Context, in *CloseSessionRequest, opts ...grpc.CallOption) (*CloseSessionResponse, error)
 	// Lists a session's retained messages, oldest first, a page at a time.
 	ListMessages(ctx context.Context, in *ListMessagesRequest, opts ...grpc.CallOption) (*ListMessagesResponse, error)
@@ -166,7 +167,8 @@ type SessionServiceServer interface {
 	// or ends the chatbot. Over REST the body is the Session itself.
 	UpdateSession(context.Context, *UpdateSessionRequest) (*UpdateSessionResponse, error)
 	// Ends a session. Closing an ended session changes nothing and returns it.
-	// Over REST the body is the Session itself.
+	// Over REST the request has no body, and the response's is the Session
+	// itself.
 	CloseSession(context.Context, *CloseSessionRequest) (*CloseSessionResponse, error)
 	// Lists a session's retained messages, oldest first, a page at a time.
 	ListMessages(context.Context, *ListMessagesRequest) (*ListMessagesResponse, error)
