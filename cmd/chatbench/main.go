@@ -42,8 +42,8 @@ type config struct {
 	redisURL    string // -use-redis, or a private redis-server's
 }
 
-var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "post-slack", "idle", "match", "fanout", "cancel",
-	"slack-slow", "slack-events"}
+var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "post-slack", "metrics-off", "idle", "match", "fanout",
+	"cancel", "slack-slow", "slack-events"}
 
 func main() {
 	serve := flag.Bool("serve", false, "internal: run as the server under test")
@@ -51,6 +51,7 @@ func main() {
 	childRedis := flag.String("redis-url", "", "internal: the child's Redis URL")
 	childSlack := flag.String("slack-api", "", "internal: the child's Slack Web API, for a Slack account")
 	childProfile := flag.String("cpuprofile", "", "internal: where the child writes its CPU profile")
+	childMetrics := flag.Bool("metrics", true, "internal: the child counts Prometheus metrics, as cmd/chatrelay does")
 	flag.StringVar(&profileDir, "profile", "", "write each server's CPU profile (<backend>-<n>.prof) and final heap (<backend>-<n>.heap) to this directory")
 	short := flag.Bool("short", false, "small sizes; finishes in under a minute")
 	full := flag.Bool("full", false, "the sizes in BENCHMARKS.md")
@@ -72,7 +73,7 @@ func main() {
 		return
 	}
 	if *serve {
-		if err := serveChild(*backend, *childRedis, *childSlack, *childProfile); err != nil {
+		if err := serveChild(*backend, *childRedis, *childSlack, *childProfile, *childMetrics); err != nil {
 			fmt.Fprintln(os.Stderr, "chatbench -serve:", err)
 			os.Exit(1)
 		}
@@ -200,6 +201,9 @@ var throughputCases = []struct{ name, baseline, label string }{
 	{"post-grpc-redis", "echo", "/ echo"},
 	{"post-rest", "post-grpc-memory", "/ post-grpc (memory)"},
 	{"post-slack", "post-grpc-memory", "/ post-grpc (memory)"},
+	// Metrics are on in every other case, as in cmd/chatrelay; this one
+	// measures what they cost.
+	{"metrics-off", "post-grpc-memory", "/ post-grpc (memory, metrics on)"},
 }
 
 func runThroughput(ctx context.Context, cfg config, scenarios []string, report func(string, []row, error) error) error {
@@ -215,7 +219,9 @@ func runThroughput(ctx context.Context, cfg config, scenarios []string, report f
 			case "echo":
 				rows, err = benchEcho(ctx, cfg)
 			case "post-grpc-memory", "post-grpc-redis":
-				rows, err = benchPostGRPC(ctx, cfg, strings.TrimPrefix(c.name, "post-grpc-"))
+				rows, err = benchPostGRPC(ctx, cfg, strings.TrimPrefix(c.name, "post-grpc-"), true)
+			case "metrics-off":
+				rows, err = benchPostGRPC(ctx, cfg, "memory", false)
 			case "post-rest":
 				rows, err = benchPostREST(ctx, cfg)
 			case "post-slack":

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,9 +46,9 @@ func startChild(backend, redisURL string) (*child, error) {
 
 // startChildWith starts a server under test whose tenant "default" has a
 // Slack account (benchSlackToken, benchSlackSecret) on the Web API at
-// slackAPI, when given.
-func startChildWith(backend, redisURL, slackAPI string) (*child, error) {
-	args := []string{"-serve", "-backend", backend, "-redis-url", redisURL, "-slack-api", slackAPI}
+// slackAPI, when given; extra are more of the child's flags.
+func startChildWith(backend, redisURL, slackAPI string, extra ...string) (*child, error) {
+	args := append([]string{"-serve", "-backend", backend, "-redis-url", redisURL, "-slack-api", slackAPI}, extra...)
 	if profileDir != "" {
 		children++
 		args = append(args, "-cpuprofile", filepath.Join(profileDir, fmt.Sprintf("%s-%d.prof", backend, children)))
@@ -324,8 +323,14 @@ func benchEcho(ctx context.Context, cfg config) ([]row, error) {
 	return []row{r}, nil
 }
 
-func benchPostGRPC(ctx context.Context, cfg config, backend string) ([]row, error) {
-	c, err := startChild(backend, cfg.redisURL)
+func benchPostGRPC(ctx context.Context, cfg config, backend string, metrics bool) ([]row, error) {
+	var c *child
+	var err error
+	if metrics {
+		c, err = startChild(backend, cfg.redisURL)
+	} else {
+		c, err = startChildWith(backend, cfg.redisURL, "", "-metrics=false")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -339,7 +344,11 @@ func benchPostGRPC(ctx context.Context, cfg config, backend string) ([]row, erro
 		_, err := c.chat.PostMessage(ctx, req)
 		return err
 	})
-	r := rec.row("PostMessage over gRPC, "+backend+" backend", 0, elapsed)
+	name := "PostMessage over gRPC, " + backend + " backend"
+	if !metrics {
+		name += ", metrics off"
+	}
+	r := rec.row(name, 0, elapsed)
 	r.rssBytes = c.rss()
 	return []row{r}, nil
 }
@@ -354,25 +363,10 @@ func benchPostREST(ctx context.Context, cfg config) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.concurrency}}
-	url := "http://" + c.httpAddr + "/v1/sessions/" + ses.Session.SessionId + "/messages"
-	body := []byte(`{"message":"Your order has shipped."}`)
-	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("HTTP %d", resp.StatusCode)
-		}
-		return nil
-	})
+	load := newHTTPLoad(c.httpAddr, "POST", "/v1/sessions/"+ses.Session.SessionId+"/messages",
+		[]byte(`{"message":"Your order has shipped."}`), cfg.concurrency)
+	defer load.close()
+	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(context.Context) error { return load.do() })
 	r := rec.row("PostMessage over REST, memory backend", 0, elapsed)
 	r.rssBytes = c.rss()
 	return []row{r}, nil

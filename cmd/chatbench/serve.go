@@ -22,6 +22,7 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/store/memory"
 	"github.com/chatrelay/chatrelay/store/redisstore"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The server under test runs in a child process (chatbench -serve …), so
@@ -62,7 +63,7 @@ const (
 	benchSlackChan   = "C0BENCH"
 )
 
-func serveChild(backend, redisURL, slackAPI, cpuprofile string) error {
+func serveChild(backend, redisURL, slackAPI, cpuprofile string, metrics bool) error {
 	if cpuprofile != "" {
 		f, err := os.Create(cpuprofile)
 		if err != nil {
@@ -133,6 +134,9 @@ func serveChild(backend, redisURL, slackAPI, cpuprofile string) error {
 	limits := server.DefaultLimits()
 	limits.Streams, limits.PendingListeners = 1_000_000, 1_000_000
 	cfg := server.Config{Store: st, Logger: quiet, Limits: limits}
+	if metrics {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
 	if slackAPI != "" {
 		a, err := slack.New(slack.Config{Name: "bench", BotToken: benchSlackToken, SigningSecret: benchSlackSecret, APIURL: slackAPI, Logger: quiet})
 		if err != nil {
