@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -51,7 +52,23 @@ func requestID(id string) string {
 	if id != "" && len(id) <= 128 && strings.IndexFunc(id, func(r rune) bool { return r > 127 || !idChar(byte(r)) }) < 0 {
 		return id
 	}
-	return randomHex(12)
+	return newRequestID()
+}
+
+// Request ids made here are this process's random prefix (48 bits) and a
+// 48-bit counter: unique across replicas and restarts in practice, and
+// cheaper than reading random bytes per request, which showed in profiles.
+var (
+	idPrefix  = randomHex(6)
+	idCounter atomic.Uint64
+)
+
+func newRequestID() string {
+	var b [24]byte
+	copy(b[:], idPrefix)
+	n := idCounter.Add(1)
+	hex.Encode(b[12:], []byte{byte(n >> 40), byte(n >> 32), byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	return string(b[:])
 }
 
 func randomHex(n int) string {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/internal/config"
+	"github.com/chatrelay/chatrelay/internal/logbuf"
 	"github.com/chatrelay/chatrelay/internal/telemetry"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
@@ -52,7 +53,11 @@ func run() error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// One line per request: buffered, so that each is not a write of its
+	// own (they cost a fifth of REST throughput unbuffered, into a pipe).
+	logs := logbuf.New(os.Stderr, 64<<10, 100*time.Millisecond)
+	defer logs.Close()
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 	redis.SetLogger(redisstore.LogTo(logger))
 
