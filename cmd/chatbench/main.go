@@ -257,6 +257,7 @@ func runThroughput(ctx context.Context, cfg config, scenarios []string, report f
 			slices.Sort(ratios)
 			r.ratio, r.ratioLabel = ratios[len(ratios)/2], "median "+c.label
 		}
+		r.extra = strings.TrimSpace(r.extra + " " + cpuNote(rs, rounds[c.baseline], c.label))
 		if len(rs) > 1 {
 			r.name += fmt.Sprintf(" (median of %d rounds)", len(rs))
 		}
@@ -265,6 +266,30 @@ func runThroughput(ctx context.Context, cfg config, scenarios []string, report f
 		}
 	}
 	return nil
+}
+
+// cpuNote gives the server's CPU time per call, the median of the rounds',
+// and its per-round ratio to the baseline's (lower is cheaper).
+func cpuNote(rs, base []row, label string) string {
+	var per []float64
+	var ratios []float64
+	for i, r := range rs {
+		if r.cpuPerOp() == 0 {
+			return ""
+		}
+		per = append(per, float64(r.cpuPerOp())/float64(time.Microsecond))
+		if len(base) == len(rs) && base[i].cpuPerOp() > 0 {
+			ratios = append(ratios, float64(r.cpuPerOp())/float64(base[i].cpuPerOp()))
+		}
+	}
+	slices.Sort(per)
+	note := fmt.Sprintf("server CPU %.1fµs/call;", per[len(per)/2])
+	if len(ratios) == len(rs) {
+		note += " CPU/call rounds: " + fmtRatios(ratios) + ";"
+		slices.Sort(ratios)
+		note += fmt.Sprintf(" median CPU/call %s = %.3f;", label, ratios[len(ratios)/2])
+	}
+	return note
 }
 
 func fmtRatios(rs []float64) string {

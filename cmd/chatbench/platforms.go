@@ -34,7 +34,7 @@ func benchPostSlack(ctx context.Context, cfg config) ([]row, error) {
 		return nil, err
 	}
 	req := &pb.PostMessageRequest{SessionId: ses.Session.SessionId, Message: "Your order has shipped."}
-	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
+	rec, elapsed, cpu := closedLoopOn(ctx, c, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
 		r, err := c.chat.PostMessage(ctx, req)
 		if err == nil && r.Status != pb.MessageStatus_MESSAGE_STATUS_DELIVERED {
 			err = fmt.Errorf("status %v", r.Status)
@@ -42,6 +42,7 @@ func benchPostSlack(ctx context.Context, cfg config) ([]row, error) {
 		return err
 	})
 	r := rec.row("PostMessage over gRPC into a Slack session, memory backend, Slack answering at once", 0, elapsed)
+	r.cpu = cpu
 	r.rssBytes = c.rss()
 	return []row{r}, nil
 }

@@ -147,6 +147,24 @@ func (c *child) stop() {
 }
 
 // rss is the server's resident set size, from /proc.
+// cpu is the CPU time (user and system) the child has used so far.
+func (c *child) cpu() time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command's closing parenthesis; utime and stime are
+	// the stat file's 14th and 15th, in clock ticks of 1/100 s.
+	_, rest, _ := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 func (c *child) rss() int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
 	if err != nil {
@@ -283,9 +301,22 @@ const clockTicks = 100
 // records every latency. Workers stop starting calls when the time is up
 // and finish the one in flight, so no call is cut off and miscounted.
 func closedLoop(ctx context.Context, n int, d time.Duration, call func(context.Context) error) (*recorder, time.Duration) {
+	rec, elapsed, _ := closedLoopOn(ctx, nil, n, d, call)
+	return rec, elapsed
+}
+
+// closedLoopOn is closedLoop that also measures the CPU time the server
+// under test c spends in the measured window, when c is not nil: CPU per
+// call is far steadier than throughput on shared, noisy cores.
+func closedLoopOn(ctx context.Context, c *child, n int, d time.Duration, call func(context.Context) error) (*recorder, time.Duration, time.Duration) {
 	warm := min(d/4, time.Second)
 	begin := time.Now()
 	measureFrom, end := begin.Add(warm), begin.Add(warm+d)
+	var cpuFrom time.Duration
+	if c != nil {
+		snap := time.AfterFunc(warm, func() { cpuFrom = c.cpu() })
+		defer snap.Stop()
+	}
 	rec := &recorder{}
 	var wg sync.WaitGroup
 	for range n {
@@ -305,7 +336,12 @@ func closedLoop(ctx context.Context, n int, d time.Duration, call func(context.C
 		}()
 	}
 	wg.Wait()
-	return rec, time.Since(measureFrom)
+	elapsed := time.Since(measureFrom)
+	var cpu time.Duration
+	if c != nil {
+		cpu = c.cpu() - cpuFrom // the AfterFunc ran: calls went on past it
+	}
+	return rec, elapsed, cpu
 }
 
 func benchEcho(ctx context.Context, cfg config) ([]row, error) {
@@ -315,10 +351,11 @@ func benchEcho(ctx context.Context, cfg config) ([]row, error) {
 	}
 	defer c.stop()
 	req := &pb.PostMessageRequest{SessionId: "ses_bench", Message: "Your order has shipped."}
-	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
+	rec, elapsed, cpu := closedLoopOn(ctx, c, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
 		return c.conn.Invoke(ctx, echoMethod, req, new(pb.PostMessageResponse))
 	})
 	r := rec.row("echo (bare grpc-go handler)", 0, elapsed)
+	r.cpu = cpu
 	r.rssBytes = c.rss()
 	return []row{r}, nil
 }
@@ -340,7 +377,7 @@ func benchPostGRPC(ctx context.Context, cfg config, backend string, metrics bool
 		return nil, err
 	}
 	req := &pb.PostMessageRequest{SessionId: ses.Session.SessionId, Message: "Your order has shipped."}
-	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
+	rec, elapsed, cpu := closedLoopOn(ctx, c, cfg.concurrency, cfg.duration, func(ctx context.Context) error {
 		_, err := c.chat.PostMessage(ctx, req)
 		return err
 	})
@@ -349,6 +386,7 @@ func benchPostGRPC(ctx context.Context, cfg config, backend string, metrics bool
 		name += ", metrics off"
 	}
 	r := rec.row(name, 0, elapsed)
+	r.cpu = cpu
 	r.rssBytes = c.rss()
 	return []row{r}, nil
 }
@@ -366,8 +404,9 @@ func benchPostREST(ctx context.Context, cfg config) ([]row, error) {
 	load := newHTTPLoad(c.httpAddr, "POST", "/v1/sessions/"+ses.Session.SessionId+"/messages",
 		[]byte(`{"message":"Your order has shipped."}`), cfg.concurrency)
 	defer load.close()
-	rec, elapsed := closedLoop(ctx, cfg.concurrency, cfg.duration, func(context.Context) error { return load.do() })
+	rec, elapsed, cpu := closedLoopOn(ctx, c, cfg.concurrency, cfg.duration, func(context.Context) error { return load.do() })
 	r := rec.row("PostMessage over REST, memory backend", 0, elapsed)
+	r.cpu = cpu
 	r.rssBytes = c.rss()
 	return []row{r}, nil
 }

@@ -41,7 +41,8 @@ type row struct {
 	errors     int
 	firstErr   error
 	rssBytes   int64
-	extra      string // scenario-specific figure, e.g. RSS per listener
+	cpu        time.Duration // the server's CPU time over the measured calls, when measured
+	extra      string        // scenario-specific figure, e.g. RSS per listener
 	ratio      float64
 	ratioLabel string
 }
@@ -63,6 +64,14 @@ func (r *recorder) row(name string, n int, elapsed time.Duration) row {
 		out.max = lat[len(lat)-1]
 	}
 	return out
+}
+
+// cpuPerOp is the server's CPU time per measured call, or 0.
+func (r row) cpuPerOp() time.Duration {
+	if r.ops == 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.ops)
 }
 
 func (r row) throughput() float64 {
