@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/chatrelay/chatrelay"
+	"github.com/chatrelay/chatrelay/adapters"
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 )
 
@@ -27,9 +28,12 @@ import (
 func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Handler {
 	opts := []runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newJSONCodec()),
+		// The request id and the gateway's mark go to the call as they
+		// are (the HTTP layer set them, so they are in canonical form);
+		// the rest as the gateway forwards them.
 		runtime.WithIncomingHeaderMatcher(func(key string) (string, bool) {
-			switch strings.ToLower(key) {
-			case requestIDHeader, viaGateway:
+			switch key {
+			case canonicalRequestID, canonicalViaGateway:
 				return key, true
 			}
 			return runtime.DefaultHeaderMatcher(key)
@@ -71,11 +75,16 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 	})
 
 	mux := http.NewServeMux()
-	mux.Handle("/", http.MaxBytesHandler(gw, int64(s.cfg.Limits.RequestBytes)*2))
+	limit := int64(s.cfg.Limits.RequestBytes) * 2
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// As http.MaxBytesHandler, without its copy of the request.
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		gw.ServeHTTP(w, r)
+	}))
 	// Platform callbacks: no API key; each verifies its platform's
 	// signature instead.
 	for _, a := range s.cfg.Adapters {
-		mux.Handle("/hooks/"+a.Platform()+"/"+a.Name(), a.Handler(hub{s}))
+		mux.Handle(hookPath(a), a.Handler(hub{s}))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -149,3 +158,6 @@ func flushStreamHeaders(ctx context.Context, w http.ResponseWriter, m proto.Mess
 	w.WriteHeader(http.StatusOK)
 	return http.NewResponseController(w).Flush()
 }
+
+// hookPath is where a platform account's callbacks arrive.
+func hookPath(a adapters.Adapter) string { return "/hooks/" + a.Platform() + "/" + a.Name() }

@@ -79,9 +79,13 @@ func (h hub) Receipt(ctx context.Context, r store.Receipt) error {
 	err := h.cfg.Store.ApplyReceipt(ctx, r)
 	switch {
 	case errors.Is(err, store.ErrUnavailable):
+		h.metrics.inboundEvent(r.Platform, "error")
 		return fmt.Errorf("%w: %v", adapters.ErrRetry, err)
 	case err != nil:
+		h.metrics.inboundEvent(r.Platform, "error")
 		h.cfg.Logger.Warn("receipt not applied", "platform", r.Platform, "tenant", r.Tenant, "err", err)
+	default:
+		h.metrics.inboundEvent(r.Platform, "accepted")
 	}
 	return nil
 }

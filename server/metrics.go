@@ -2,6 +2,7 @@ package server
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -28,6 +29,27 @@ type metrics struct {
 	platformDuration *prometheus.HistogramVec
 	deliveries       *prometheus.CounterVec
 	backendErrors    *prometheus.CounterVec
+
+	// Children already resolved, by their labels: WithLabelValues hashes
+	// every label on every call, which showed in the REST path's profile.
+	httpChildren    sync.Map // httpLabels → *httpChild
+	messageChildren sync.Map // messageLabels → prometheus.Counter
+}
+
+type httpLabels struct {
+	method, route string
+	code          int
+}
+
+type httpChild struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+type messageLabels struct {
+	platform string
+	dir      store.Direction
+	status   store.MessageStatus
 }
 
 // latencyBuckets span a millisecond to ten seconds.
@@ -99,8 +121,17 @@ func (m *metrics) httpRequest(method, route string, code int, took time.Duration
 	if m == nil {
 		return
 	}
-	m.httpRequests.WithLabelValues(method, route, strconv.Itoa(code)).Inc()
-	m.httpDuration.WithLabelValues(method, route).Observe(took.Seconds())
+	key := httpLabels{method, route, code}
+	c, ok := m.httpChildren.Load(key)
+	if !ok {
+		c, _ = m.httpChildren.LoadOrStore(key, &httpChild{
+			requests: m.httpRequests.WithLabelValues(method, route, strconv.Itoa(code)),
+			duration: m.httpDuration.WithLabelValues(method, route),
+		})
+	}
+	child := c.(*httpChild)
+	child.requests.Inc()
+	child.duration.Observe(took.Seconds())
 }
 
 // wait counts a ChatReceive stream waiting, until the returned function.
@@ -126,9 +157,15 @@ var statusName = map[store.MessageStatus]string{
 }
 
 func (m *metrics) message(msg *store.Message) {
-	if m != nil && msg.ID != "" {
-		m.messages.WithLabelValues(msg.Platform, directionName[msg.Direction], statusName[msg.Status]).Inc()
+	if m == nil || msg.ID == "" {
+		return
 	}
+	key := messageLabels{msg.Platform, msg.Direction, msg.Status}
+	c, ok := m.messageChildren.Load(key)
+	if !ok {
+		c, _ = m.messageChildren.LoadOrStore(key, m.messages.WithLabelValues(msg.Platform, directionName[msg.Direction], statusName[msg.Status]))
+	}
+	c.(prometheus.Counter).Inc()
 }
 
 func (m *metrics) inboundEvent(platform, result string) {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,12 @@ const (
 	// sent, to a value secret to this process (interceptors.gateway), so
 	// no client can pass for the gateway.
 	viaGateway = "x-chatrelay-via-gateway"
+)
+
+// The headers' canonical forms, as an http.Header holds them.
+var (
+	canonicalRequestID  = textproto.CanonicalMIMEHeaderKey(requestIDHeader)
+	canonicalViaGateway = textproto.CanonicalMIMEHeaderKey(viaGateway)
 )
 
 // requestInfo is what the layers of one HTTP request tell each other.
@@ -85,12 +92,13 @@ func (s *Server) observeHTTP(next http.Handler) http.Handler {
 		r.Header.Set(requestIDHeader, id)
 		r.Header.Set(viaGateway, s.ic.gateway)
 		w.Header().Set("X-Request-Id", id)
-		info := &requestInfo{}
+		rec := &statusRecorder{ResponseWriter: w}
+		info := &rec.own
+		rec.info = info
 		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
-		rec := &statusRecorder{ResponseWriter: w, info: info}
 		next.ServeHTTP(rec, r)
 		took := time.Since(began)
-		route := routeOf(r)
+		route := s.routeOf(r)
 		code := rec.code
 		if code == 0 {
 			code = http.StatusOK
@@ -112,13 +120,13 @@ func (s *Server) observeHTTP(next http.Handler) http.Handler {
 // fixedRoute names a request's route for metrics and logs when the REST
 // gateway did not: a fixed path, a platform callback, or "other" (never
 // the path itself, which could hold anything).
-func fixedRoute(path string) string {
+func (s *Server) fixedRoute(path string) string {
 	switch path {
 	case "/healthz", "/readyz", "/metrics", "/openapi.json":
 		return path
 	}
-	if strings.HasPrefix(path, "/hooks/") {
-		return path // /hooks/<platform>/<name>: configured accounts only reach a handler
+	if s.hooks[path] {
+		return path // a configured account's callback: a bounded set
 	}
 	return "other"
 }
@@ -134,11 +142,11 @@ func noteRoute(ctx context.Context) {
 
 // routeOf is the route of r for metrics, logs and spans: the REST route's
 // template once the gateway chose it, or fixedRoute's name.
-func routeOf(r *http.Request) string {
+func (s *Server) routeOf(r *http.Request) string {
 	if info := infoFrom(r.Context()); info != nil && info.route != "" {
 		return info.route
 	}
-	return fixedRoute(r.URL.Path)
+	return s.fixedRoute(r.URL.Path)
 }
 
 // statusRecorder keeps a response's status code, and sets an error's
@@ -148,6 +156,7 @@ type statusRecorder struct {
 	http.ResponseWriter
 	info *requestInfo
 	code int
+	own  requestInfo // info, allocated with the recorder
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -196,8 +205,11 @@ func (ic *interceptors) log(ctx context.Context, c callInfo, method string, err 
 	if c.gateway {
 		return
 	}
-	code := status.Code(err)
-	ic.logger.Info("request", "transport", "grpc", "method", method, "code", code.String(),
+	level := slog.LevelInfo
+	if public(method) {
+		level = slog.LevelDebug // health checks and reflection: probes and tools
+	}
+	ic.logger.Log(ctx, level, "request", "transport", "grpc", "method", method, "code", status.Code(err).String(),
 		"duration", time.Since(c.began), "tenant", tenantFrom(ctx), "request_id", c.id)
 }
 

@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/chatrelay/chatrelay/adapters"
@@ -149,6 +150,11 @@ func TestMetricsMoveAfterEveryRPC(t *testing.T) {
 	ts.slackEvent(event)
 	ts.hook("/hooks/slack/acme", event, platformtest.SignSlack("forged", time.Now(), event))
 	ts.post(ts.sessionOf("slack", "U0MET").SessionId, "to Slack")
+	// A WhatsApp receipt is a callback too; paths no account serves are
+	// "other", not a series each.
+	ts.whatsAppWebhook(platformtest.WhatsAppStatus(waNumber, "wamid.METRICS", "delivered", "15557654321", time.Now(), 0))
+	ts.hook("/hooks/slack/x1", event, nil)
+	ts.hook("/hooks/x2%0a", event, nil)
 
 	// REST.
 	if r := ts.rest("GET", "/v1/sessions/"+ses.SessionId, nil); r.code != 200 {
@@ -230,6 +236,8 @@ repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + (n[2] - t[2]
 		{"chatrelay_inbound_events_total", []string{"platform", "slack", "result", "accepted"}},
 		{"chatrelay_inbound_events_total", []string{"platform", "slack", "result", "duplicate"}},
 		{"chatrelay_inbound_events_total", []string{"platform", "slack", "result", "bad_signature"}},
+		{"chatrelay_inbound_events_total", []string{"platform", "whatsapp", "result", "accepted"}},
+		{"chatrelay_http_requests_total", []string{"route", "other", "code", "404"}},
 		{"chatrelay_platform_request_duration_seconds", []string{"platform", "slack", "result", "accepted"}},
 		{"chatrelay_delivery_attempts_total", []string{"platform", "slack", "result", "delivered"}},
 		{"chatrelay_backend_errors_total", []string{"method", pb.ChatService_PostMessage_FullMethodName}},
@@ -245,7 +253,8 @@ repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + (n[2] - t[2]
 	for name, fam := range m {
 		for _, s := range fam.GetMetric() {
 			for _, l := range s.GetLabel() {
-				if v := l.GetValue(); strings.Contains(v, "ses_") || strings.Contains(v, "U0MET") || strings.Contains(v, "u1") {
+				if v := l.GetValue(); strings.Contains(v, "ses_") || strings.Contains(v, "U0MET") || strings.Contains(v, "u1") ||
+					strings.Contains(v, "x1") || strings.Contains(v, "x2") {
 					t.Errorf("%s has label %s=%q", name, l.GetName(), v)
 				}
 			}
@@ -321,6 +330,15 @@ func TestRequestsAreLoggedOnceWithTheirID(t *testing.T) {
 	}
 	wantLine(t, logs, made[0], map[string]any{"transport": "grpc", "code": "NotFound", "tenant": "acme"})
 
+	// Health checks are probes: logged at debug, so not here.
+	hctx := metadata.AppendToOutgoingContext(context.Background(), "x-request-id", "probe-1")
+	if _, err := healthpb.NewHealthClient(ts.conn).Check(hctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if lines := logs.requests("probe-1"); len(lines) != 0 {
+		t.Fatalf("a health check was logged at info: %v", lines)
+	}
+
 	// REST: one line from the HTTP layer, with the route and HTTP code,
 	// not a second from the gRPC layer under it.
 	req, _ := http.NewRequest("GET", ts.base+"/v1/sessions/"+ses.SessionId, nil)
@@ -332,6 +350,10 @@ func TestRequestsAreLoggedOnceWithTheirID(t *testing.T) {
 	}
 	wantLine(t, logs, "rest-call-1", map[string]any{"transport": "http", "method": "GET", "route": "/v1/sessions/{session_id}",
 		"code": float64(200), "tenant": "acme"})
+	req, _ = http.NewRequest("DELETE", ts.base+"/v1/sessions/"+ses.SessionId, nil)
+	req.Header.Set("X-Request-Id", "rest-405")
+	do(t, req)
+	wantLine(t, logs, "rest-405", map[string]any{"route": "/v1/sessions/{session_id}", "code": float64(405)})
 
 	// A REST stream, and a call with a bad key and an unusable id.
 	req, _ = http.NewRequest("GET", ts.base+"/v1/sessions/"+ses.SessionId+":watch?after_message_id=msg_nope", nil)

@@ -100,6 +100,17 @@ func allowedMethods(path string) []string {
 	return out
 }
 
+// routeTemplate is the template of the first route serving path, for
+// metrics and logs.
+func routeTemplate(path string) string {
+	for _, r := range restRoutes() {
+		if r.path.MatchString(path) {
+			return r.template
+		}
+	}
+	return ""
+}
+
 // routingError answers a request no route serves: 404, or 405 with Allow
 // when the path is served for other methods.
 func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
@@ -107,6 +118,9 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 	if code != http.StatusMethodNotAllowed || len(allowed) == 0 {
 		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
 		return
+	}
+	if info := infoFrom(ctx); info != nil {
+		info.route = routeTemplate(r.URL.Path)
 	}
 	allow := strings.Join(allowed, ", ")
 	st := withDetails(codes.Unimplemented, "METHOD_NOT_ALLOWED",

@@ -48,6 +48,8 @@ type Server struct {
 	bodies *bodyReads
 	// metrics is nil when Config.Metrics is.
 	metrics *metrics
+	// hooks are the platform callbacks' paths, /hooks/<platform>/<name>.
+	hooks map[string]bool
 }
 
 // TransportOptions are the grpc-go settings of the server's transport,
@@ -76,7 +78,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{}), metrics: newMetrics(cfg.Metrics, cfg.Store)}
+	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{}), metrics: newMetrics(cfg.Metrics, cfg.Store),
+		hooks: map[string]bool{}}
+	for _, a := range cfg.Adapters {
+		s.hooks[hookPath(a)] = true
+	}
 	s.ic = &interceptors{logger: cfg.Logger, keys: keys, lim: cfg.Limits, codec: newRequestCodec(),
 		streams: newStreamCounts(cfg.Limits.Streams), metrics: s.metrics, gateway: randomHex(16)}
 	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
@@ -261,5 +267,5 @@ func (s *Server) traceHTTP(h http.Handler) http.Handler {
 		return h
 	}
 	return otelhttp.NewHandler(h, "http", otelhttp.WithTracerProvider(s.cfg.TracerProvider), otelhttp.WithPropagators(telemetry.Propagators),
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + routeOf(r) }))
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + s.routeOf(r) }))
 }
