@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/chatrelay/chatrelay/store"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health/grpc_health_v1"
@@ -41,13 +42,13 @@ type interceptors struct {
 }
 
 func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	call := ic.newCallInfo(ctx)
+	call := ic.newCallInfo(ctx, false)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 		}
 		if err != nil {
-			resp, err = nil, ic.finish(info.FullMethod, err)
+			resp, err = nil, ic.finish(info.FullMethod, call, err)
 		}
 		ic.log(ctx, call, info.FullMethod, err)
 	}()
@@ -63,18 +64,18 @@ func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServ
 
 func (ic *interceptors) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	ctx := ss.Context()
-	call := ic.newCallInfo(ctx)
+	call := ic.newCallInfo(ctx, true)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 		}
 		if err != nil {
-			err = ic.finish(info.FullMethod, err)
+			err = ic.finish(info.FullMethod, call, err)
 		}
 		ic.log(ctx, call, info.FullMethod, err)
 	}()
-	if !call.gateway {
-		_ = ss.SetHeader(metadata.Pairs(requestIDHeader, call.id))
+	if !call.gateway { // once per stream: cheap, unlike per unary call
+		_ = ss.SetHeader(metadata.MD{requestIDHeader: {call.id}})
 	}
 	if ctx, err = ic.authenticate(ctx, info.FullMethod); err != nil {
 		return err
@@ -106,11 +107,16 @@ func (ic *interceptors) authenticate(ctx context.Context, method string) (contex
 	return actx, nil
 }
 
-func (ic *interceptors) finish(method string, err error) error {
+// finish maps err to its status, with the call's request id as
+// RequestInfo, and counts and logs it.
+func (ic *interceptors) finish(method string, call callInfo, err error) error {
 	st := toStatus(err)
 	logError(ic.logger, method, err, st)
 	if st.Code() == codes.Unavailable && errors.Is(err, store.ErrUnavailable) {
 		ic.metrics.backendError(method)
+	}
+	if with, err := st.WithDetails(&errdetails.RequestInfo{RequestId: call.id}); err == nil {
+		st = with
 	}
 	return st.Err()
 }

@@ -5,19 +5,19 @@ import (
 	"sync"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/chatrelay/chatrelay/store"
 )
 
 // metrics are the server's Prometheus metrics (docs/design.md §11): gRPC's
-// from go-grpc-middleware's provider, HTTP's, and chatrelay's own. No label
+// (grpcMetrics, as go-grpc-middleware's provider names them), HTTP's, and
+// chatrelay's own. No label
 // carries a session, user or tenant id: their values are bounded by the
 // code and the configuration. A nil *metrics counts nothing, so call sites
 // need no test.
 type metrics struct {
-	grpc *grpcprom.ServerMetrics
+	grpc *grpcMetrics
 
 	httpRequests *prometheus.CounterVec
 	httpDuration *prometheus.HistogramVec
@@ -60,7 +60,7 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 		return nil
 	}
 	m := &metrics{
-		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(latencyBuckets))),
+		grpc: newGRPCMetrics(),
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatrelay_http_requests_total",
 			Help: "HTTP requests served, by method, route (the REST route's template) and status code.",
@@ -100,7 +100,8 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 			Help: "Calls that failed because the backend (Redis) was unreachable, by RPC method.",
 		}, []string{"method"}),
 	}
-	reg.MustRegister(m.grpc, m.httpRequests, m.httpDuration, m.waiting, m.outcomes, m.messages, m.inbound,
+	reg.MustRegister(m.grpc.collectors()...)
+	reg.MustRegister(m.httpRequests, m.httpDuration, m.waiting, m.outcomes, m.messages, m.inbound,
 		m.platformDuration, m.deliveries, m.backendErrors)
 	if s, ok := st.(store.StatsReporter); ok {
 		reg.MustRegister(

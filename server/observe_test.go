@@ -20,10 +20,12 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/adapters/slack"
@@ -320,15 +322,21 @@ func TestRequestsAreLoggedOnceWithTheirID(t *testing.T) {
 	wantLine(t, logs, "wf-run-42.step-3", map[string]any{"transport": "grpc", "method": pb.ChatService_PostMessage_FullMethodName,
 		"code": "OK", "tenant": "acme"})
 
-	// gRPC, failing, with an id made for it.
+	// gRPC, failing, with an id made for it: the error's RequestInfo
+	// names it (a success does not send a made id: see echoID).
 	header = nil
 	_, err := ts.sessions.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: "ses_missing"}, grpc.Header(&header))
 	wantStatus(t, err, codes.NotFound, "SESSION_NOT_FOUND", "")
-	made := header.Get("x-request-id")
-	if len(made) != 1 || len(made[0]) != 24 {
-		t.Fatalf("a made request id: %v", made)
+	var made string
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RequestInfo); ok {
+			made = ri.RequestId
+		}
 	}
-	wantLine(t, logs, made[0], map[string]any{"transport": "grpc", "code": "NotFound", "tenant": "acme"})
+	if len(made) != 24 || len(header.Get("x-request-id")) != 0 {
+		t.Fatalf("a made request id: RequestInfo %q, header %v", made, header.Get("x-request-id"))
+	}
+	wantLine(t, logs, made, map[string]any{"transport": "grpc", "code": "NotFound", "tenant": "acme"})
 
 	// Health checks are probes: logged at debug, so not here.
 	hctx := metadata.AppendToOutgoingContext(context.Background(), "x-request-id", "probe-1")

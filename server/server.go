@@ -88,8 +88,8 @@ func New(cfg Config) (*Server, error) {
 	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
 	unary, stream := []grpc.UnaryServerInterceptor{s.ic.unary}, []grpc.StreamServerInterceptor{s.ic.stream}
 	if s.metrics != nil {
-		unary = append([]grpc.UnaryServerInterceptor{s.metrics.grpc.UnaryServerInterceptor()}, unary...)
-		stream = append([]grpc.StreamServerInterceptor{s.metrics.grpc.StreamServerInterceptor()}, stream...)
+		unary = append([]grpc.UnaryServerInterceptor{s.metrics.grpc.unary}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{s.metrics.grpc.stream}, stream...)
 	}
 	opts := append(TransportOptions(),
 		grpc.ForceServerCodecV2(s.ic.codec),
@@ -112,7 +112,7 @@ func New(cfg Config) (*Server, error) {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	if s.metrics != nil {
-		s.metrics.grpc.InitializeMetrics(s.grpc)
+		s.metrics.grpc.init(s.grpc)
 	}
 	if len(cfg.APIKeys) == 0 {
 		cfg.Logger.Warn("no API keys configured: every caller is tenant \"default\" without authentication")
