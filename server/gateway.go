@@ -26,8 +26,9 @@ import (
 // calls go over a gRPC connection to this server (conn), which the
 // gateway's in-process mode does not support.
 func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Handler {
+	codec := newJSONCodec()
 	opts := []runtime.ServeMuxOption{
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, newJSONCodec()),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, codec),
 		// The request id and the gateway's mark go to the call as they
 		// are (the HTTP layer set them, so they are in canonical form);
 		// the rest as the gateway forwards them.
@@ -66,7 +67,12 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 	streams := runtime.NewServeMux(opts...)
 	_ = pb.RegisterChatServiceHandler(ctx, streams, conn)
 	_ = pb.RegisterSessionServiceHandler(ctx, streams, conn)
+	fast := &fastPost{mux: unary, codec: codec, service: direct}
 	gw := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id, ok := fast.sessionOf(r); ok {
+			fast.serve(w, r, id)
+			return
+		}
 		if isStream(r) {
 			streams.ServeHTTP(w, r)
 			return

@@ -2,7 +2,9 @@ package server_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -194,5 +196,82 @@ func TestListMessagesPageIsBoundedByBytes(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("paged through %v, want %v", got, want)
+	}
+}
+
+// The REST PostMessage route is served by a fast path (fastPost); a path
+// it leaves to the gateway (an escaped character in the session id) must
+// answer every request the same way, to the byte but for ids and times.
+func TestFastPostAnswersAsTheGateway(t *testing.T) {
+	ts := start(t, nil, nil, withKeys(testKey{"key-acme-0123456789", "acme"}))
+	ts.key = "key-acme-0123456789"
+	ses := ts.createSession("u1")
+	fast := "/v1/sessions/" + ses.SessionId + "/messages"
+	viaGateway := "/v1/sessions/" + strings.Replace(ses.SessionId, "_", "%5F", 1) + "/messages"
+	normalise := func(b []byte) string {
+		var v any
+		if json.Unmarshal(b, &v) != nil {
+			return string(b)
+		}
+		var walk func(any) any
+		walk = func(v any) any {
+			switch x := v.(type) {
+			case map[string]any:
+				for k := range x {
+					switch k {
+					case "message_id", "delivered_at", "request_id":
+						x[k] = "…"
+					default:
+						x[k] = walk(x[k])
+					}
+				}
+			case []any:
+				for i := range x {
+					x[i] = walk(x[i])
+				}
+			}
+			return v
+		}
+		out, _ := json.Marshal(walk(v))
+		return string(out)
+	}
+	for _, c := range []struct {
+		name, body, key string
+	}{
+		{"a post", `{"message":"hi"}`, ts.key},
+		{"a post with metadata and a key", `{"message":"hi","metadata":{"a":"b"},"idempotencyKey":"%s"}`, ts.key},
+		{"an empty body", ``, ts.key},
+		{"an unknown field", `{"text":"hi"}`, ts.key},
+		{"a number for a string", `{"message":3}`, ts.key},
+		{"broken JSON", `{"message":`, ts.key},
+		{"trailing garbage", `{"message":"a"} x`, ts.key},
+		{"too long", `{"message":"` + strings.Repeat("x", 40<<10) + `"}`, ts.key},
+		{"no key", `{"message":"hi"}`, ""},
+		{"a wrong key", `{"message":"hi"}`, "wrong-key-0123456789"},
+	} {
+		var got [2]restResp
+		for i, p := range []string{fast, viaGateway} {
+			body := c.body
+			if strings.Contains(body, "%s") {
+				body = fmt.Sprintf(body, fmt.Sprint("key-", i))
+			}
+			req, _ := http.NewRequest("POST", ts.base+p, strings.NewReader(body))
+			if c.key != "" {
+				req.Header.Set("Authorization", "Bearer "+c.key)
+			}
+			got[i] = do(t, req)
+		}
+		f, g := got[0], got[1]
+		if f.code != g.code || normalise(f.body) != normalise(g.body) {
+			t.Errorf("%s: fast path %d %s\ngateway %d %s", c.name, f.code, f.body, g.code, g.body)
+		}
+		for _, h := range []string{"Content-Type", "WWW-Authenticate", "Retry-After"} {
+			if f.header.Get(h) != g.header.Get(h) {
+				t.Errorf("%s: %s %q, gateway %q", c.name, h, f.header.Get(h), g.header.Get(h))
+			}
+		}
+		if f.header.Get("X-Request-Id") == "" {
+			t.Errorf("%s: no X-Request-Id", c.name)
+		}
 	}
 }
