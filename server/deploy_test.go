@@ -275,7 +275,7 @@ var (
 	labelValues = map[string][]string{
 		"grpc_type": {"unary", "client_stream", "server_stream", "bidi_stream"},
 		"grpc_code": grpcCodes(),
-		"outcome":   {"success", "timeout", "filter_mismatch"},
+		"outcome":   {"success", "timeout", "filter_mismatch", "cancelled"},
 		"platform":  {"web", "api", "slack", "whatsapp", "webhook"},
 		"direction": {"inbound", "outbound"},
 		"status":    {"received", "pending", "sent", "delivered", "read", "failed"},

@@ -115,7 +115,7 @@ func toStatus(err error) *status.Status {
 		return toStatus(invalid("session_id", "%v", store.ErrSessionMismatch))
 	case errors.Is(err, store.ErrTooManyListeners):
 		return withDetails(codes.ResourceExhausted, reasonTooManyListeners,
-			"the tenant has as many ChatReceive listeners pending as it may (limits.pending_listeners); wait for some to be decided or time out", nil)
+			"the tenant has as many ChatReceive listeners pending as it may (limits.pending_listeners): ListListeners shows them, and CancelListener ends those no longer wanted", nil)
 	case errors.Is(err, store.ErrUnavailable):
 		return withDetails(codes.Unavailable, reasonBackend, "the backend is unavailable; retry (with the same idempotency key)", nil)
 	case errors.Is(err, context.Canceled):

@@ -46,6 +46,18 @@ func (p *inProcess) IngestMessage(ctx context.Context, r *pb.IngestMessageReques
 	return call(p.unary, ctx, r, pb.ChatService_IngestMessage_FullMethodName, p.chat.IngestMessage)
 }
 
+func (p *inProcess) GetListener(ctx context.Context, r *pb.GetListenerRequest) (*pb.GetListenerResponse, error) {
+	return call(p.unary, ctx, r, pb.ChatService_GetListener_FullMethodName, p.chat.GetListener)
+}
+
+func (p *inProcess) ListListeners(ctx context.Context, r *pb.ListListenersRequest) (*pb.ListListenersResponse, error) {
+	return call(p.unary, ctx, r, pb.ChatService_ListListeners_FullMethodName, p.chat.ListListeners)
+}
+
+func (p *inProcess) CancelListener(ctx context.Context, r *pb.CancelListenerRequest) (*pb.CancelListenerResponse, error) {
+	return call(p.unary, ctx, r, pb.ChatService_CancelListener_FullMethodName, p.chat.CancelListener)
+}
+
 func (p *inProcess) CreateSession(ctx context.Context, r *pb.CreateSessionRequest) (*pb.CreateSessionResponse, error) {
 	return call(p.unary, ctx, r, pb.SessionService_CreateSession_FullMethodName, p.sessions.CreateSession)
 }

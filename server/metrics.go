@@ -76,7 +76,7 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 		}),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatrelay_listener_outcomes_total",
-			Help: "ChatReceive outcomes sent to streams, by outcome (success, timeout, filter_mismatch).",
+			Help: "ChatReceive outcomes sent to streams, by outcome (success, timeout, filter_mismatch, cancelled).",
 		}, []string{"outcome"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatrelay_messages_total",

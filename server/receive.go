@@ -19,9 +19,35 @@ import (
 func (c *chatService) receiveFilter(tenant string, req *pb.ChatReceiveRequest) (store.Filter, time.Duration, error) {
 	chk := c.checker()
 	f := store.Filter{
-		User:      req.FromUser,
-		SessionID: req.SessionId,
-		Keyword:   req.KeywordFilter,
+		SessionID:      req.SessionId,
+		Keyword:        req.KeywordFilter,
+		AfterMessageID: req.AfterMessageId,
+	}
+	switch {
+	case req.FromUser != "" && len(req.FromUsers) > 0:
+		chk.add("from_users", "cannot be combined with from_user: put every user in from_users")
+	case req.FromUser != "":
+		f.Users = []string{req.FromUser}
+	case len(req.FromUsers) > store.MaxUsers:
+		chk.add("from_users", "has %d users; the limit is %d", len(req.FromUsers), store.MaxUsers)
+	default:
+		for i, u := range req.FromUsers {
+			if u == "" {
+				chk.add(fmt.Sprintf("from_users[%d]", i), "is empty")
+			} else {
+				chk.id(fmt.Sprintf("from_users[%d]", i), u, false)
+			}
+		}
+		if len(req.FromUsers) > 0 {
+			f.Users = store.SortUsers(req.FromUsers)
+		}
+	}
+	if req.AfterMessageId != "" {
+		if _, err := ids.MessageMs(req.AfterMessageId); err != nil {
+			chk.add("after_message_id", "is not a message id")
+		} else if req.SessionId == "" && len(f.Users) == 0 {
+			chk.add("after_message_id", "needs session_id, from_user or from_users, which say where to look for a reply that came first")
+		}
 	}
 	if req.Channel != "" {
 		if ch, ok := c.dir.named(tenant, req.Channel); ok {
@@ -68,8 +94,8 @@ func (c *chatService) receiveFilter(tenant string, req *pb.ChatReceiveRequest) (
 }
 
 func hasFilter(req *pb.ChatReceiveRequest) bool {
-	return req.Channel != "" || req.FromUser != "" || req.SessionId != "" || req.KeywordFilter != "" ||
-		req.Match != pb.MatchMode_MATCH_MODE_UNSPECIFIED
+	return req.Channel != "" || req.FromUser != "" || len(req.FromUsers) > 0 || req.SessionId != "" || req.KeywordFilter != "" ||
+		req.Match != pb.MatchMode_MATCH_MODE_UNSPECIFIED || req.AfterMessageId != ""
 }
 
 func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.ServerStreamingServer[pb.ChatReceiveResponse]) error {
@@ -123,7 +149,7 @@ func (r *receiver) attach(req *pb.ChatReceiveRequest, filter store.Filter, timeo
 			r.sub.Close()
 			return err
 		}
-		if hasFilter(req) && filter != r.l.Filter {
+		if hasFilter(req) && !filter.Equal(&r.l.Filter) {
 			r.sub.Close()
 			return invalid("conversation_id", "the filters differ from those the listener was registered with; resume with the same filters or none")
 		}
@@ -243,16 +269,24 @@ func (r *receiver) fail(err error) error {
 }
 
 func waitingPB(l *store.Listener, resumed bool) *pb.ChatReceiveWaiting {
-	return &pb.ChatReceiveWaiting{
+	w := &pb.ChatReceiveWaiting{
 		ListeningOnChannel: l.Filter.Channel,
-		ListeningForUser:   l.Filter.User,
 		KeywordFilter:      l.Filter.Keyword,
 		TimeoutAt:          ts(l.Deadline),
 		ConversationId:     l.ID,
 		ListeningOnSession: l.Filter.SessionID,
 		Match:              matchToPB[l.Filter.Match],
 		Resumed:            resumed,
+		AfterMessageId:     l.Filter.AfterMessageID,
 	}
+	// One user is listening_for_user, as before approver sets; a set is
+	// listening_for_users.
+	if len(l.Filter.Users) == 1 {
+		w.ListeningForUser = l.Filter.Users[0]
+	} else {
+		w.ListeningForUsers = l.Filter.Users
+	}
+	return w
 }
 
 func outcomePB(l *store.Listener) *pb.ChatReceiveResponse {
@@ -271,8 +305,11 @@ func outcomePB(l *store.Listener) *pb.ChatReceiveResponse {
 	}
 	waited := l.Waited()
 	msg := fmt.Sprintf("no message arrived within %s", waited.Round(time.Second))
-	if l.Outcome == store.FilterMismatch {
+	switch l.Outcome {
+	case store.FilterMismatch:
 		msg = fmt.Sprintf("messages arrived within %s but none matched the keyword filter %q", waited.Round(time.Second), l.Filter.Keyword)
+	case store.Cancelled:
+		msg = fmt.Sprintf("the wait was cancelled after %s", waited.Round(time.Second))
 	}
 	return &pb.ChatReceiveResponse{Frame: &pb.ChatReceiveResponse_Error{Error: &pb.ChatReceiveError{
 		ErrorCode:      l.Outcome.String(),

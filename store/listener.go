@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -29,12 +30,45 @@ const (
 type Filter struct {
 	// Platform is set when the channel filter named a configured channel,
 	// which pins the platform too.
-	Platform  string
-	Channel   string
-	User      string
+	Platform string
+	Channel  string
+	// Users are the senders whose messages count: one user, or an approver
+	// set (docs/design.md §4). Sorted, each once; see SortUsers.
+	Users     []string
 	SessionID string
 	Keyword   string
 	Match     MatchMode
+	// AfterMessageID, when set, names an outbound message: messages in
+	// scope from its time on count, those that arrived before the listener
+	// was registered too (RegisterListener looks for them). It needs
+	// SessionID or Users, which say where to look.
+	AfterMessageID string
+}
+
+// MaxUsers bounds an approver set.
+const MaxUsers = 64
+
+// SortUsers puts users in the order Filter.Users keeps: sorted, each once.
+func SortUsers(users []string) []string {
+	out := slices.Clone(users)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// HasUser reports whether the filter takes messages from user: it names
+// no user, or user is one of its users.
+func (f *Filter) HasUser(user string) bool {
+	if len(f.Users) == 0 {
+		return true
+	}
+	_, found := slices.BinarySearch(f.Users, user)
+	return found
+}
+
+// Equal reports whether f and g are the same filter.
+func (f *Filter) Equal(g *Filter) bool {
+	return f.Platform == g.Platform && f.Channel == g.Channel && slices.Equal(f.Users, g.Users) &&
+		f.SessionID == g.SessionID && f.Keyword == g.Keyword && f.Match == g.Match && f.AfterMessageID == g.AfterMessageID
 }
 
 // Scope reports whether m is in the filter's channel/user/session scope,
@@ -42,7 +76,7 @@ type Filter struct {
 func (f *Filter) Scope(m *Message) bool {
 	return (f.Platform == "" || f.Platform == m.Platform) &&
 		(f.Channel == "" || f.Channel == m.Channel) &&
-		(f.User == "" || f.User == m.FromUser) &&
+		f.HasUser(m.FromUser) &&
 		(f.SessionID == "" || f.SessionID == m.SessionID)
 }
 
@@ -195,6 +229,8 @@ const (
 	// FilterMismatch: timed out after at least one in-scope message failed
 	// the keyword.
 	FilterMismatch
+	// Cancelled: CancelListener decided it.
+	Cancelled
 )
 
 func (k OutcomeKind) String() string {
@@ -205,6 +241,8 @@ func (k OutcomeKind) String() string {
 		return "timeout"
 	case FilterMismatch:
 		return "filter_mismatch"
+	case Cancelled:
+		return "cancelled"
 	}
 	return "pending"
 }
@@ -247,8 +285,30 @@ func (l *Listener) Waited() time.Duration {
 		return 0
 	}
 	end := l.DecidedAt
-	if l.Outcome != Matched && !l.Deadline.IsZero() {
+	if (l.Outcome == TimedOut || l.Outcome == FilterMismatch) && !l.Deadline.IsZero() {
 		end = l.Deadline
 	}
 	return end.Sub(l.CreatedAt)
+}
+
+// ListenerFilter selects listeners for ListListeners. Empty fields select
+// any; set fields combine with AND.
+type ListenerFilter struct {
+	SessionID string
+	// User selects listeners that take messages from this user: alone, or
+	// in an approver set.
+	User    string
+	Channel string
+	// Outcome selects listeners in this state, when ByOutcome is set
+	// (Pending is a state too).
+	Outcome   OutcomeKind
+	ByOutcome bool
+}
+
+// Selects reports whether f selects l.
+func (f *ListenerFilter) Selects(l *Listener) bool {
+	return (f.SessionID == "" || f.SessionID == l.Filter.SessionID) &&
+		(f.User == "" || len(l.Filter.Users) > 0 && l.Filter.HasUser(f.User)) &&
+		(f.Channel == "" || f.Channel == l.Filter.Channel) &&
+		(!f.ByOutcome || f.Outcome == l.Outcome)
 }

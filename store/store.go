@@ -405,6 +405,14 @@ type Listeners interface {
 	// many listeners pending gets ErrTooManyListeners; a listener stops
 	// counting once it is decided, timed out or dropped, even if nobody has
 	// read it since.
+	//
+	// With Filter.AfterMessageID set, it then looks for an inbound message
+	// already stored that the listener would have matched: in scope, not
+	// older than that message, among the newest AfterScan messages of each
+	// session in scope (the filter's session, or its users' sessions). The
+	// oldest such message matches the listener at once, by the same
+	// compare-and-set as an Ingest's, and the listener is returned decided.
+	// An Ingest racing the registration is seen by one of the two.
 	RegisterListener(ctx context.Context, l NewListener) (Listener, error)
 	// GetListener returns a listener. A pending one past its deadline is
 	// resolved as timed out by this call (unless something else resolved it
@@ -415,7 +423,27 @@ type Listeners interface {
 	// TouchListener extends a pending listener's idle window to until (a
 	// stream is attached or has just detached). It never shortens it.
 	TouchListener(ctx context.Context, tenant, id string, until time.Time) error
+	// CancelListener decides a pending listener Cancelled, by the same
+	// compare-and-set as matching and timing out: one past its deadline
+	// has timed out instead. EventListenerResolved is published. A decided
+	// listener is returned as it is. ErrListenerNotFound as GetListener.
+	CancelListener(ctx context.Context, tenant, id string) (Listener, error)
+	// ListListeners returns the tenant's listeners f selects, pending ones
+	// and decided ones within the outcome retention, in id order after the
+	// id after: at most limit, and the id to go on from ("" after the
+	// last). It reads at most ListScan listeners per call, so a page can be
+	// short, or empty, with more to come. Reading changes nothing but
+	// timeouts already due (as GetListener).
+	ListListeners(ctx context.Context, tenant string, f ListenerFilter, after string, limit int) ([]Listener, string, error)
 }
+
+// AfterScan is how many of each session's newest messages RegisterListener
+// looks through for a reply that came before the listener
+// (Filter.AfterMessageID).
+const AfterScan = 256
+
+// ListScan is how many listeners ListListeners reads per call at most.
+const ListScan = 1000
 
 // Rate is a budget of Burst calls, refilled at PerSecond.
 type Rate struct {

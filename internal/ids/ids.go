@@ -137,3 +137,16 @@ func MessageSeq(id string) (uint64, error) {
 	lo := uint64(parsed[10])<<8 | uint64(parsed[11])
 	return hi<<30 | v<<28 | mid<<16 | lo, nil
 }
+
+// MessageMs reads back the Unix milliseconds a message id was made at.
+func MessageMs(id string) (int64, error) {
+	if _, err := MessageSeq(id); err != nil {
+		return 0, err
+	}
+	u, _ := uuid.Parse(id[len(MessagePrefix):])
+	var ms int64
+	for _, b := range u[:6] {
+		ms = ms<<8 | int64(b)
+	}
+	return ms, nil
+}

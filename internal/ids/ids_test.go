@@ -29,6 +29,9 @@ func TestMessageIDsSortInAppendOrderAndCarryTheirSeq(t *testing.T) {
 		if err != nil || got != seq {
 			t.Fatalf("MessageSeq(%s) = %d, %v; want %d", id, got, err, seq)
 		}
+		if got, err := MessageMs(id); err != nil || got != ms {
+			t.Fatalf("MessageMs(%s) = %d, %v; want %d", id, got, err, ms)
+		}
 		prev = id
 	}
 	for _, bad := range []string{"", "msg_", "ses_" + uuid.NewString(), "msg_" + uuid.NewString(), "msg_zz"} {

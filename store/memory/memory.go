@@ -130,30 +130,35 @@ type idemEntry struct {
 
 type listener struct {
 	store.Listener
-	m      *store.Matcher
-	bucket bucket
+	m       *store.Matcher
+	buckets []bucket
 }
 
-// bucket is one slot of the listener index. A listener lives in the bucket
-// of its most selective filter: session, else user, else channel, else the
-// tenant's "any" bucket. An inbound message then looks in exactly four
-// buckets, never at every listener.
+// bucket is one slot of the listener index. A listener lives in the buckets
+// of its most selective filter: its session's, else each of its users',
+// else its channel's, else the tenant's "any" bucket. An inbound message
+// then looks in exactly four buckets, never at every listener, and an
+// approver set of k users costs k entries.
 type bucket struct {
 	tenant string
 	kind   byte // 's', 'u', 'c' or '*'
 	value  string
 }
 
-func bucketOf(tenant string, f *store.Filter) bucket {
+func bucketsOf(tenant string, f *store.Filter) []bucket {
 	switch {
 	case f.SessionID != "":
-		return bucket{tenant, 's', f.SessionID}
-	case f.User != "":
-		return bucket{tenant, 'u', f.User}
+		return []bucket{{tenant, 's', f.SessionID}}
+	case len(f.Users) > 0:
+		out := make([]bucket, len(f.Users))
+		for i, u := range f.Users {
+			out[i] = bucket{tenant, 'u', u}
+		}
+		return out
 	case f.Channel != "":
-		return bucket{tenant, 'c', f.Channel}
+		return []bucket{{tenant, 'c', f.Channel}}
 	}
-	return bucket{tenant, '*', ""}
+	return []bucket{{tenant, '*', ""}}
 }
 
 // New returns a Store and starts its sweeper; Close stops it.
@@ -520,24 +525,85 @@ func (s *Store) RegisterListener(_ context.Context, nl store.NewListener) (store
 			CreatedAt: now,
 			IdleUntil: now.Add(nl.ResumeWindow),
 		},
-		m:      m,
-		bucket: bucketOf(nl.Tenant, &nl.Filter),
+		m:       m,
+		buckets: bucketsOf(nl.Tenant, &nl.Filter),
 	}
 	if nl.Timeout > 0 {
 		l.Deadline = now.Add(nl.Timeout)
 	}
 	s.listeners[l.ID] = l
-	set := s.buckets[l.bucket]
-	if set == nil {
-		set = make(map[*listener]struct{})
-		s.buckets[l.bucket] = set
+	for _, b := range l.buckets {
+		set := s.buckets[b]
+		if set == nil {
+			set = make(map[*listener]struct{})
+			s.buckets[b] = set
+		}
+		set[l] = struct{}{}
 	}
-	set[l] = struct{}{}
 	if s.pending[l.Tenant] == nil {
 		s.pending[l.Tenant] = make(map[*listener]struct{})
 	}
 	s.pending[l.Tenant][l] = struct{}{}
+	if nl.Filter.AfterMessageID != "" {
+		s.matchEarlier(l, now)
+	}
 	return cloneListener(&l.Listener), nil
+}
+
+// matchEarlier decides l with the oldest message already stored that it
+// would have matched (Filter.AfterMessageID): under the lock, so no Ingest
+// runs meanwhile.
+func (s *Store) matchEarlier(l *listener, now time.Time) {
+	from, err := ids.MessageMs(l.Filter.AfterMessageID)
+	if err != nil {
+		return
+	}
+	var best *store.Message
+	judge := map[string]*store.Judge{}
+	for _, ses := range s.sessionsInScope(l.Tenant, &l.Filter) {
+		h := &ses.history
+		for i := max(0, h.len()-store.AfterScan); i < h.len(); i++ {
+			m := h.at(i)
+			if m.Direction != store.Inbound || m.CreatedAt.UnixMilli() < from || !l.m.Scope(m) {
+				continue
+			}
+			j := judge[m.Text]
+			if j == nil {
+				j = store.NewJudge(m.Text)
+				judge[m.Text] = j
+			}
+			if !j.Text(l.m) {
+				l.SawMismatch = true
+				continue
+			}
+			if best == nil || m.CreatedAt.Before(best.CreatedAt) {
+				best = m
+			}
+			break // this session's later messages are newer
+		}
+	}
+	if best != nil {
+		m := cloneMessage(best)
+		s.decide(l, store.Matched, &m, now)
+	}
+}
+
+// sessionsInScope are the sessions a filter with AfterMessageID names: its
+// session, or its users' sessions (on its platform and channel, if set).
+func (s *Store) sessionsInScope(tenant string, f *store.Filter) []*session {
+	if f.SessionID != "" {
+		if ses := s.sessions[f.SessionID]; ses != nil && ses.Tenant == tenant {
+			return []*session{ses}
+		}
+		return nil
+	}
+	var out []*session
+	for ses := range s.byTenant[tenant] {
+		if f.HasUser(ses.User) && (f.Platform == "" || f.Platform == ses.Platform) && (f.Channel == "" || f.Channel == ses.Channel) {
+			out = append(out, ses)
+		}
+	}
+	return out
 }
 
 func (s *Store) GetListener(_ context.Context, tenant, id string) (store.Listener, error) {
@@ -561,6 +627,49 @@ func (s *Store) TouchListener(_ context.Context, tenant, id string, until time.T
 		l.IdleUntil = until
 	}
 	return nil
+}
+
+func (s *Store) CancelListener(_ context.Context, tenant, id string) (store.Listener, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Clock.Now()
+	l, err := s.listener(tenant, id, now)
+	if err != nil {
+		return store.Listener{}, err
+	}
+	if l.Outcome == store.Pending {
+		s.decide(l, store.Cancelled, nil, now)
+	}
+	return cloneListener(&l.Listener), nil
+}
+
+// ListListeners scans the tenant's listeners in id order: the memory
+// backend holds one process's worth.
+func (s *Store) ListListeners(_ context.Context, tenant string, f store.ListenerFilter, after string, limit int) ([]store.Listener, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for id, l := range s.listeners {
+		if l.Tenant == tenant && id > after {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	now := s.opts.Clock.Now()
+	var out []store.Listener
+	for i, id := range ids {
+		if i == store.ListScan || len(out) == limit {
+			return out, ids[i-1], nil
+		}
+		l, err := s.listener(tenant, id, now)
+		if err != nil {
+			continue // gone
+		}
+		if f.Selects(&l.Listener) {
+			out = append(out, cloneListener(&l.Listener))
+		}
+	}
+	return out, "", nil
 }
 
 // listener returns a listener after applying time: a pending one past its
@@ -615,10 +724,12 @@ func (s *Store) decide(l *listener, kind store.OutcomeKind, msg *store.Message, 
 // unindex takes a decided or forgotten listener out of the index and the
 // tenant's pending listeners.
 func (s *Store) unindex(l *listener) {
-	if set := s.buckets[l.bucket]; set != nil {
-		delete(set, l)
-		if len(set) == 0 {
-			delete(s.buckets, l.bucket)
+	for _, b := range l.buckets {
+		if set := s.buckets[b]; set != nil {
+			delete(set, l)
+			if len(set) == 0 {
+				delete(s.buckets, b)
+			}
 		}
 	}
 	if set := s.pending[l.Tenant]; set != nil {
@@ -946,6 +1057,7 @@ func cloneChatbotResult(r *store.ChatbotResult) store.ChatbotResult {
 
 func cloneListener(l *store.Listener) store.Listener {
 	c := *l
+	c.Filter.Users = slices.Clone(l.Filter.Users)
 	if l.Message != nil {
 		m := cloneMessage(l.Message)
 		c.Message = &m

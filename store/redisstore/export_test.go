@@ -12,7 +12,8 @@ import (
 func LoadScripts(ctx context.Context, c redis.Scripter) error {
 	for _, sc := range []*redis.Script{createScript, updateScript, closeScript, postScript, ingestScript, chatbotReadScript,
 		chatbotWriteScript, listenerAddScript, indexAddScript, listenerGetScript, listenerTouchScript, resolveScript, pendingAddScript,
-		statusScript, claimScript, readDeliveryScript, listScript, platformRefScript, platformReceiptScript} {
+		statusScript, claimScript, readDeliveryScript, listScript, platformRefScript, platformReceiptScript,
+		listenerCancelScript, listingAddScript, recentScript} {
 		if err := sc.Load(ctx, c).Err(); err != nil {
 			return err
 		}
@@ -31,5 +32,6 @@ func ScriptHash(op string) string {
 		"create":  createScript.Hash(),
 		"close":   closeScript.Hash(),
 		"status":  statusScript.Hash(),
+		"cancel":  listenerCancelScript.Hash(),
 	}[op]
 }

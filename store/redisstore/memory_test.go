@@ -80,15 +80,15 @@ func TestKeyMemory(t *testing.T) {
 	const listeners = 1000
 	for i := range listeners {
 		if _, err := s.RegisterListener(ctx, store.NewListener{
-			ID: ids.Listener(), Tenant: "default", Filter: store.Filter{User: fmt.Sprint("user-", i%sessions), Keyword: "yes"},
+			ID: ids.Listener(), Tenant: "default", Filter: store.Filter{Users: []string{fmt.Sprint("user-", i%sessions)}, Keyword: "yes"},
 			ResumeWindow: time.Hour,
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	perListener := usage(t, c, prefix, "l:", "x:") / listeners
+	perListener := usage(t, c, prefix, "l:", "x:", "pl:", "ll:", "lx:") / listeners
 
-	t.Logf("per session %d B (record, active pointer, contact); per message %d B with a %d-byte text; per listener %d B (record and index member)",
+	t.Logf("per session %d B (record, active pointer, contact); per message %d B with a %d-byte text; per listener %d B (record, index member, pending and listing entries)",
 		perSession, perMessage, len(text), perListener)
 	if perSession > 2048 || perMessage > 1024 || perListener > 1024 {
 		t.Fatalf("memory per record grew past its bounds")

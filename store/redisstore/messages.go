@@ -331,9 +331,9 @@ func (s *Store) rememberMatched(ctx context.Context, key, fp string, now time.Ti
 // time (see finishReplay).
 func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, rawMsg string, members []string, registeredBy int64) ([]string, error) {
 	type cand struct {
-		lid, member, bucket string
-		matched             bool
-		answer              func() *redis.Cmd
+		place   unindexed
+		matched bool
+		answer  func() *redis.Cmd
 	}
 	var cands []*cand
 	judge := store.NewJudge(msg.Text)
@@ -356,7 +356,7 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		if err != nil {
 			continue
 		}
-		cands = append(cands, &cand{lid: lid, member: mem, bucket: s.bucketKey(tenant, &f), matched: matched})
+		cands = append(cands, &cand{place: unindexed{s.bucketKeys(tenant, &f), mem, lid}, matched: matched})
 	}
 	if len(cands) == 0 {
 		return nil, nil
@@ -371,12 +371,12 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		if c.matched {
 			kind = "m"
 		}
-		c.answer = piped(ctx, s.c, pipe, resolveScript, []string{s.listenerKey(c.lid)},
-			now, kind, rawMsg, ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.lid), msg.ID, registeredBy)
+		c.answer = piped(ctx, s.c, pipe, resolveScript, []string{s.listenerKey(c.place.id)},
+			now, kind, rawMsg, ms(s.o.OutcomeRetention), s.listenerChannel(tenant, c.place.id), msg.ID, registeredBy)
 		if c.matched && registeredBy == 0 {
 			// Whatever the compare-and-set answers, the listener is
 			// pending no more: matched now, or decided or late before.
-			pipe.ZRem(ctx, s.pendingKey(tenant), c.lid)
+			pipe.ZRem(ctx, s.pendingKey(tenant), c.place.id)
 		}
 	}
 	_, _ = pipe.Exec(ctx)
@@ -389,7 +389,7 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		}
 		switch ans {
 		case "MATCHED":
-			matched = append(matched, c.lid)
+			matched = append(matched, c.place.id)
 			stale = append(stale, c)
 		case "GONE", "DECIDED", "LATE":
 			if ans != "LATE" || c.matched {
@@ -403,7 +403,7 @@ func (s *Store) match(ctx context.Context, tenant string, msg *store.Message, ra
 		// compare-and-set that answers DECIDED.
 		gone := make([]unindexed, len(stale))
 		for i, c := range stale {
-			gone[i] = unindexed{c.bucket, c.member, c.lid}
+			gone[i] = c.place
 		}
 		s.forgetPending(tenant, gone)
 	}

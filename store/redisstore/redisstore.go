@@ -20,11 +20,12 @@
 //	c:<tenant>:<pf>:<user>          hash   contact
 //	i:<tenant>:<op>:<target>:<key>  string idempotency record (JSON: fingerprint, expiry, result)
 //	x:s:<tenant>:<sid>              set    listeners waiting on a session
-//	x:u:<tenant>:<user>             set    listeners waiting on a user
+//	x:u:<tenant>:<user>             set    listeners waiting on a user (each of an approver set's users)
 //	{ids.Tag(tenant, "c", ch)} x:c:<tenant>:<ch>  set listeners waiting on a channel
 //	{ids.Tag(tenant, "*")}     x:*:<tenant>       set unfiltered listeners
 //	{ids.Tag(lid)}             l:<lid>            hash listener: filter, deadline, state, outcome
 //	{ids.Tag(tenant, "pl")}    pl:<tenant>        zset pending listeners, scored by when they stop being (the cap)
+//	{ids.Tag(tenant, "ll")}    ll:<tenant>, lx:<tenant> zset the tenant's listeners in id order, and by when their records expire (ListListeners)
 //	rate:<prefix>:<key>                           string a rate budget (redis_rate's, keyed as it keys them)
 //	su:<tenant>:<user>              zset   the user's sessions by creation (ListSessions by user)
 //	dv:<sid>                        hash   delivery id → "<message id> <seq>": the session's deliveries
@@ -47,7 +48,8 @@
 // Measured with MEMORY USAGE on redis 7.0.15 (TestKeyMemory logs the
 // figures): a session costs about 600 B (record, active pointer, contact);
 // each message in history about 280 B plus its text (381 B with 100 bytes
-// of text); each waiting listener about 370 B (record and index member).
+// of text); each waiting listener about 770 B (record, index member, and
+// its entries in the pending set and the listing).
 // Records stay in Redis's compact listpack encodings, which is why filters
 // are stored with short keys.
 //
@@ -209,16 +211,35 @@ func (s *Store) sessionEventPrefix() string { return s.o.Prefix + ":ev:s:" }
 
 // bucketKey is the index set a listener with filter f lives in (the memory
 // store's buckets, one Redis set each).
-func (s *Store) bucketKey(tenant string, f *store.Filter) string {
+// bucketKeys are the index sets a listener is a member of: its session's,
+// else each of its users', else its channel's, else the tenant's
+// unfiltered set. An approver set of k users costs k members.
+func (s *Store) bucketKeys(tenant string, f *store.Filter) []string {
 	switch {
 	case f.SessionID != "":
-		return s.sessionSlot(f.SessionID) + "x:s:" + tenant + ":" + f.SessionID
-	case f.User != "":
-		return s.slot(userTag(tenant, f.User)) + "x:u:" + tenant + ":" + f.User
+		return []string{s.sessionSlot(f.SessionID) + "x:s:" + tenant + ":" + f.SessionID}
+	case len(f.Users) > 0:
+		out := make([]string, len(f.Users))
+		for i, u := range f.Users {
+			out[i] = s.userBucket(tenant, u)
+		}
+		return out
 	case f.Channel != "":
-		return s.channelBucket(tenant, f.Channel)
+		return []string{s.channelBucket(tenant, f.Channel)}
 	}
-	return s.anyBucket(tenant)
+	return []string{s.anyBucket(tenant)}
+}
+
+func (s *Store) userBucket(tenant, user string) string {
+	return s.slot(userTag(tenant, user)) + "x:u:" + tenant + ":" + user
+}
+
+// listingKeys are the tenant's listing of listeners (ids scored 0, so that
+// they page in id order) and its expiry set (ids scored by when their
+// records expire), for ListListeners.
+func (s *Store) listingKeys(tenant string) (listing, expiry string) {
+	slotp := s.slot(ids.Tag(tenant, "ll"))
+	return slotp + "ll:" + tenant, slotp + "lx:" + tenant
 }
 
 func (s *Store) channelBucket(tenant, ch string) string {

@@ -54,6 +54,9 @@ var (
 	listScript            = script("list")
 	platformRefScript     = script("platform_ref")
 	platformReceiptScript = script("platform_receipt")
+	listenerCancelScript  = script("listener_cancel")
+	listingAddScript      = script("listing_add")
+	recentScript          = script("recent")
 )
 
 // postCommon is the number of ARGV postScript takes once, before the

@@ -17,11 +17,11 @@ import (
 func TestTouchExtendsTheListenersIndex(t *testing.T) {
 	s, c := newTestStore(t, Options{Prefix: "touch"})
 	ctx := context.Background()
-	l, err := s.RegisterListener(ctx, store.NewListener{ID: "cr_touch", Tenant: "t", Filter: store.Filter{User: "u"}, ResumeWindow: time.Hour})
+	l, err := s.RegisterListener(ctx, store.NewListener{ID: "cr_touch", Tenant: "t", Filter: store.Filter{Users: []string{"u"}}, ResumeWindow: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bucket := s.bucketKey("t", &l.Filter)
+	bucket := s.bucketKeys("t", &l.Filter)[0]
 	before := c.PTTL(ctx, bucket).Val()
 	if err := s.TouchListener(ctx, "t", l.ID, time.Now().Add(72*time.Hour)); err != nil {
 		t.Fatal(err)

@@ -57,6 +57,7 @@ func RunFaults(t *testing.T, f FaultyFactory) {
 		{"CreateSession", faultCreate},
 		{"CloseSession", faultClose},
 		{"FinishDelivery", faultFinishDelivery},
+		{"CancelListener", faultCancel},
 	}
 	for _, p := range paths {
 		for _, fault := range []Fault{RequestLost, ReplyLost, ReplyLate} {
@@ -128,7 +129,7 @@ func faultPost(e *faultEnv, fault Fault) {
 }
 
 func faultIngest(e *faultEnv, fault Fault) {
-	l := e.listen(store.Filter{User: "u1"}, time.Hour)
+	l := e.listen(store.Filter{Users: []string{"u1"}}, time.Hour)
 	in := store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Text: "yes",
 		Idempotency: store.Idempotency{Key: "wh-1", Fingerprint: "f"}}
 	e.broken("ingest", fault, func() error { _, err := e.s.Ingest(e.ctx, in); return err })
@@ -140,12 +141,12 @@ func faultIngest(e *faultEnv, fault Fault) {
 // matching. A listener registered after the message was appended is not
 // its to match.
 func faultResolve(e *faultEnv, fault Fault) {
-	l := e.listen(store.Filter{User: "u1"}, time.Hour)
+	l := e.listen(store.Filter{Users: []string{"u1"}}, time.Hour)
 	in := store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Text: "yes",
 		Idempotency: store.Idempotency{Key: "wh-1", Fingerprint: "f"}}
 	e.broken("resolve", fault, func() error { _, err := e.s.Ingest(e.ctx, in); return err })
 	e.clk.Advance(time.Second)
-	later := e.listen(store.Filter{User: "u1"}, time.Hour)
+	later := e.listen(store.Filter{Users: []string{"u1"}}, time.Hour)
 	e.checkIngestRetry(in, l)
 	if got := e.getListener(later.ID); got.Outcome != store.Pending {
 		e.t.Fatalf("a listener registered after the message was decided by its replay: %v", got.Outcome)
@@ -247,5 +248,22 @@ func faultFinishDelivery(e *faultEnv, fault Fault) {
 	e.clk.Advance(2 * lease)
 	if cs := e.claim(10); len(cs) != 0 {
 		e.t.Fatalf("a finished delivery was claimed: %+v", cs)
+	}
+}
+
+// A cancel whose answer was lost is retried: the listener is cancelled,
+// once, and the retry says so.
+func faultCancel(e *faultEnv, fault Fault) {
+	l := e.listen(store.Filter{Users: []string{"u1"}}, time.Hour)
+	e.broken("cancel", fault, func() error { _, err := e.s.CancelListener(e.ctx, "t1", l.ID); return err })
+	var got store.Listener
+	if err := e.retry(func() (err error) { got, err = e.s.CancelListener(e.ctx, "t1", l.ID); return err }); err != nil {
+		e.t.Fatalf("retry: %v", err)
+	}
+	if got.Outcome != store.Cancelled {
+		e.t.Fatalf("after a retried cancel: %v", got.Outcome)
+	}
+	if r := e.ingest(store.InboundMessage{User: "u1", Text: "late"}); len(r.Matched) != 0 {
+		e.t.Fatalf("a cancelled listener matched after the retry")
 	}
 }

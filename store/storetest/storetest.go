@@ -87,6 +87,11 @@ func Run(t *testing.T, f Factory) {
 		{"OutcomeIsRetainedThenForgotten", testOutcomeRetention},
 		{"IdleListenerIsDroppedUnlessTouched", testIdleWindow},
 		{"PendingListenersAreCappedPerTenant", testPendingCap},
+		{"ApproverSetsTakeAnyOfTheirUsers", testApproverSets},
+		{"CancelDecidesOnce", testCancel},
+		{"ExactlyOneOutcomeWithCancel", testCancelRace},
+		{"AfterMessagePicksUpEarlierReplies", testAfterMessage},
+		{"InspectionChangesNothing", testInspection},
 		{"SubscribersSeeMessagesAndOutcomes", testEvents},
 		{"ChatbotStartsAndReuses", testChatbotStart},
 		{"ChatbotSkipRules", testChatbotSkip},
@@ -605,10 +610,10 @@ func testIngestIdempotent(e *env) {
 func testListenerFilters(e *env) {
 	s := e.create("t1", "u1")
 	bySession := e.listen(store.Filter{SessionID: s.ID}, 0)
-	byUser := e.listen(store.Filter{User: "u2"}, 0)
+	byUser := e.listen(store.Filter{Users: []string{"u2"}}, 0)
 	byChannel := e.listen(store.Filter{Channel: "support"}, 0)
 	byPlatformChannel := e.listen(store.Filter{Platform: "whatsapp", Channel: "support"}, 0)
-	userAndChannel := e.listen(store.Filter{User: "u2", Channel: "other"}, 0)
+	userAndChannel := e.listen(store.Filter{Users: []string{"u2"}, Channel: "other"}, 0)
 
 	r := e.ingest(store.InboundMessage{SessionID: s.ID, Text: "a"})
 	if !slices.Equal(r.Matched, []string{bySession.ID}) {
@@ -659,7 +664,7 @@ func testMatchModes(e *env) {
 		{store.MatchRegex, `(?i)stop`, "please STOP now", true},
 	}
 	for _, c := range cases {
-		l := e.listen(store.Filter{User: "u-" + c.text, Keyword: c.keyword, Match: c.mode}, time.Hour)
+		l := e.listen(store.Filter{Users: []string{"u-" + c.text}, Keyword: c.keyword, Match: c.mode}, time.Hour)
 		r := e.ingest(store.InboundMessage{User: "u-" + c.text, Text: c.text})
 		if got := slices.Contains(r.Matched, l.ID); got != c.want {
 			e.t.Errorf("mode %d keyword %q text %q: matched=%v, want %v", c.mode, c.keyword, c.text, got, c.want)
@@ -673,10 +678,10 @@ func testMatchModes(e *env) {
 func testBroadcast(e *env) {
 	var want []string
 	for range 5 {
-		want = append(want, e.listen(store.Filter{User: "u1", Keyword: "go"}, 0).ID)
+		want = append(want, e.listen(store.Filter{Users: []string{"u1"}, Keyword: "go"}, 0).ID)
 	}
 	want = append(want, e.listen(store.Filter{}, 0).ID)
-	other := e.listen(store.Filter{User: "u1", Keyword: "stop"}, 0)
+	other := e.listen(store.Filter{Users: []string{"u1"}, Keyword: "stop"}, 0)
 	slices.Sort(want)
 	r := e.ingest(store.InboundMessage{User: "u1", Text: "go"})
 	if !slices.Equal(r.Matched, want) {
@@ -743,7 +748,7 @@ func testExpensiveIngest(e *env) {
 
 func testBeforeRegistration(e *env) {
 	e.ingest(store.InboundMessage{User: "u1", Text: "early"})
-	l := e.listen(store.Filter{User: "u1"}, time.Minute)
+	l := e.listen(store.Filter{Users: []string{"u1"}}, time.Minute)
 	if got := e.getListener(l.ID); got.Outcome != store.Pending {
 		e.t.Fatalf("listener matched a message from before it existed: %+v", got)
 	}
@@ -754,8 +759,8 @@ func testBeforeRegistration(e *env) {
 }
 
 func testTimeout(e *env) {
-	quiet := e.listen(store.Filter{User: "u1"}, 10*time.Minute)
-	mismatched := e.listen(store.Filter{User: "u2", Keyword: "yes"}, 10*time.Minute)
+	quiet := e.listen(store.Filter{Users: []string{"u1"}}, 10*time.Minute)
+	mismatched := e.listen(store.Filter{Users: []string{"u2"}, Keyword: "yes"}, 10*time.Minute)
 	e.clk.Advance(time.Minute)
 	e.ingest(store.InboundMessage{User: "u2", Text: "no"})
 	e.ingest(store.InboundMessage{User: "u3", Text: "yes"}) // out of both scopes
@@ -780,7 +785,7 @@ func testTimeout(e *env) {
 }
 
 func testDeadlineBoundary(e *env) {
-	l := e.listen(store.Filter{User: "u1"}, time.Minute)
+	l := e.listen(store.Filter{Users: []string{"u1"}}, time.Minute)
 	e.clk.Advance(time.Minute)
 	// The deadline has passed but nobody has looked yet: the message is too
 	// late, whatever the order the replicas notice in.
@@ -811,7 +816,7 @@ func testOutcomeRace(e *env) {
 			e.t.Fatalf("after %d rounds the race never went both ways: %v", round, seen)
 		}
 		user := fmt.Sprint("race", round)
-		l := e.listen(store.Filter{User: user}, time.Minute)
+		l := e.listen(store.Filter{Users: []string{user}}, time.Minute)
 		var readers sync.WaitGroup
 		var read [2]store.OutcomeKind
 		var started atomic.Bool
@@ -866,7 +871,7 @@ func spin(d time.Duration) {
 }
 
 func testOutcomeRetention(e *env) {
-	l := e.listen(store.Filter{User: "u1"}, 0)
+	l := e.listen(store.Filter{Users: []string{"u1"}}, 0)
 	e.ingest(store.InboundMessage{User: "u1", Text: "hi"})
 	e.clk.Advance(24*time.Hour - time.Second)
 	if got := e.getListener(l.ID); got.Outcome != store.Matched {
@@ -878,7 +883,7 @@ func testOutcomeRetention(e *env) {
 }
 
 func testIdleWindow(e *env) {
-	l := e.listen(store.Filter{User: "u1"}, 0) // idle window: 1 h
+	l := e.listen(store.Filter{Users: []string{"u1"}}, 0) // idle window: 1 h
 	e.clk.Advance(50 * time.Minute)
 	if err := e.s.TouchListener(e.ctx, "t1", l.ID, e.clk.Now().Add(time.Hour)); err != nil {
 		e.t.Fatal(err)
@@ -899,7 +904,7 @@ func testIdleWindow(e *env) {
 	wantErr(e.t, err, store.ErrListenerNotFound)
 	wantErr(e.t, e.s.TouchListener(e.ctx, "t1", l.ID, e.clk.Now().Add(time.Hour)), store.ErrListenerNotFound)
 	// A listener with a deadline lives until the deadline, idle or not.
-	timed := e.listen(store.Filter{User: "u1"}, 3*time.Hour)
+	timed := e.listen(store.Filter{Users: []string{"u1"}}, 3*time.Hour)
 	e.clk.Advance(2 * time.Hour)
 	if got := e.getListener(timed.ID); got.Outcome != store.Pending {
 		e.t.Fatalf("timed listener dropped while idle: %v", got.Outcome)
@@ -916,7 +921,7 @@ func testPendingCap(e *env) {
 	}
 	full := func(what string) {
 		e.t.Helper()
-		_, err := register("t1", store.Filter{User: "x"}, 0)
+		_, err := register("t1", store.Filter{Users: []string{"x"}}, 0)
 		if !errors.Is(err, store.ErrTooManyListeners) {
 			e.t.Fatalf("%s: a listener past the cap: %v, want ErrTooManyListeners", what, err)
 		}
@@ -929,25 +934,25 @@ func testPendingCap(e *env) {
 		}
 		return l
 	}
-	room("first", store.Filter{User: "u1"}, 0)
-	room("second", store.Filter{User: "u2"}, time.Minute)
-	room("third", store.Filter{User: "u3"}, 0)
+	room("first", store.Filter{Users: []string{"u1"}}, 0)
+	room("second", store.Filter{Users: []string{"u2"}}, time.Minute)
+	room("third", store.Filter{Users: []string{"u3"}}, 0)
 	full("at the cap")
-	if _, err := register("t2", store.Filter{User: "u1"}, 0); err != nil {
+	if _, err := register("t2", store.Filter{Users: []string{"u1"}}, 0); err != nil {
 		e.t.Fatalf("another tenant, under its own cap: %v", err)
 	}
 	// A match makes room.
 	e.ingest(store.InboundMessage{Tenant: "t1", User: "u1", Text: "hi"})
-	room("after a match", store.Filter{User: "u4"}, 0)
+	room("after a match", store.Filter{Users: []string{"u4"}}, 0)
 	full("at the cap again")
 	// So does a deadline passing, read or not.
 	e.clk.Advance(time.Minute)
-	room("after a timeout", store.Filter{User: "u5"}, 0)
+	room("after a timeout", store.Filter{Users: []string{"u5"}}, 0)
 	full("at the cap once more")
 	// And an idle window running out.
 	e.clk.Advance(time.Hour)
 	for i := range 3 {
-		room(fmt.Sprint("after the idle windows ", i), store.Filter{User: fmt.Sprint("w", i)}, 0)
+		room(fmt.Sprint("after the idle windows ", i), store.Filter{Users: []string{fmt.Sprint("w", i)}}, 0)
 	}
 	full("full of fresh listeners")
 }
@@ -1203,7 +1208,7 @@ func testReturnedValuesAreCopies(e *env) {
 	hist, _ = e.s.ListMessages(e.ctx, "t1", ses.ID, "", 10)
 	intact("the history after a listed message was changed", hist[0].Metadata)
 
-	l := e.listen(store.Filter{User: "u2"}, 0)
+	l := e.listen(store.Filter{Users: []string{"u2"}}, 0)
 	in := store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u2", Text: "hi", Metadata: md(),
 		Raw: json.RawMessage(`{"k":"v"}`), Idempotency: store.Idempotency{Key: "in", Fingerprint: "f"}}
 	r := e.ingest(in)

@@ -196,6 +196,72 @@ func (MatchMode) EnumDescriptor() ([]byte, []int) {
 	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{2}
 }
 
+// Where a listener stands.
+type ListenerState int32
+
+const (
+	// Unset; as a ListListeners filter, any state.
+	ListenerState_LISTENER_STATE_UNSPECIFIED ListenerState = 0
+	// Waiting for a matching message.
+	ListenerState_LISTENER_STATE_PENDING ListenerState = 1
+	// A message matched: `message` holds it.
+	ListenerState_LISTENER_STATE_MATCHED ListenerState = 2
+	// The deadline passed with nothing in scope.
+	ListenerState_LISTENER_STATE_TIMED_OUT ListenerState = 3
+	// The deadline passed; messages in scope came but none matched the
+	// keyword.
+	ListenerState_LISTENER_STATE_FILTER_MISMATCH ListenerState = 4
+	// CancelListener ended it.
+	ListenerState_LISTENER_STATE_CANCELLED ListenerState = 5
+)
+
+// Enum value maps for ListenerState.
+var (
+	ListenerState_name = map[int32]string{
+		0: "LISTENER_STATE_UNSPECIFIED",
+		1: "LISTENER_STATE_PENDING",
+		2: "LISTENER_STATE_MATCHED",
+		3: "LISTENER_STATE_TIMED_OUT",
+		4: "LISTENER_STATE_FILTER_MISMATCH",
+		5: "LISTENER_STATE_CANCELLED",
+	}
+	ListenerState_value = map[string]int32{
+		"LISTENER_STATE_UNSPECIFIED":     0,
+		"LISTENER_STATE_PENDING":         1,
+		"LISTENER_STATE_MATCHED":         2,
+		"LISTENER_STATE_TIMED_OUT":       3,
+		"LISTENER_STATE_FILTER_MISMATCH": 4,
+		"LISTENER_STATE_CANCELLED":       5,
+	}
+)
+
+func (x ListenerState) Enum() *ListenerState {
+	p := new(ListenerState)
+	*p = x
+	return p
+}
+
+func (x ListenerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ListenerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatrelay_v1_chat_service_proto_enumTypes[3].Descriptor()
+}
+
+func (ListenerState) Type() protoreflect.EnumType {
+	return &file_chatrelay_v1_chat_service_proto_enumTypes[3]
+}
+
+func (x ListenerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ListenerState.Descriptor instead.
+func (ListenerState) EnumDescriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{3}
+}
+
 // The request of PostMessage.
 type PostMessageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -680,6 +746,14 @@ type ChatReceiveRequest struct {
 	// Resume the listener registered under this id. The filters, if given,
 	// must equal the registered ones.
 	ConversationId string `protobuf:"bytes,8,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Only messages from one of these users: an approver set, at most 64. Not
+	// with `from_user`. The success frame's `from_user` names who answered.
+	FromUsers []string `protobuf:"bytes,9,rep,name=from_users,json=fromUsers,proto3" json:"from_users,omitempty"`
+	// Only messages after this outbound message (its id, as PostMessage or
+	// SendChatbotMessage answered it): a reply that arrived between that post
+	// and this call matches too, instead of being missed. Needs `session_id`,
+	// `from_user` or `from_users`, which say where to look for such a reply.
+	AfterMessageId string `protobuf:"bytes,10,opt,name=after_message_id,json=afterMessageId,proto3" json:"after_message_id,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -766,6 +840,20 @@ func (x *ChatReceiveRequest) GetTimeout() *durationpb.Duration {
 func (x *ChatReceiveRequest) GetConversationId() string {
 	if x != nil {
 		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ChatReceiveRequest) GetFromUsers() []string {
+	if x != nil {
+		return x.FromUsers
+	}
+	return nil
+}
+
+func (x *ChatReceiveRequest) GetAfterMessageId() string {
+	if x != nil {
+		return x.AfterMessageId
 	}
 	return ""
 }
@@ -893,9 +981,13 @@ type ChatReceiveWaiting struct {
 	// The match mode in force.
 	Match MatchMode `protobuf:"varint,7,opt,name=match,proto3,enum=chatrelay.v1.MatchMode" json:"match,omitempty"`
 	// True when this stream resumed an existing listener.
-	Resumed       bool `protobuf:"varint,8,opt,name=resumed,proto3" json:"resumed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resumed bool `protobuf:"varint,8,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	// The approver set, when the wait has one.
+	ListeningForUsers []string `protobuf:"bytes,9,rep,name=listening_for_users,json=listeningForUsers,proto3" json:"listening_for_users,omitempty"`
+	// The `after_message_id` in force, empty when none.
+	AfterMessageId string `protobuf:"bytes,10,opt,name=after_message_id,json=afterMessageId,proto3" json:"after_message_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ChatReceiveWaiting) Reset() {
@@ -982,6 +1074,20 @@ func (x *ChatReceiveWaiting) GetResumed() bool {
 		return x.Resumed
 	}
 	return false
+}
+
+func (x *ChatReceiveWaiting) GetListeningForUsers() []string {
+	if x != nil {
+		return x.ListeningForUsers
+	}
+	return nil
+}
+
+func (x *ChatReceiveWaiting) GetAfterMessageId() string {
+	if x != nil {
+		return x.AfterMessageId
+	}
+	return ""
 }
 
 // The first matching inbound message after registration.
@@ -1099,6 +1205,7 @@ type ChatReceiveError struct {
 	// `timeout`: the deadline passed with nothing on the channel/user/session.
 	// `filter_mismatch`: the deadline passed and at least one message matched
 	// the channel/user/session but not the keyword.
+	// `cancelled`: CancelListener ended the wait.
 	ErrorCode string `protobuf:"bytes,1,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	// A human-readable explanation.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
@@ -1362,6 +1469,484 @@ func (x *IngestMessageResponse) GetListenersMatched() int32 {
 	return 0
 }
 
+// A ChatReceive listener, as GetListener, ListListeners and CancelListener
+// show it.
+type Listener struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener's id.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Where it stands.
+	State ListenerState `protobuf:"varint,2,opt,name=state,proto3,enum=chatrelay.v1.ListenerState" json:"state,omitempty"`
+	// The channel filter, empty when any.
+	Channel string `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`
+	// The user filter: one user, or an approver set; empty when any.
+	FromUsers []string `protobuf:"bytes,4,rep,name=from_users,json=fromUsers,proto3" json:"from_users,omitempty"`
+	// The session filter, empty when any.
+	SessionId string `protobuf:"bytes,5,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// The keyword filter, empty when any text matches.
+	KeywordFilter string `protobuf:"bytes,6,opt,name=keyword_filter,json=keywordFilter,proto3" json:"keyword_filter,omitempty"`
+	// How the keyword is compared.
+	Match MatchMode `protobuf:"varint,7,opt,name=match,proto3,enum=chatrelay.v1.MatchMode" json:"match,omitempty"`
+	// The `after_message_id` in force, empty when none.
+	AfterMessageId string `protobuf:"bytes,8,opt,name=after_message_id,json=afterMessageId,proto3" json:"after_message_id,omitempty"`
+	// When it was registered.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When it times out; unset when it never does.
+	TimeoutAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=timeout_at,json=timeoutAt,proto3" json:"timeout_at,omitempty"`
+	// When it was decided; unset while pending.
+	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	// The message that matched, when MATCHED.
+	Message       *Message `protobuf:"bytes,12,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Listener) Reset() {
+	*x = Listener{}
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Listener) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Listener) ProtoMessage() {}
+
+func (x *Listener) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Listener.ProtoReflect.Descriptor instead.
+func (*Listener) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Listener) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *Listener) GetState() ListenerState {
+	if x != nil {
+		return x.State
+	}
+	return ListenerState_LISTENER_STATE_UNSPECIFIED
+}
+
+func (x *Listener) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *Listener) GetFromUsers() []string {
+	if x != nil {
+		return x.FromUsers
+	}
+	return nil
+}
+
+func (x *Listener) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *Listener) GetKeywordFilter() string {
+	if x != nil {
+		return x.KeywordFilter
+	}
+	return ""
+}
+
+func (x *Listener) GetMatch() MatchMode {
+	if x != nil {
+		return x.Match
+	}
+	return MatchMode_MATCH_MODE_UNSPECIFIED
+}
+
+func (x *Listener) GetAfterMessageId() string {
+	if x != nil {
+		return x.AfterMessageId
+	}
+	return ""
+}
+
+func (x *Listener) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Listener) GetTimeoutAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TimeoutAt
+	}
+	return nil
+}
+
+func (x *Listener) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *Listener) GetMessage() *Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+// The request of GetListener.
+type GetListenerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener's id.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetListenerRequest) Reset() {
+	*x = GetListenerRequest{}
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetListenerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetListenerRequest) ProtoMessage() {}
+
+func (x *GetListenerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetListenerRequest.ProtoReflect.Descriptor instead.
+func (*GetListenerRequest) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetListenerRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// The response of GetListener.
+type GetListenerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener. Over REST the body is the Listener itself.
+	Listener      *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetListenerResponse) Reset() {
+	*x = GetListenerResponse{}
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetListenerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetListenerResponse) ProtoMessage() {}
+
+func (x *GetListenerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetListenerResponse.ProtoReflect.Descriptor instead.
+func (*GetListenerResponse) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetListenerResponse) GetListener() *Listener {
+	if x != nil {
+		return x.Listener
+	}
+	return nil
+}
+
+// The request of ListListeners. Filters combine with AND.
+type ListListenersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only listeners with this session filter.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Only listeners waiting for this user (alone or in an approver set).
+	User string `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
+	// Only listeners with this channel filter (configured name or id).
+	Channel string `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`
+	// Only listeners in this state.
+	State ListenerState `protobuf:"varint,4,opt,name=state,proto3,enum=chatrelay.v1.ListenerState" json:"state,omitempty"`
+	// At most this many listeners (default 50, at most 1000).
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The previous page's `next_page_token`.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListListenersRequest) Reset() {
+	*x = ListListenersRequest{}
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListListenersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListListenersRequest) ProtoMessage() {}
+
+func (x *ListListenersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListListenersRequest.ProtoReflect.Descriptor instead.
+func (*ListListenersRequest) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListListenersRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ListListenersRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *ListListenersRequest) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *ListListenersRequest) GetState() ListenerState {
+	if x != nil {
+		return x.State
+	}
+	return ListenerState_LISTENER_STATE_UNSPECIFIED
+}
+
+func (x *ListListenersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListListenersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// The response of ListListeners.
+type ListListenersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A page of listeners. It may hold fewer than `page_size` while more
+	// follow: a listing reads a bounded number of listeners per call.
+	Listeners []*Listener `protobuf:"bytes,1,rep,name=listeners,proto3" json:"listeners,omitempty"`
+	// Pass as `page_token` for the next page; empty after the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListListenersResponse) Reset() {
+	*x = ListListenersResponse{}
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListListenersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListListenersResponse) ProtoMessage() {}
+
+func (x *ListListenersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListListenersResponse.ProtoReflect.Descriptor instead.
+func (*ListListenersResponse) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListListenersResponse) GetListeners() []*Listener {
+	if x != nil {
+		return x.Listeners
+	}
+	return nil
+}
+
+func (x *ListListenersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// The request of CancelListener.
+type CancelListenerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener's id.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CancelListenerRequest) Reset() {
+	*x = CancelListenerRequest{}
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelListenerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelListenerRequest) ProtoMessage() {}
+
+func (x *CancelListenerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelListenerRequest.ProtoReflect.Descriptor instead.
+func (*CancelListenerRequest) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CancelListenerRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// The response of CancelListener.
+type CancelListenerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listener as it now stands: CANCELLED, or the outcome that came
+	// first. Over REST the body is the Listener itself.
+	Listener      *Listener `protobuf:"bytes,1,opt,name=listener,proto3" json:"listener,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelListenerResponse) Reset() {
+	*x = CancelListenerResponse{}
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelListenerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelListenerResponse) ProtoMessage() {}
+
+func (x *CancelListenerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_chat_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelListenerResponse.ProtoReflect.Descriptor instead.
+func (*CancelListenerResponse) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_chat_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CancelListenerResponse) GetListener() *Listener {
+	if x != nil {
+		return x.Listener
+	}
+	return nil
+}
+
 var File_chatrelay_v1_chat_service_proto protoreflect.FileDescriptor
 
 const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
@@ -1423,7 +2008,7 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\asession\x18\n" +
 	" \x01(\v2\x15.chatrelay.v1.SessionR\asession\x121\n" +
 	"\x05error\x18\v \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x12D\n" +
-	"\x0fgreeting_status\x18\f \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x0egreetingStatus\"\xc7\x02\n" +
+	"\x0fgreeting_status\x18\f \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x0egreetingStatus\"\x90\x03\n" +
 	"\x12ChatReceiveRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x1b\n" +
 	"\tfrom_user\x18\x02 \x01(\tR\bfromUser\x12\x1d\n" +
@@ -1433,12 +2018,16 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\x05match\x18\x05 \x01(\x0e2\x17.chatrelay.v1.MatchModeR\x05match\x12'\n" +
 	"\x0ftimeout_minutes\x18\x06 \x01(\x05R\x0etimeoutMinutes\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12'\n" +
-	"\x0fconversation_id\x18\b \x01(\tR\x0econversationId\"\xd2\x01\n" +
+	"\x0fconversation_id\x18\b \x01(\tR\x0econversationId\x12\x1d\n" +
+	"\n" +
+	"from_users\x18\t \x03(\tR\tfromUsers\x12(\n" +
+	"\x10after_message_id\x18\n" +
+	" \x01(\tR\x0eafterMessageId\"\xd2\x01\n" +
 	"\x13ChatReceiveResponse\x12<\n" +
 	"\awaiting\x18\x01 \x01(\v2 .chatrelay.v1.ChatReceiveWaitingH\x00R\awaiting\x12<\n" +
 	"\asuccess\x18\x02 \x01(\v2 .chatrelay.v1.ChatReceiveSuccessH\x00R\asuccess\x126\n" +
 	"\x05error\x18\x03 \x01(\v2\x1e.chatrelay.v1.ChatReceiveErrorH\x00R\x05errorB\a\n" +
-	"\x05frame\"\xfa\x02\n" +
+	"\x05frame\"\xd4\x03\n" +
 	"\x12ChatReceiveWaiting\x120\n" +
 	"\x14listening_on_channel\x18\x01 \x01(\tR\x12listeningOnChannel\x12,\n" +
 	"\x12listening_for_user\x18\x02 \x01(\tR\x10listeningForUser\x12%\n" +
@@ -1448,7 +2037,10 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\x0fconversation_id\x18\x05 \x01(\tR\x0econversationId\x120\n" +
 	"\x14listening_on_session\x18\x06 \x01(\tR\x12listeningOnSession\x12-\n" +
 	"\x05match\x18\a \x01(\x0e2\x17.chatrelay.v1.MatchModeR\x05match\x12\x18\n" +
-	"\aresumed\x18\b \x01(\bR\aresumed\"\xd5\x02\n" +
+	"\aresumed\x18\b \x01(\bR\aresumed\x12.\n" +
+	"\x13listening_for_users\x18\t \x03(\tR\x11listeningForUsers\x12(\n" +
+	"\x10after_message_id\x18\n" +
+	" \x01(\tR\x0eafterMessageId\"\xd5\x02\n" +
 	"\x12ChatReceiveSuccess\x12!\n" +
 	"\fmessage_text\x18\x01 \x01(\tR\vmessageText\x12\x1b\n" +
 	"\tfrom_user\x18\x02 \x01(\tR\bfromUser\x12!\n" +
@@ -1486,7 +2078,46 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\amessage\x18\x01 \x01(\v2\x15.chatrelay.v1.MessageR\amessage\x12/\n" +
 	"\asession\x18\x02 \x01(\v2\x15.chatrelay.v1.SessionR\asession\x12'\n" +
 	"\x0fsession_started\x18\x03 \x01(\bR\x0esessionStarted\x12+\n" +
-	"\x11listeners_matched\x18\x04 \x01(\x05R\x10listenersMatched*\xa6\x01\n" +
+	"\x11listeners_matched\x18\x04 \x01(\x05R\x10listenersMatched\"\xa0\x04\n" +
+	"\bListener\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x121\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1b.chatrelay.v1.ListenerStateR\x05state\x12\x18\n" +
+	"\achannel\x18\x03 \x01(\tR\achannel\x12\x1d\n" +
+	"\n" +
+	"from_users\x18\x04 \x03(\tR\tfromUsers\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x05 \x01(\tR\tsessionId\x12%\n" +
+	"\x0ekeyword_filter\x18\x06 \x01(\tR\rkeywordFilter\x12-\n" +
+	"\x05match\x18\a \x01(\x0e2\x17.chatrelay.v1.MatchModeR\x05match\x12(\n" +
+	"\x10after_message_id\x18\b \x01(\tR\x0eafterMessageId\x129\n" +
+	"\n" +
+	"created_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"timeout_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\ttimeoutAt\x129\n" +
+	"\n" +
+	"decided_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12/\n" +
+	"\amessage\x18\f \x01(\v2\x15.chatrelay.v1.MessageR\amessage\"B\n" +
+	"\x12GetListenerRequest\x12,\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\"I\n" +
+	"\x13GetListenerResponse\x122\n" +
+	"\blistener\x18\x01 \x01(\v2\x16.chatrelay.v1.ListenerR\blistener\"\xd2\x01\n" +
+	"\x14ListListenersRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x12\n" +
+	"\x04user\x18\x02 \x01(\tR\x04user\x12\x18\n" +
+	"\achannel\x18\x03 \x01(\tR\achannel\x121\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1b.chatrelay.v1.ListenerStateR\x05state\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"u\n" +
+	"\x15ListListenersResponse\x124\n" +
+	"\tlisteners\x18\x01 \x03(\v2\x16.chatrelay.v1.ListenerR\tlisteners\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"E\n" +
+	"\x15CancelListenerRequest\x12,\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tB\x03\xe0A\x02R\x0econversationId\"L\n" +
+	"\x16CancelListenerResponse\x122\n" +
+	"\blistener\x18\x01 \x01(\v2\x16.chatrelay.v1.ListenerR\blistener*\xa6\x01\n" +
 	"\x14ChatbotMessageStatus\x12&\n" +
 	"\"CHATBOT_MESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCHATBOT_MESSAGE_STATUS_SENT\x10\x01\x12\"\n" +
@@ -1501,12 +2132,22 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\x16MATCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12MATCH_MODE_KEYWORD\x10\x01\x12\x14\n" +
 	"\x10MATCH_MODE_EXACT\x10\x02\x12\x14\n" +
-	"\x10MATCH_MODE_REGEX\x10\x032\x8a\x04\n" +
+	"\x10MATCH_MODE_REGEX\x10\x03*\xc7\x01\n" +
+	"\rListenerState\x12\x1e\n" +
+	"\x1aLISTENER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16LISTENER_STATE_PENDING\x10\x01\x12\x1a\n" +
+	"\x16LISTENER_STATE_MATCHED\x10\x02\x12\x1c\n" +
+	"\x18LISTENER_STATE_TIMED_OUT\x10\x03\x12\"\n" +
+	"\x1eLISTENER_STATE_FILTER_MISMATCH\x10\x04\x12\x1c\n" +
+	"\x18LISTENER_STATE_CANCELLED\x10\x052\x9b\a\n" +
 	"\vChatService\x12\x81\x01\n" +
 	"\vPostMessage\x12 .chatrelay.v1.PostMessageRequest\x1a!.chatrelay.v1.PostMessageResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/sessions/{session_id}/messages\x12\x88\x01\n" +
 	"\x12SendChatbotMessage\x12'.chatrelay.v1.SendChatbotMessageRequest\x1a(.chatrelay.v1.SendChatbotMessageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/chatbot-messages\x12q\n" +
 	"\vChatReceive\x12 .chatrelay.v1.ChatReceiveRequest\x1a!.chatrelay.v1.ChatReceiveResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/chat:receive0\x01\x12y\n" +
-	"\rIngestMessage\x12\".chatrelay.v1.IngestMessageRequest\x1a#.chatrelay.v1.IngestMessageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/inbound-messagesB\x91\x03\x92A\xd0\x02\x12\xa8\x01\n" +
+	"\rIngestMessage\x12\".chatrelay.v1.IngestMessageRequest\x1a#.chatrelay.v1.IngestMessageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/inbound-messages\x12\x85\x01\n" +
+	"\vGetListener\x12 .chatrelay.v1.GetListenerRequest\x1a!.chatrelay.v1.GetListenerResponse\"1\x82\xd3\xe4\x93\x02+b\blistener\x12\x1f/v1/listeners/{conversation_id}\x12o\n" +
+	"\rListListeners\x12\".chatrelay.v1.ListListenersRequest\x1a#.chatrelay.v1.ListListenersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/listeners\x12\x95\x01\n" +
+	"\x0eCancelListener\x12#.chatrelay.v1.CancelListenerRequest\x1a$.chatrelay.v1.CancelListenerResponse\"8\x82\xd3\xe4\x93\x022b\blistener\"&/v1/listeners/{conversation_id}:cancelB\x91\x03\x92A\xd0\x02\x12\xa8\x01\n" +
 	"\tchatrelay\x12\x96\x01The chat-session hub's REST API: sessions, messages, chatbots and waits for replies. Streams (`:watch`, `chat:receive`) answer newline-delimited JSON.2\x02v1Z\x94\x01\n" +
 	"\x91\x01\n" +
 	"\x06bearer\x12\x86\x01\b\x02\x12qAn API key from the configuration, sent as `Authorization: Bearer <key>`. Not needed when no keys are configured.\x1a\rAuthorization \x02b\f\n" +
@@ -1526,76 +2167,100 @@ func file_chatrelay_v1_chat_service_proto_rawDescGZIP() []byte {
 	return file_chatrelay_v1_chat_service_proto_rawDescData
 }
 
-var file_chatrelay_v1_chat_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chatrelay_v1_chat_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_chatrelay_v1_chat_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_chatrelay_v1_chat_service_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_chatrelay_v1_chat_service_proto_goTypes = []any{
 	(ChatbotMessageStatus)(0),          // 0: chatrelay.v1.ChatbotMessageStatus
 	(SkipReason)(0),                    // 1: chatrelay.v1.SkipReason
 	(MatchMode)(0),                     // 2: chatrelay.v1.MatchMode
-	(*PostMessageRequest)(nil),         // 3: chatrelay.v1.PostMessageRequest
-	(*PostMessageResponse)(nil),        // 4: chatrelay.v1.PostMessageResponse
-	(*SendChatbotMessageRequest)(nil),  // 5: chatrelay.v1.SendChatbotMessageRequest
-	(*SendChatbotMessageResponse)(nil), // 6: chatrelay.v1.SendChatbotMessageResponse
-	(*ChatReceiveRequest)(nil),         // 7: chatrelay.v1.ChatReceiveRequest
-	(*ChatReceiveResponse)(nil),        // 8: chatrelay.v1.ChatReceiveResponse
-	(*ChatReceiveWaiting)(nil),         // 9: chatrelay.v1.ChatReceiveWaiting
-	(*ChatReceiveSuccess)(nil),         // 10: chatrelay.v1.ChatReceiveSuccess
-	(*ChatReceiveError)(nil),           // 11: chatrelay.v1.ChatReceiveError
-	(*IngestMessageRequest)(nil),       // 12: chatrelay.v1.IngestMessageRequest
-	(*IngestMessageResponse)(nil),      // 13: chatrelay.v1.IngestMessageResponse
-	nil,                                // 14: chatrelay.v1.PostMessageRequest.MetadataEntry
-	nil,                                // 15: chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntry
-	nil,                                // 16: chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntry
-	nil,                                // 17: chatrelay.v1.IngestMessageRequest.MetadataEntry
-	(MessageStatus)(0),                 // 18: chatrelay.v1.MessageStatus
-	(*timestamppb.Timestamp)(nil),      // 19: google.protobuf.Timestamp
-	(*PlatformError)(nil),              // 20: chatrelay.v1.PlatformError
-	(*Contact)(nil),                    // 21: chatrelay.v1.Contact
-	(*Session)(nil),                    // 22: chatrelay.v1.Session
-	(*durationpb.Duration)(nil),        // 23: google.protobuf.Duration
-	(*structpb.Struct)(nil),            // 24: google.protobuf.Struct
-	(*Message)(nil),                    // 25: chatrelay.v1.Message
+	(ListenerState)(0),                 // 3: chatrelay.v1.ListenerState
+	(*PostMessageRequest)(nil),         // 4: chatrelay.v1.PostMessageRequest
+	(*PostMessageResponse)(nil),        // 5: chatrelay.v1.PostMessageResponse
+	(*SendChatbotMessageRequest)(nil),  // 6: chatrelay.v1.SendChatbotMessageRequest
+	(*SendChatbotMessageResponse)(nil), // 7: chatrelay.v1.SendChatbotMessageResponse
+	(*ChatReceiveRequest)(nil),         // 8: chatrelay.v1.ChatReceiveRequest
+	(*ChatReceiveResponse)(nil),        // 9: chatrelay.v1.ChatReceiveResponse
+	(*ChatReceiveWaiting)(nil),         // 10: chatrelay.v1.ChatReceiveWaiting
+	(*ChatReceiveSuccess)(nil),         // 11: chatrelay.v1.ChatReceiveSuccess
+	(*ChatReceiveError)(nil),           // 12: chatrelay.v1.ChatReceiveError
+	(*IngestMessageRequest)(nil),       // 13: chatrelay.v1.IngestMessageRequest
+	(*IngestMessageResponse)(nil),      // 14: chatrelay.v1.IngestMessageResponse
+	(*Listener)(nil),                   // 15: chatrelay.v1.Listener
+	(*GetListenerRequest)(nil),         // 16: chatrelay.v1.GetListenerRequest
+	(*GetListenerResponse)(nil),        // 17: chatrelay.v1.GetListenerResponse
+	(*ListListenersRequest)(nil),       // 18: chatrelay.v1.ListListenersRequest
+	(*ListListenersResponse)(nil),      // 19: chatrelay.v1.ListListenersResponse
+	(*CancelListenerRequest)(nil),      // 20: chatrelay.v1.CancelListenerRequest
+	(*CancelListenerResponse)(nil),     // 21: chatrelay.v1.CancelListenerResponse
+	nil,                                // 22: chatrelay.v1.PostMessageRequest.MetadataEntry
+	nil,                                // 23: chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntry
+	nil,                                // 24: chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntry
+	nil,                                // 25: chatrelay.v1.IngestMessageRequest.MetadataEntry
+	(MessageStatus)(0),                 // 26: chatrelay.v1.MessageStatus
+	(*timestamppb.Timestamp)(nil),      // 27: google.protobuf.Timestamp
+	(*PlatformError)(nil),              // 28: chatrelay.v1.PlatformError
+	(*Contact)(nil),                    // 29: chatrelay.v1.Contact
+	(*Session)(nil),                    // 30: chatrelay.v1.Session
+	(*durationpb.Duration)(nil),        // 31: google.protobuf.Duration
+	(*structpb.Struct)(nil),            // 32: google.protobuf.Struct
+	(*Message)(nil),                    // 33: chatrelay.v1.Message
 }
 var file_chatrelay_v1_chat_service_proto_depIdxs = []int32{
-	14, // 0: chatrelay.v1.PostMessageRequest.metadata:type_name -> chatrelay.v1.PostMessageRequest.MetadataEntry
-	18, // 1: chatrelay.v1.PostMessageResponse.status:type_name -> chatrelay.v1.MessageStatus
-	19, // 2: chatrelay.v1.PostMessageResponse.delivered_at:type_name -> google.protobuf.Timestamp
-	20, // 3: chatrelay.v1.PostMessageResponse.error:type_name -> chatrelay.v1.PlatformError
-	15, // 4: chatrelay.v1.SendChatbotMessageRequest.session_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntry
-	16, // 5: chatrelay.v1.SendChatbotMessageRequest.contact_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntry
+	22, // 0: chatrelay.v1.PostMessageRequest.metadata:type_name -> chatrelay.v1.PostMessageRequest.MetadataEntry
+	26, // 1: chatrelay.v1.PostMessageResponse.status:type_name -> chatrelay.v1.MessageStatus
+	27, // 2: chatrelay.v1.PostMessageResponse.delivered_at:type_name -> google.protobuf.Timestamp
+	28, // 3: chatrelay.v1.PostMessageResponse.error:type_name -> chatrelay.v1.PlatformError
+	23, // 4: chatrelay.v1.SendChatbotMessageRequest.session_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntry
+	24, // 5: chatrelay.v1.SendChatbotMessageRequest.contact_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntry
 	0,  // 6: chatrelay.v1.SendChatbotMessageResponse.status:type_name -> chatrelay.v1.ChatbotMessageStatus
 	1,  // 7: chatrelay.v1.SendChatbotMessageResponse.skip_reason:type_name -> chatrelay.v1.SkipReason
-	21, // 8: chatrelay.v1.SendChatbotMessageResponse.contact:type_name -> chatrelay.v1.Contact
-	22, // 9: chatrelay.v1.SendChatbotMessageResponse.session:type_name -> chatrelay.v1.Session
-	20, // 10: chatrelay.v1.SendChatbotMessageResponse.error:type_name -> chatrelay.v1.PlatformError
-	18, // 11: chatrelay.v1.SendChatbotMessageResponse.greeting_status:type_name -> chatrelay.v1.MessageStatus
+	29, // 8: chatrelay.v1.SendChatbotMessageResponse.contact:type_name -> chatrelay.v1.Contact
+	30, // 9: chatrelay.v1.SendChatbotMessageResponse.session:type_name -> chatrelay.v1.Session
+	28, // 10: chatrelay.v1.SendChatbotMessageResponse.error:type_name -> chatrelay.v1.PlatformError
+	26, // 11: chatrelay.v1.SendChatbotMessageResponse.greeting_status:type_name -> chatrelay.v1.MessageStatus
 	2,  // 12: chatrelay.v1.ChatReceiveRequest.match:type_name -> chatrelay.v1.MatchMode
-	23, // 13: chatrelay.v1.ChatReceiveRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 14: chatrelay.v1.ChatReceiveResponse.waiting:type_name -> chatrelay.v1.ChatReceiveWaiting
-	10, // 15: chatrelay.v1.ChatReceiveResponse.success:type_name -> chatrelay.v1.ChatReceiveSuccess
-	11, // 16: chatrelay.v1.ChatReceiveResponse.error:type_name -> chatrelay.v1.ChatReceiveError
-	19, // 17: chatrelay.v1.ChatReceiveWaiting.timeout_at:type_name -> google.protobuf.Timestamp
+	31, // 13: chatrelay.v1.ChatReceiveRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 14: chatrelay.v1.ChatReceiveResponse.waiting:type_name -> chatrelay.v1.ChatReceiveWaiting
+	11, // 15: chatrelay.v1.ChatReceiveResponse.success:type_name -> chatrelay.v1.ChatReceiveSuccess
+	12, // 16: chatrelay.v1.ChatReceiveResponse.error:type_name -> chatrelay.v1.ChatReceiveError
+	27, // 17: chatrelay.v1.ChatReceiveWaiting.timeout_at:type_name -> google.protobuf.Timestamp
 	2,  // 18: chatrelay.v1.ChatReceiveWaiting.match:type_name -> chatrelay.v1.MatchMode
-	19, // 19: chatrelay.v1.ChatReceiveSuccess.received_at:type_name -> google.protobuf.Timestamp
-	24, // 20: chatrelay.v1.ChatReceiveSuccess.raw_message:type_name -> google.protobuf.Struct
-	23, // 21: chatrelay.v1.ChatReceiveError.waited:type_name -> google.protobuf.Duration
-	24, // 22: chatrelay.v1.IngestMessageRequest.raw:type_name -> google.protobuf.Struct
-	17, // 23: chatrelay.v1.IngestMessageRequest.metadata:type_name -> chatrelay.v1.IngestMessageRequest.MetadataEntry
-	25, // 24: chatrelay.v1.IngestMessageResponse.message:type_name -> chatrelay.v1.Message
-	22, // 25: chatrelay.v1.IngestMessageResponse.session:type_name -> chatrelay.v1.Session
-	3,  // 26: chatrelay.v1.ChatService.PostMessage:input_type -> chatrelay.v1.PostMessageRequest
-	5,  // 27: chatrelay.v1.ChatService.SendChatbotMessage:input_type -> chatrelay.v1.SendChatbotMessageRequest
-	7,  // 28: chatrelay.v1.ChatService.ChatReceive:input_type -> chatrelay.v1.ChatReceiveRequest
-	12, // 29: chatrelay.v1.ChatService.IngestMessage:input_type -> chatrelay.v1.IngestMessageRequest
-	4,  // 30: chatrelay.v1.ChatService.PostMessage:output_type -> chatrelay.v1.PostMessageResponse
-	6,  // 31: chatrelay.v1.ChatService.SendChatbotMessage:output_type -> chatrelay.v1.SendChatbotMessageResponse
-	8,  // 32: chatrelay.v1.ChatService.ChatReceive:output_type -> chatrelay.v1.ChatReceiveResponse
-	13, // 33: chatrelay.v1.ChatService.IngestMessage:output_type -> chatrelay.v1.IngestMessageResponse
-	30, // [30:34] is the sub-list for method output_type
-	26, // [26:30] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	27, // 19: chatrelay.v1.ChatReceiveSuccess.received_at:type_name -> google.protobuf.Timestamp
+	32, // 20: chatrelay.v1.ChatReceiveSuccess.raw_message:type_name -> google.protobuf.Struct
+	31, // 21: chatrelay.v1.ChatReceiveError.waited:type_name -> google.protobuf.Duration
+	32, // 22: chatrelay.v1.IngestMessageRequest.raw:type_name -> google.protobuf.Struct
+	25, // 23: chatrelay.v1.IngestMessageRequest.metadata:type_name -> chatrelay.v1.IngestMessageRequest.MetadataEntry
+	33, // 24: chatrelay.v1.IngestMessageResponse.message:type_name -> chatrelay.v1.Message
+	30, // 25: chatrelay.v1.IngestMessageResponse.session:type_name -> chatrelay.v1.Session
+	3,  // 26: chatrelay.v1.Listener.state:type_name -> chatrelay.v1.ListenerState
+	2,  // 27: chatrelay.v1.Listener.match:type_name -> chatrelay.v1.MatchMode
+	27, // 28: chatrelay.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	27, // 29: chatrelay.v1.Listener.timeout_at:type_name -> google.protobuf.Timestamp
+	27, // 30: chatrelay.v1.Listener.decided_at:type_name -> google.protobuf.Timestamp
+	33, // 31: chatrelay.v1.Listener.message:type_name -> chatrelay.v1.Message
+	15, // 32: chatrelay.v1.GetListenerResponse.listener:type_name -> chatrelay.v1.Listener
+	3,  // 33: chatrelay.v1.ListListenersRequest.state:type_name -> chatrelay.v1.ListenerState
+	15, // 34: chatrelay.v1.ListListenersResponse.listeners:type_name -> chatrelay.v1.Listener
+	15, // 35: chatrelay.v1.CancelListenerResponse.listener:type_name -> chatrelay.v1.Listener
+	4,  // 36: chatrelay.v1.ChatService.PostMessage:input_type -> chatrelay.v1.PostMessageRequest
+	6,  // 37: chatrelay.v1.ChatService.SendChatbotMessage:input_type -> chatrelay.v1.SendChatbotMessageRequest
+	8,  // 38: chatrelay.v1.ChatService.ChatReceive:input_type -> chatrelay.v1.ChatReceiveRequest
+	13, // 39: chatrelay.v1.ChatService.IngestMessage:input_type -> chatrelay.v1.IngestMessageRequest
+	16, // 40: chatrelay.v1.ChatService.GetListener:input_type -> chatrelay.v1.GetListenerRequest
+	18, // 41: chatrelay.v1.ChatService.ListListeners:input_type -> chatrelay.v1.ListListenersRequest
+	20, // 42: chatrelay.v1.ChatService.CancelListener:input_type -> chatrelay.v1.CancelListenerRequest
+	5,  // 43: chatrelay.v1.ChatService.PostMessage:output_type -> chatrelay.v1.PostMessageResponse
+	7,  // 44: chatrelay.v1.ChatService.SendChatbotMessage:output_type -> chatrelay.v1.SendChatbotMessageResponse
+	9,  // 45: chatrelay.v1.ChatService.ChatReceive:output_type -> chatrelay.v1.ChatReceiveResponse
+	14, // 46: chatrelay.v1.ChatService.IngestMessage:output_type -> chatrelay.v1.IngestMessageResponse
+	17, // 47: chatrelay.v1.ChatService.GetListener:output_type -> chatrelay.v1.GetListenerResponse
+	19, // 48: chatrelay.v1.ChatService.ListListeners:output_type -> chatrelay.v1.ListListenersResponse
+	21, // 49: chatrelay.v1.ChatService.CancelListener:output_type -> chatrelay.v1.CancelListenerResponse
+	43, // [43:50] is the sub-list for method output_type
+	36, // [36:43] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_chatrelay_v1_chat_service_proto_init() }
@@ -1614,8 +2279,8 @@ func file_chatrelay_v1_chat_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatrelay_v1_chat_service_proto_rawDesc), len(file_chatrelay_v1_chat_service_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   15,
+			NumEnums:      4,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

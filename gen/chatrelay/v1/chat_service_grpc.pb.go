@@ -23,6 +23,9 @@ const (
 	ChatService_SendChatbotMessage_FullMethodName = "/chatrelay.v1.ChatService/SendChatbotMessage"
 	ChatService_ChatReceive_FullMethodName        = "/chatrelay.v1.ChatService/ChatReceive"
 	ChatService_IngestMessage_FullMethodName      = "/chatrelay.v1.ChatService/IngestMessage"
+	ChatService_GetListener_FullMethodName        = "/chatrelay.v1.ChatService/GetListener"
+	ChatService_ListListeners_FullMethodName      = "/chatrelay.v1.ChatService/ListListeners"
+	ChatService_CancelListener_FullMethodName     = "/chatrelay.v1.ChatService/CancelListener"
 )
 
 // ChatServiceClient is the client API for ChatService service.
@@ -55,6 +58,19 @@ type ChatServiceClient interface {
 	// appends to history, fans out to watchers and resolves every listener it
 	// matches.
 	IngestMessage(ctx context.Context, in *IngestMessageRequest, opts ...grpc.CallOption) (*IngestMessageResponse, error)
+	// Reads a ChatReceive listener: its filters, deadline, state and outcome.
+	// It attaches nothing and decides nothing (a deadline already passed reads
+	// as the timeout it is).
+	GetListener(ctx context.Context, in *GetListenerRequest, opts ...grpc.CallOption) (*GetListenerResponse, error)
+	// Lists the tenant's listeners, pending and recently decided, filtered,
+	// a page at a time, in no particular but a stable order.
+	ListListeners(ctx context.Context, in *ListListenersRequest, opts ...grpc.CallOption) (*ListListenersResponse, error)
+	// Cancels a pending listener: it is decided CANCELLED, atomically with
+	// matching and timing out, so it still has exactly one outcome. Attached
+	// ChatReceive streams end with an `error` frame, `error_code: cancelled`.
+	// A listener already decided is returned as it is: its state says which
+	// outcome won.
+	CancelListener(ctx context.Context, in *CancelListenerRequest, opts ...grpc.CallOption) (*CancelListenerResponse, error)
 }
 
 type chatServiceClient struct {
@@ -114,6 +130,36 @@ func (c *chatServiceClient) IngestMessage(ctx context.Context, in *IngestMessage
 	return out, nil
 }
 
+func (c *chatServiceClient) GetListener(ctx context.Context, in *GetListenerRequest, opts ...grpc.CallOption) (*GetListenerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetListenerResponse)
+	err := c.cc.Invoke(ctx, ChatService_GetListener_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) ListListeners(ctx context.Context, in *ListListenersRequest, opts ...grpc.CallOption) (*ListListenersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListListenersResponse)
+	err := c.cc.Invoke(ctx, ChatService_ListListeners_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) CancelListener(ctx context.Context, in *CancelListenerRequest, opts ...grpc.CallOption) (*CancelListenerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelListenerResponse)
+	err := c.cc.Invoke(ctx, ChatService_CancelListener_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ChatServiceServer is the server API for ChatService service.
 // All implementations must embed UnimplementedChatServiceServer
 // for forward compatibility.
@@ -144,6 +190,19 @@ type ChatServiceServer interface {
 	// appends to history, fans out to watchers and resolves every listener it
 	// matches.
 	IngestMessage(context.Context, *IngestMessageRequest) (*IngestMessageResponse, error)
+	// Reads a ChatReceive listener: its filters, deadline, state and outcome.
+	// It attaches nothing and decides nothing (a deadline already passed reads
+	// as the timeout it is).
+	GetListener(context.Context, *GetListenerRequest) (*GetListenerResponse, error)
+	// Lists the tenant's listeners, pending and recently decided, filtered,
+	// a page at a time, in no particular but a stable order.
+	ListListeners(context.Context, *ListListenersRequest) (*ListListenersResponse, error)
+	// Cancels a pending listener: it is decided CANCELLED, atomically with
+	// matching and timing out, so it still has exactly one outcome. Attached
+	// ChatReceive streams end with an `error` frame, `error_code: cancelled`.
+	// A listener already decided is returned as it is: its state says which
+	// outcome won.
+	CancelListener(context.Context, *CancelListenerRequest) (*CancelListenerResponse, error)
 	mustEmbedUnimplementedChatServiceServer()
 }
 
@@ -165,6 +224,15 @@ func (UnimplementedChatServiceServer) ChatReceive(*ChatReceiveRequest, grpc.Serv
 }
 func (UnimplementedChatServiceServer) IngestMessage(context.Context, *IngestMessageRequest) (*IngestMessageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IngestMessage not implemented")
+}
+func (UnimplementedChatServiceServer) GetListener(context.Context, *GetListenerRequest) (*GetListenerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetListener not implemented")
+}
+func (UnimplementedChatServiceServer) ListListeners(context.Context, *ListListenersRequest) (*ListListenersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListListeners not implemented")
+}
+func (UnimplementedChatServiceServer) CancelListener(context.Context, *CancelListenerRequest) (*CancelListenerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelListener not implemented")
 }
 func (UnimplementedChatServiceServer) mustEmbedUnimplementedChatServiceServer() {}
 func (UnimplementedChatServiceServer) testEmbeddedByValue()                     {}
@@ -252,6 +320,60 @@ func _ChatService_IngestMessage_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ChatService_GetListener_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetListenerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).GetListener(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_GetListener_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).GetListener(ctx, req.(*GetListenerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_ListListeners_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListListenersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).ListListeners(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_ListListeners_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).ListListeners(ctx, req.(*ListListenersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_CancelListener_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelListenerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).CancelListener(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ChatService_CancelListener_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).CancelListener(ctx, req.(*CancelListenerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ChatService_ServiceDesc is the grpc.ServiceDesc for ChatService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -270,6 +392,18 @@ var ChatService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IngestMessage",
 			Handler:    _ChatService_IngestMessage_Handler,
+		},
+		{
+			MethodName: "GetListener",
+			Handler:    _ChatService_GetListener_Handler,
+		},
+		{
+			MethodName: "ListListeners",
+			Handler:    _ChatService_ListListeners_Handler,
+		},
+		{
+			MethodName: "CancelListener",
+			Handler:    _ChatService_CancelListener_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
