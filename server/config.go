@@ -92,6 +92,20 @@ type Chatbot struct {
 	// Greeting is the first message; {{contact.KEY}} and {{session.KEY}}
 	// are filled from metadata (empty when missing).
 	Greeting string `yaml:"greeting"`
+	// Webhook, when set, runs the bot: it receives the inbound messages
+	// of the sessions the bot runs, and answers for it (docs/design.md
+	// §9).
+	Webhook *ChatbotWebhook `yaml:"webhook"`
+}
+
+// ChatbotWebhook is where a chatbot runs, signed as Standard Webhooks.
+type ChatbotWebhook struct {
+	URL string `yaml:"url"`
+	// SecretEnv names the environment variable holding the secret,
+	// whsec_<base64> (several, space-separated, while rotating).
+	SecretEnv string `yaml:"secret_env"`
+	// Secret is resolved from SecretEnv.
+	Secret string `yaml:"-"`
 }
 
 // APIKey grants a tenant access. Keys are secrets: they are only ever read
