@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -310,6 +311,25 @@ func TestFailingChatbotDoesNotWedgeTheSession(t *testing.T) {
 		}
 		if n := len(d.a.history(sid2)); n != 2 {
 			t.Fatalf("%d messages; a refused answer's replies were posted", n)
+		}
+
+		// A reply PostMessage would refuse (past limits.message_bytes), and
+		// an answer past 1 MiB, are bad answers too.
+		for i, body := range []any{
+			map[string]any{"replies": []map[string]string{{"text": strings.Repeat("x", 32<<10+1)}}},
+			map[string]any{"replies": []map[string]string{{"text": "ok"}}, "pad": strings.Repeat("x", 1<<20)},
+		} {
+			b.recv.Answer(func(platformtest.Webhook) platformtest.WebhookAnswer { return platformtest.WebhookAnswer{Body: body} })
+			sid := d.b.startBot(fmt.Sprint("u-big", i), false).SessionId
+			d.a.say(sid, "go on")
+			waitFor(t, "the session to be OPEN", func() bool { return d.a.state(sid) == pb.SessionState_SESSION_STATE_OPEN })
+			ses, _ := d.a.sessions.GetSession(d.a.ctx(), &pb.GetSessionRequest{SessionId: sid})
+			if e := ses.Session.Metadata["chatbot_error"]; !strings.HasPrefix(e, "bad_answer: ") {
+				t.Fatalf("answer %d: chatbot_error %q", i, e)
+			}
+			if n := len(d.a.history(sid)); n != 2 {
+				t.Fatalf("answer %d: %d messages; a refused answer's replies were posted", i, n)
+			}
 		}
 	})
 }

@@ -3,6 +3,7 @@ package server_test
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,6 +144,11 @@ func TestWebhookInboundIsVerifiedAndTakenOnce(t *testing.T) {
 		// integration, is a 400 naming the body; nothing is ingested.
 		for _, bad := range []string{`{"from_user":"cust-7","text":"x","channel":"other"}`, `{"from_user":"cust-7","txt":"x"}`, `[]`} {
 			wantREST(t, d.a.crmHook("msg_bad", time.Now(), bad), 400, "INVALID_ARGUMENT")
+		}
+		// A body past 1 MiB is refused before it is read further.
+		big := fmt.Sprintf(`{"from_user":"cust-7","text":"x","metadata":{"pad":%q}}`, strings.Repeat("p", 1<<20))
+		if r := d.a.crmHook("msg_big", time.Now(), big); r.code != 413 {
+			t.Errorf("a body past 1 MiB: HTTP %d, want 413", r.code)
 		}
 		if h := d.b.history(sid); len(h) != 1 {
 			t.Fatalf("history holds %d messages after bad bodies", len(h))

@@ -83,3 +83,26 @@ func TestParseKeys(t *testing.T) {
 		t.Fatalf("two secrets: %d, %v", len(ks), err)
 	}
 }
+
+// Retry-After is read as seconds or an HTTP date, and holds a delivery at
+// most maxRetryAfter.
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
+	for v, want := range map[string]time.Duration{
+		"120":                           2 * time.Minute,
+		"0":                             0,
+		"-5":                            0,
+		"86400":                         maxRetryAfter,
+		"Fri, 01 May 2026 09:30:00 GMT": 30 * time.Minute,
+		"Fri, 01 May 2026 08:00:00 GMT": 0,
+	} {
+		if got, ok := retryAfter(v, now); !ok || got != want {
+			t.Errorf("Retry-After %q: %v %v, want %v", v, got, ok, want)
+		}
+	}
+	for _, v := range []string{"", "soon", "1.5"} {
+		if _, ok := retryAfter(v, now); ok {
+			t.Errorf("Retry-After %q was read", v)
+		}
+	}
+}
