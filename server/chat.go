@@ -241,6 +241,13 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 }
 
 func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRequest) (*pb.IngestMessageResponse, error) {
+	resp, _, err := c.ingest(ctx, req)
+	return resp, err
+}
+
+// ingest is IngestMessage, and says whether the idempotency key replayed
+// an earlier call.
+func (c *chatService) ingest(ctx context.Context, req *pb.IngestMessageRequest) (*pb.IngestMessageResponse, bool, error) {
 	chk := c.checker()
 	chk.id("session_id", req.SessionId, false)
 	var platform, channel string
@@ -254,7 +261,7 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	chk.id("idempotency_key", req.IdempotencyKey, false)
 	raw := chk.raw("raw", req.Raw)
 	if err := chk.err(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if req.SessionId != "" {
 		// The session's own place, when known, is a better hint than the
@@ -278,7 +285,7 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 		Bots: c.botIDs,
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !r.Replayed {
 		c.metrics.message(&r.Message)
@@ -290,5 +297,5 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 		Session:          sessionPB(&r.Session),
 		SessionStarted:   r.SessionStarted,
 		ListenersMatched: int32(len(r.Matched)),
-	}, nil
+	}, r.Replayed, nil
 }

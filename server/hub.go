@@ -176,9 +176,10 @@ func (h hub) IngestRequest(ctx context.Context, r *adapters.Request) (int, []byt
 		err = invalid("body", "platform, channel and idempotency_key are the integration's and its webhook-id")
 	}
 	var resp *pb.IngestMessageResponse
+	var replayed bool
 	if err == nil {
 		req.Platform, req.Channel, req.IdempotencyKey = r.Platform, r.Channel, r.Key
-		resp, err = h.chat.IngestMessage(context.WithValue(ctx, tenantKey{}, r.Tenant), req)
+		resp, replayed, err = h.chat.ingest(context.WithValue(ctx, tenantKey{}, r.Tenant), req)
 	}
 	if err != nil {
 		st := toStatus(err)
@@ -187,7 +188,11 @@ func (h hub) IngestRequest(ctx context.Context, r *adapters.Request) (int, []byt
 		body, _ := codec.Marshal(st.Proto())
 		return runtime.HTTPStatusFromCode(st.Code()), body
 	}
-	h.metrics.inboundEvent(r.Platform, "accepted")
+	if replayed {
+		h.metrics.inboundEvent(r.Platform, "duplicate")
+	} else {
+		h.metrics.inboundEvent(r.Platform, "accepted")
+	}
 	body, _ := codec.Marshal(resp)
 	return http.StatusOK, body
 }

@@ -140,6 +140,9 @@ func TestWebhookInboundIsVerifiedAndTakenOnce(t *testing.T) {
 		if h := d.b.history(sid); len(h) != 1 {
 			t.Fatalf("history holds %d messages, want the one", len(h))
 		}
+		if n := max(0, d.b.scrape().value("chatrelay_inbound_events_total", "platform", "webhook", "result", "duplicate")); n != 1 {
+			t.Fatalf("%v redeliveries counted as duplicates on the replica that took it, want 1", n)
+		}
 		// A body that is not IngestMessage's, or sets what belongs to the
 		// integration, is a 400 naming the body; nothing is ingested.
 		for _, bad := range []string{`{"from_user":"cust-7","text":"x","channel":"other"}`, `{"from_user":"cust-7","txt":"x"}`, `[]`} {
