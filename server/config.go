@@ -217,6 +217,21 @@ func newDirectory(cfg *Config) (*directory, error) {
 		d.channelByName[name] = ch
 		d.channelByID[id] = ch
 	}
+	// A webhook integration's name is its sessions' channel: it is a
+	// channel of its tenant, by name and id, unless one is configured so.
+	for _, a := range cfg.Adapters {
+		if a.Platform() != platformWebhook {
+			continue
+		}
+		ch := Channel{Name: a.Name(), Tenant: a.Tenant(), Platform: platformWebhook, ID: a.Name()}
+		name, id := tenantKeyed{ch.Tenant, ch.Name}, tenantKeyed{ch.Tenant, ch.ID}
+		if _, taken := d.channelByName[name]; !taken {
+			d.channelByName[name] = ch
+		}
+		if _, taken := d.channelByID[id]; !taken {
+			d.channelByID[id] = ch
+		}
+	}
 	for i, b := range cfg.Chatbots {
 		field := fmt.Sprintf("chatbots[%d]", i)
 		chk.id(field+".id", b.ID, true)

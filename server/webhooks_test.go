@@ -339,3 +339,21 @@ func TestWebhookScheduleEndsInFailed(t *testing.T) {
 		t.Errorf("%v attempts counted as failed, want 1", n)
 	}
 }
+
+// The integration's name is a channel: a chatbot started from it greets
+// the user through the integration, as message.created.
+func TestChatbotGreetingGoesToTheIntegration(t *testing.T) {
+	t.Parallel()
+	onEachBackendWithCRM(t, func(t *testing.T, d *deployment, c *crm) {
+		r, err := d.a.chat.SendChatbotMessage(d.a.ctx(), &pb.SendChatbotMessageRequest{Chatbot: "bot_plain", From: "crm", To: "cust-14"})
+		if err != nil || r.Status != pb.ChatbotMessageStatus_CHATBOT_MESSAGE_STATUS_SENT || r.GreetingStatus != pb.MessageStatus_MESSAGE_STATUS_DELIVERED ||
+			r.Platform != "webhook" || r.Channel != "crm" {
+			t.Fatalf("SendChatbotMessage: %v, %v", r, err)
+		}
+		hooks := c.recv.Hooks()
+		if len(hooks) != 1 || hooks[0].Refused != "" || hooks[0].ID != r.MessageId || str(hooks[0].Event, "message", "text") != "Hello!" ||
+			str(hooks[0].Event, "message", "from_user") != "bot_plain" || str(hooks[0].Event, "session", "user") != "cust-14" {
+			t.Fatalf("webhooks %+v", hooks)
+		}
+	})
+}
