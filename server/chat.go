@@ -36,15 +36,25 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	if err != nil {
 		return nil, err
 	}
-	out := store.OutboundMessage{
+	msg, err := c.post(ctx, at, store.OutboundMessage{
 		Tenant:      tenant,
 		SessionID:   req.SessionId,
 		Text:        req.Message,
 		Metadata:    req.Metadata,
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) { m.(*pb.PostMessageRequest).IdempotencyKey = "" }),
+	})
+	if err != nil {
+		return nil, err
 	}
+	return postResponse(&msg), nil
+}
+
+// post records out in its session, which lives at at, and delivers it:
+// PostMessage's work, and a running chatbot's replies'. It answers the
+// message as it then stands.
+func (c *chatService) post(ctx context.Context, at place, out store.OutboundMessage) (store.Message, error) {
 	var a adapters.Adapter
-	out.Status, out.Error, a = c.route(tenant, at)
+	out.Status, out.Error, a = c.route(out.Tenant, at)
 	if a != nil {
 		out.Delivery = c.newDelivery()
 	}
@@ -52,23 +62,23 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	// result from before it ended.
 	msg, replayed, err := c.cfg.Store.AppendOutbound(ctx, out)
 	if err != nil {
-		return nil, err
+		return msg, err
 	}
 	switch {
 	case replayed && msg.Status == store.StatusPending:
 		// Never sent again: the delivery it recorded goes on. Its status
 		// now is the answer.
-		if now, err := c.cfg.Store.GetMessage(ctx, tenant, msg.SessionID, msg.ID); err == nil {
+		if now, err := c.cfg.Store.GetMessage(ctx, out.Tenant, msg.SessionID, msg.ID); err == nil {
 			msg = now
 		}
 	case a != nil && !replayed:
-		msg = c.deliverNow(ctx, a, store.DeliveryClaim{ID: out.Delivery.ID, Tenant: tenant, SessionID: msg.SessionID,
+		msg = c.deliverNow(ctx, a, store.DeliveryClaim{ID: out.Delivery.ID, Tenant: out.Tenant, SessionID: msg.SessionID,
 			Message: msg, Attempt: 1}, at.user)
 	}
 	if !replayed {
 		c.metrics.message(&msg)
 	}
-	return postResponse(&msg), nil
+	return msg, nil
 }
 
 // placeOf is where a session lives: known from an earlier call, or read.
@@ -231,6 +241,13 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 }
 
 func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRequest) (*pb.IngestMessageResponse, error) {
+	resp, _, err := c.ingest(ctx, req)
+	return resp, err
+}
+
+// ingest is IngestMessage, and says whether the idempotency key replayed
+// an earlier call.
+func (c *chatService) ingest(ctx context.Context, req *pb.IngestMessageRequest) (*pb.IngestMessageResponse, bool, error) {
 	chk := c.checker()
 	chk.id("session_id", req.SessionId, false)
 	var platform, channel string
@@ -244,7 +261,7 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	chk.id("idempotency_key", req.IdempotencyKey, false)
 	raw := chk.raw("raw", req.Raw)
 	if err := chk.err(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if req.SessionId != "" {
 		// The session's own place, when known, is a better hint than the
@@ -265,18 +282,20 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) {
 			m.(*pb.IngestMessageRequest).IdempotencyKey = ""
 		}),
+		Bots: c.botIDs,
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !r.Replayed {
 		c.metrics.message(&r.Message)
 	}
 	c.places.learn(&r.Session)
+	c.botQueued(&r.Session)
 	return &pb.IngestMessageResponse{
 		Message:          messagePB(&r.Message),
 		Session:          sessionPB(&r.Session),
 		SessionStarted:   r.SessionStarted,
 		ListenersMatched: int32(len(r.Matched)),
-	}, nil
+	}, r.Replayed, nil
 }

@@ -256,6 +256,12 @@ type InboundMessage struct {
 	Metadata    map[string]string
 	Raw         json.RawMessage
 	Idempotency Idempotency
+	// Bots are the chatbots that run on a webhook (docs/design.md §9).
+	// When the session is BOT with one of them, the message is queued for
+	// it, with the append: the session's queue is delivered in order, one
+	// message at a time, as deliveries whose claims name the chatbot
+	// (DeliveryClaim.Bot).
+	Bots []string
 }
 
 // IngestResult is what Ingest did.

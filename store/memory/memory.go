@@ -85,6 +85,9 @@ type session struct {
 	store.Session
 	history history
 	lastMs  int64 // ms of the newest message id; ids never go back in time
+	// botQueue holds the inbound messages waiting for the chatbot that
+	// runs the session, oldest first (delivery.go).
+	botQueue []botQueued
 }
 
 // history is a session's newest messages, up to a limit. It grows to the
@@ -437,6 +440,7 @@ func (s *Store) appendInbound(in store.InboundMessage) (store.IngestResult, idem
 		Metadata:  in.Metadata,
 		Raw:       in.Raw,
 	}, now)
+	s.queueForBot(ses, &res.Message, in.Bots, now)
 	res.Session = cloneSession(&ses.Session)
 	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)
 	return res, ik, s.candidates(in.Tenant, &res.Message, now), nil

@@ -104,6 +104,8 @@ func Run(t *testing.T, f Factory) {
 		{"DeliveryIsRecordedOnce", testDeliveryIdempotent},
 		{"ReceiptsMoveStatusForwardOnly", testReceipts},
 		{"ChatbotGreetingIsDelivered", testChatbotGreetingDelivery},
+		{"BotQueueDeliversInOrder", testBotQueueInOrder},
+		{"BotQueueOnlyForItsChatbot", testBotQueueScope},
 		{"ListSessionsByActivity", testListSessions},
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"CloseIsSafeConcurrently", testCloseConcurrently},
