@@ -166,6 +166,7 @@ func (s *Server) carryOut(ctx context.Context, d store.DeliveryClaim, a *webhook
 	default:
 		return true
 	}
+	u.IfChatbot = d.Bot.ChatbotID
 	_, err := s.cfg.Store.UpdateSession(ctx, ses.Tenant, ses.ID, u)
 	return !errors.Is(err, store.ErrUnavailable)
 }
@@ -177,14 +178,10 @@ func (s *Server) endBot(ctx context.Context, d store.DeliveryClaim, why *store.P
 	ses := &d.Bot.Session
 	s.cfg.Logger.Warn("chatbot failed; its session is OPEN again", "chatbot_id", d.Bot.ChatbotID, "session_id", ses.ID,
 		"message_id", d.Message.ID, "attempt", d.Attempt, "code", why.Code, "error", why.Message)
-	now, err := s.cfg.Store.GetSession(ctx, ses.Tenant, ses.ID)
-	switch {
-	case errors.Is(err, store.ErrUnavailable):
-		return false
-	case err != nil || now.State != store.StateBot || now.ChatbotID != d.Bot.ChatbotID:
-		return true // ended, or no longer this chatbot's
-	}
+	// Conditional on the chatbot: a session that was ended, or handed to
+	// another chatbot meanwhile, is left as it is.
 	msg := cut(why.Code+": "+why.Message, s.cfg.Limits.MetadataValueBytes)
-	_, err = s.cfg.Store.UpdateSession(ctx, ses.Tenant, ses.ID, store.SessionUpdate{EndBot: true, Metadata: map[string]string{chatbotError: msg}})
+	_, err := s.cfg.Store.UpdateSession(ctx, ses.Tenant, ses.ID,
+		store.SessionUpdate{EndBot: true, Metadata: map[string]string{chatbotError: msg}, IfChatbot: d.Bot.ChatbotID})
 	return !errors.Is(err, store.ErrUnavailable)
 }

@@ -221,6 +221,12 @@ type SessionUpdate struct {
 	Metadata       map[string]string
 	// EndBot clears the chatbot; the state becomes OPEN unless State is set.
 	EndBot bool
+	// IfChatbot, when set, makes the update conditional: it is made only
+	// while the session is BOT with this chatbot, and otherwise nothing
+	// changes and the session is returned as it stands. A running
+	// chatbot's end and handoff use it, so that they never end another
+	// chatbot that started meanwhile (docs/design.md §9).
+	IfChatbot string
 }
 
 // OutboundMessage is a message to append to an active session.

@@ -233,6 +233,9 @@ func (s *Store) UpdateSession(_ context.Context, tenant, id string, u store.Sess
 	if err != nil {
 		return store.Session{}, err
 	}
+	if u.IfChatbot != "" && (ses.State != store.StateBot || ses.ChatbotID != u.IfChatbot) {
+		return cloneSession(&ses.Session), nil
+	}
 	for _, k := range u.RemoveMetadata {
 		delete(ses.Metadata, k)
 	}

@@ -109,3 +109,27 @@ func testBotQueueScope(e *env) {
 		e.t.Fatalf("claims for bot2: %+v", cs)
 	}
 }
+
+// An update conditional on a chatbot changes the session only while that
+// chatbot runs it: a failed chatbot's end never ends the one that
+// replaced it, nor reopens a session a person took over.
+func testUpdateIfChatbot(e *env) {
+	sid := e.chatbot(store.ChatbotStart{}).Session.ID
+	other := store.SessionUpdate{EndBot: true, Metadata: map[string]string{"chatbot_error": "x"}, IfChatbot: "bot2"}
+	got, err := e.s.UpdateSession(e.ctx, "t1", sid, other)
+	if err != nil || got.State != store.StateBot || got.ChatbotID != "bot1" || got.Metadata["chatbot_error"] != "" {
+		e.t.Fatalf("update conditional on another chatbot: %+v, %v; want the session unchanged", got, err)
+	}
+	if got, err = e.s.GetSession(e.ctx, "t1", sid); err != nil || got.State != store.StateBot || got.ChatbotID != "bot1" {
+		e.t.Fatalf("after it: %+v, %v; want BOT with bot1", got, err)
+	}
+	mine := other
+	mine.IfChatbot = "bot1"
+	if got, err = e.s.UpdateSession(e.ctx, "t1", sid, mine); err != nil || got.State != store.StateOpen || got.ChatbotID != "" || got.Metadata["chatbot_error"] != "x" {
+		e.t.Fatalf("update conditional on its chatbot: %+v, %v; want OPEN with chatbot_error", got, err)
+	}
+	handoff := store.SessionUpdate{State: store.StateInProgress, IfChatbot: "bot1"}
+	if got, err = e.s.UpdateSession(e.ctx, "t1", sid, handoff); err != nil || got.State != store.StateOpen {
+		e.t.Fatalf("a handoff by a chatbot that no longer runs the session: %+v, %v; want it still OPEN", got, err)
+	}
+}

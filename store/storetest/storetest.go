@@ -106,6 +106,7 @@ func Run(t *testing.T, f Factory) {
 		{"ChatbotGreetingIsDelivered", testChatbotGreetingDelivery},
 		{"BotQueueDeliversInOrder", testBotQueueInOrder},
 		{"BotQueueOnlyForItsChatbot", testBotQueueScope},
+		{"UpdateIfChatbot", testUpdateIfChatbot},
 		{"ListSessionsByActivity", testListSessions},
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"CloseIsSafeConcurrently", testCloseConcurrently},
