@@ -337,7 +337,17 @@ func startWithHistory(t *testing.T, limit int) *testServer {
 func TestWatchSessionThatFallsOffTheHistoryIsToldSo(t *testing.T) {
 	ts := startWithHistory(t, 50)
 	ses := ts.createSession("u1")
-	grpcWatch := ts.liveWatch(ses.SessionId)
+	// Posting 45 MB takes long under the race detector on a busy machine:
+	// the gRPC watch gets more than ts.ctx's 10 s (REST's has no deadline).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	grpcWatch, err := ts.sessions.WatchSession(ctx, &pb.WatchSessionRequest{SessionId: ses.SessionId, LiveOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := grpcWatch.Header(); err != nil {
+		t.Fatal(err)
+	}
 	restWatch := ts.restStream("GET", "/v1/sessions/"+ses.SessionId+":watch?live_only=true", nil)
 	// Neither reads while far more is posted than flow control, socket
 	// buffers, the server's per-stream queue and the history hold.

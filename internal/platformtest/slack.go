@@ -36,6 +36,8 @@ type Slack struct {
 	script []func(SlackPost) SlackAnswer
 	onPost func(*http.Request, SlackPost)
 	seq    atomic.Int64
+	// inFlight and mostAtOnce count calls being answered.
+	inFlight, mostAtOnce atomic.Int64
 }
 
 // SlackPost is a chat.postMessage call the fake received.
@@ -107,7 +109,14 @@ func (s *Slack) Posts() []SlackPost {
 	return append([]SlackPost(nil), s.posts...)
 }
 
+// MostAtOnce is the most calls the fake was answering at one time.
+func (s *Slack) MostAtOnce() int { return int(s.mostAtOnce.Load()) }
+
 func (s *Slack) serve(w http.ResponseWriter, r *http.Request) {
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	for m := s.mostAtOnce.Load(); n > m && !s.mostAtOnce.CompareAndSwap(m, n); m = s.mostAtOnce.Load() {
+	}
 	s.gate.pass()
 	if s.Latency > 0 {
 		time.Sleep(s.Latency) // the platform's own latency, simulated
