@@ -40,6 +40,9 @@ type File struct {
 	HistoryLimit int           `yaml:"history_limit"`
 	// Limits override server.DefaultLimits field by field.
 	Limits server.Limits `yaml:"limits"`
+	// Widget configures the web widget (docs/design.md §12); its secret
+	// comes from widget.secret_env.
+	Widget server.Widget `yaml:"widget"`
 }
 
 // Slack is a Slack app installed in a workspace: at most one per tenant.
@@ -101,6 +104,9 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*File, error) {
 		w.accessToken = env.secret(field+"access_token_env", w.AccessTokenEnv)
 		w.appSecret = env.secret(field+"app_secret_env", w.AppSecretEnv)
 		w.verifyToken = env.secret(field+"verify_token_env", w.VerifyTokenEnv)
+	}
+	if f.Widget.SecretEnv != "" {
+		f.Widget.Secret = env.secret("widget.secret_env", f.Widget.SecretEnv)
 	}
 	if env.err != nil {
 		return nil, env.err
