@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -133,7 +134,9 @@ func serveChild(backend, redisURL, slackAPI, cpuprofile string, metrics bool) er
 	// default caps, which are for production.
 	limits := server.DefaultLimits()
 	limits.Streams, limits.PendingListeners = 1_000_000, 1_000_000
-	cfg := server.Config{Store: st, Logger: quiet, Limits: limits}
+	// The widget scenario holds one connection per session, each counted
+	// among the tenant's streams.
+	cfg := server.Config{Store: st, Logger: quiet, Limits: limits, Widget: server.Widget{Secret: rand.Text() + rand.Text()}}
 	if metrics {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
