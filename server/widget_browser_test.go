@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
@@ -91,6 +92,10 @@ func TestWidgetInABrowser(t *testing.T) {
 		}
 		if label := browsertest.Eval[string](tab, `[...document.querySelectorAll('.crw-in .crw-state')].map(e => e.textContent).join()`); label != "Delivered" {
 			t.Fatalf("the reply's delivery state reads %q", label)
+		}
+		// Its time is the server's (the fake clock's), not the browser's.
+		if at := browsertest.Eval[string](tab, `document.querySelector('.crw-in time').dateTime`); at != epoch.Format(time.RFC3339) {
+			t.Fatalf("the reply says it was sent at %s, want the server's %s", at, epoch.Format(time.RFC3339))
 		}
 		wantNoProblems(t, tab)
 		tab.Screenshot(t.TempDir(), "widget-demo")

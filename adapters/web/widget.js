@@ -167,14 +167,21 @@
   function item(inbound, text, at) {
     var li = el('li', 'crw-msg ' + (inbound ? 'crw-in' : 'crw-out'));
     var meta = el('span', 'crw-meta');
-    var time = el('time', '', new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }));
-    time.dateTime = at;
-    meta.append((inbound ? 'You' : 'Agent') + ' \u00b7 ', time, ' \u00b7 ', el('span', 'crw-state'));
+    meta.append((inbound ? 'You' : 'Agent') + ' \u00b7 ', el('time'), ' \u00b7 ', el('span', 'crw-state'));
     li.append(el('span', 'crw-text', text), meta);
+    setTime(li, at);
     var stick = ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 40;
     ui.log.append(li);
     if (stick) ui.log.scrollTop = ui.log.scrollHeight;
     return li;
+  }
+
+  // setTime shows when the message was said: the server's time, once the
+  // stream has it.
+  function setTime(li, at) {
+    var t = li.querySelector('time');
+    t.dateTime = at;
+    t.textContent = new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   }
 
   function setState(li, state, why) {
@@ -191,6 +198,7 @@
       li = byId[m.id] = item(m.direction === 'inbound', m.text, m.at);
       li.dataset.id = m.id;
     }
+    setTime(li, m.at);
     setState(li, m.direction === 'inbound' ? 'confirmed' : m.status);
   }
 
