@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -261,7 +262,10 @@ func (w *widget) fail(rw http.ResponseWriter, r *http.Request, err error) {
 // events streams the session's messages as Server-Sent Events: history
 // after Last-Event-ID (or ?after=, for a page that reconnects by itself),
 // then live, each message with its id as the event's. It is WatchSession,
-// written as SSE. The stream ends when the token expires.
+// written as SSE, on a goroutine of its own: once the stream has taken the
+// connection over from net/http (web.Stream), the handler returns and the
+// request is logged; the stream goes on until the session ends, the client
+// leaves, the token expires or the server stops.
 func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 	if !w.cors(rw, r) {
 		return
@@ -281,39 +285,63 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 		w.fail(rw, r, err)
 		return
 	}
-	defer release()
 	releaseConn, err := w.conns.acquire(c.Tenant + "/" + c.SessionID)
 	if err != nil {
+		release()
 		w.fail(rw, r, err)
 		return
 	}
-	defer releaseConn()
+	// The stream's context outlives the request's once it has the
+	// connection (until then the client leaving ends it), and holds
+	// nothing of it: the request's context reaches net/http's state for
+	// the connection, its buffers, which an idle stream has no use for.
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), tenantKey{}, c.Tenant))
+	sw := &sseWatch{ctx: ctx, es: web.NewStream(rw, w.s.cfg.Clock, w.s.cfg.Widget.Heartbeat, cancel),
+		detach: context.AfterFunc(r.Context(), cancel), taken: make(chan struct{})}
+	taken, done := sw.taken, make(chan error, 1)
+	go func() {
+		defer release()
+		defer releaseConn()
+		defer cancel()
+		done <- w.stream(c, after, sw, cancel)
+	}()
+	select {
+	case <-taken:
+	case err := <-done:
+		if err != nil {
+			w.fail(rw, r, err)
+		}
+	}
+}
 
-	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), tenantKey{}, c.Tenant))
-	defer cancel()
+// stream runs WatchSession into sw and ends it: the error of a stream that
+// never opened, for the handler to answer with its HTTP status, or nil.
+func (w *widget) stream(c web.Claims, after string, sw *sseWatch, cancel context.CancelFunc) error {
+	defer sw.detachRequest()
 	var expired atomic.Bool
 	clk := w.s.cfg.Clock
 	t := clk.AfterFunc(c.Expires.Sub(clk.Now()), func() { expired.Store(true); cancel() })
 	defer t.Stop()
-	es := web.NewStream(rw, clk, w.s.cfg.Widget.Heartbeat)
-	defer es.Close()
-	err = w.s.sessions.WatchSession(&pb.WatchSessionRequest{SessionId: c.SessionID, AfterMessageId: after}, &sseWatch{ctx: ctx, es: es})
+	err := w.s.sessions.WatchSession(&pb.WatchSessionRequest{SessionId: c.SessionID, AfterMessageId: after}, sw)
+	if expired.Load() {
+		err = errTokenExpired
+	}
+	if !sw.es.Opened() {
+		return err
+	}
+	defer sw.es.Close()
 	switch {
 	case expired.Load():
-		err = &codedError{code: codes.Unauthenticated, reason: reasonUnauthenticated, msg: web.ErrExpired.Error()}
-	case err == nil || r.Context().Err() != nil:
-		return // the session ended (said so), or the client left
-	}
-	if !es.Opened() {
-		w.fail(rw, r, err)
-		return
+	case err == nil || sw.ctx.Err() != nil:
+		return nil // the session ended (said so), or the client left
 	}
 	st := toStatus(err)
 	if st.Code() == codes.Unavailable {
-		return // the browser reconnects by itself, perhaps to another replica
+		return nil // the browser reconnects by itself, perhaps to another replica
 	}
 	data, _ := json.Marshal(map[string]string{"reason": reasonOf(st), "message": st.Message()})
-	_ = es.Event("", "failed", data)
+	_ = sw.es.Event("", "failed", data)
+	return nil
 }
 
 // messages ingests the visitor's text as the session's user, as
@@ -387,20 +415,55 @@ func wireStatus(s pb.MessageStatus) string {
 
 // sseWatch is a WatchSession stream written as Server-Sent Events: each
 // message an event with its id, a status change a "status" event, the end
-// an "ended" event.
+// an "ended" event. When the stream takes the connection over, taken is
+// closed (the handler returns) and detach stops the request's context from
+// ending the stream.
 type sseWatch struct {
-	ctx context.Context
-	es  *web.Stream
+	ctx   context.Context
+	es    *web.Stream
+	taken chan struct{}
+
+	mu     sync.Mutex
+	detach func() bool // nil once called
+}
+
+// detachRequest stops the request's context from ending the stream, and
+// lets go of it.
+func (s *sseWatch) detachRequest() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.detach != nil {
+		s.detach()
+		s.detach = nil
+	}
 }
 
 func (s *sseWatch) Context() context.Context     { return s.ctx }
 func (s *sseWatch) SetHeader(metadata.MD) error  { return nil }
-func (s *sseWatch) SendHeader(metadata.MD) error { return s.es.Open() }
+func (s *sseWatch) SendHeader(metadata.MD) error { return s.open() }
 func (s *sseWatch) SetTrailer(metadata.MD)       {}
 func (s *sseWatch) RecvMsg(any) error            { return io.EOF }
 func (s *sseWatch) SendMsg(m any) error          { return s.Send(m.(*pb.WatchSessionResponse)) }
-func (s *sseWatch) Send(f *pb.WatchSessionResponse) error {
+
+func (s *sseWatch) open() error {
 	if err := s.es.Open(); err != nil {
+		return err
+	}
+	if s.es.TakenOver() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.taken != nil {
+			s.detach()
+			s.detach = nil
+			close(s.taken)
+			s.taken = nil
+		}
+	}
+	return nil
+}
+
+func (s *sseWatch) Send(f *pb.WatchSessionResponse) error {
+	if err := s.open(); err != nil {
 		return err
 	}
 	var id, name string
@@ -431,6 +494,9 @@ func reasonOf(st *status.Status) string {
 	}
 	return ""
 }
+
+// errTokenExpired ends a stream whose token expired while it was open.
+var errTokenExpired = &codedError{code: codes.Unauthenticated, reason: reasonUnauthenticated, msg: web.ErrExpired.Error()}
 
 // reasonFailedPrecondition is CreateWidgetToken's reason on a server with no
 // widget secret.
