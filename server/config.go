@@ -74,6 +74,8 @@ type Config struct {
 	// carries the trace to platforms' APIs; nil traces nothing, at no
 	// cost.
 	TracerProvider trace.TracerProvider
+	// Widget configures the web widget (docs/design.md §12).
+	Widget Widget
 }
 
 // Channel is a configured channel: a human name for a platform's channel
@@ -164,6 +166,9 @@ func (c *Config) setDefaults() error {
 	def(&c.DeliveryPoll, time.Second)
 	if c.ResumeWindow < 0 || c.ShutdownTimeout < 0 || c.DeliveryTimeout < 0 || c.DeliveryPoll < 0 {
 		return errors.New("config: durations must not be negative")
+	}
+	if err := c.Widget.setDefaults(); err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	if c.DeliveryLease <= sendTimeout {
 		return fmt.Errorf("config: the delivery lease must exceed the longest send (%s)", sendTimeout)

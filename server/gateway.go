@@ -92,6 +92,7 @@ func (s *Server) httpHandler(ctx context.Context, conn *grpc.ClientConn) http.Ha
 	for _, a := range s.cfg.Adapters {
 		mux.Handle(hookPath(a), a.Handler(hub{s}))
 	}
+	s.widget.register(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -90,6 +90,7 @@ func start(t *testing.T, st store.Store, clk *clock.Fake, opts ...option) *testS
 			{ID: "bot_plain", Greeting: "Hello!"},
 		},
 		ShutdownTimeout: 5 * time.Second,
+		Widget:          server.Widget{Secret: testWidgetSecret},
 	}
 	for _, o := range opts {
 		o(&cfg)

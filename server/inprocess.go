@@ -81,3 +81,7 @@ func (p *inProcess) CloseSession(ctx context.Context, r *pb.CloseSessionRequest)
 func (p *inProcess) ListMessages(ctx context.Context, r *pb.ListMessagesRequest) (*pb.ListMessagesResponse, error) {
 	return call(p.unary, ctx, r, pb.SessionService_ListMessages_FullMethodName, p.sessions.ListMessages)
 }
+
+func (p *inProcess) CreateWidgetToken(ctx context.Context, r *pb.CreateWidgetTokenRequest) (*pb.CreateWidgetTokenResponse, error) {
+	return call(p.unary, ctx, r, pb.SessionService_CreateWidgetToken_FullMethodName, p.sessions.CreateWidgetToken)
+}

@@ -124,7 +124,8 @@ func (s *Server) observeHTTP(next http.Handler) http.Handler {
 // the path itself, which could hold anything).
 func (s *Server) fixedRoute(path string) string {
 	switch path {
-	case "/healthz", "/readyz", "/metrics", "/openapi.json":
+	case "/healthz", "/readyz", "/metrics", "/openapi.json",
+		"/widget.js", "/widget/demo", "/widget/demo.css", widgetEvents, widgetMessages:
 		return path
 	}
 	if s.hooks[path] {

@@ -56,6 +56,8 @@ type Server struct {
 	bots   map[string]*webhook.Bot
 	botIDs []string
 	nudge  chan struct{}
+	// widget serves the web widget (docs/design.md §12).
+	widget *widget
 }
 
 // TransportOptions are the grpc-go settings of the server's transport,
@@ -94,8 +96,11 @@ func New(cfg Config) (*Server, error) {
 		s.hooks[hookPath(a)] = true
 	}
 	s.ic = &interceptors{logger: cfg.Logger, keys: keys, lim: cfg.Limits, codec: newRequestCodec(),
-		streams: newStreamCounts(cfg.Limits.Streams), metrics: s.metrics, gateway: randomHex(16)}
+		streams: newStreamCounts(cfg.Limits.Streams, tooManyStreams), metrics: s.metrics, gateway: randomHex(16)}
 	s.chat, s.sessions = &chatService{Server: s}, &sessionService{Server: s}
+	if s.widget, err = newWidget(s); err != nil {
+		return nil, err
+	}
 	unary, stream := []grpc.UnaryServerInterceptor{s.ic.unary}, []grpc.StreamServerInterceptor{s.ic.stream}
 	if s.metrics != nil {
 		unary = append([]grpc.UnaryServerInterceptor{s.metrics.grpc.unary}, unary...)

@@ -1,7 +1,8 @@
 // Command chatbench measures chatrelay: throughput and latency of posting
 // (against a bare gRPC echo handler measured in the same run), the memory
 // and registration time of idle ChatReceive listeners, match latency across
-// replicas, and WatchSession fan-out. Each scenario prints one table.
+// replicas, WatchSession fan-out, and idle web widgets (their memory, and
+// a post's latency to its event). Each scenario prints one table.
 //
 //	go run ./cmd/chatbench -short        # under a minute; CI runs this
 //	go run ./cmd/chatbench -full         # the figures in BENCHMARKS.md
@@ -39,11 +40,12 @@ type config struct {
 	fanoutKs    []int
 	fanoutFor   time.Duration
 	eventNs     []int  // idle listeners in the slack-events scenario
+	widgetNs    []int  // idle widget connections in the widget scenario
 	redisURL    string // -use-redis, or a private redis-server's
 }
 
 var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "post-slack", "metrics-off", "idle", "match", "fanout",
-	"cancel", "slack-slow", "slack-events", "webhooks"}
+	"cancel", "slack-slow", "slack-events", "webhooks", "widget"}
 
 func main() {
 	serve := flag.Bool("serve", false, "internal: run as the server under test")
@@ -64,7 +66,17 @@ func main() {
 	hold := flag.String("hold", "", "internal: hold idle ChatReceive listeners open against this gRPC address")
 	holdN := flag.Int("hold-n", 0, "internal: how many listeners -hold opens")
 	holdPrefix := flag.String("hold-prefix", "idle", "internal: -hold's listeners wait for users <prefix>-<i>")
+	holdWidgetsAt := flag.String("hold-widgets", "", "internal: hold idle widget event streams open against this HTTP address")
+	holdFile := flag.String("hold-file", "", "internal: -hold-widgets's sessions, lines of \"<session id> <token>\"")
 	flag.Parse()
+
+	if *holdWidgetsAt != "" {
+		if err := holdWidgets(*holdWidgetsAt, *holdFile); err != nil {
+			fmt.Fprintln(os.Stderr, "chatbench -hold-widgets:", err)
+			os.Exit(1)
+		}
+		return
+	}
 
 	if *hold != "" {
 		if err := holdListeners(*hold, *holdN, *holdPrefix); err != nil {
@@ -93,10 +105,12 @@ func main() {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
 			2*time.Second, []int{1_000, 10_000}, []int{0, 1_000}, time.Second, []int{1, 100}, time.Second
 		cfg.eventNs = []int{1_000}
+		cfg.widgetNs = []int{1_000}
 	} else {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
 			4*time.Second, []int{1_000, 10_000, 100_000}, []int{0, 10_000, 100_000}, 5*time.Second, []int{1, 100, 1000}, 3*time.Second
 		cfg.eventNs = []int{10_000}
+		cfg.widgetNs = []int{1_000, 10_000}
 	}
 	if *duration > 0 {
 		cfg.duration = *duration
@@ -182,6 +196,8 @@ func run(cfg config, scenarios []string) error {
 			rows, err = benchSlackEvents(ctx, cfg)
 		case "webhooks":
 			rows, err = benchWebhooks(ctx, cfg)
+		case "widget":
+			rows, err = benchWidget(ctx, cfg)
 		default:
 			continue
 		}

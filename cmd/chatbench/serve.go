@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -134,7 +135,9 @@ func serveChild(backend, redisURL, slackAPI, webhookURL, cpuprofile string, metr
 	// default caps, which are for production.
 	limits := server.DefaultLimits()
 	limits.Streams, limits.PendingListeners = 1_000_000, 1_000_000
-	cfg := server.Config{Store: st, Logger: quiet, Limits: limits}
+	// The widget scenario holds one connection per session, each counted
+	// among the tenant's streams.
+	cfg := server.Config{Store: st, Logger: quiet, Limits: limits, Widget: server.Widget{Secret: rand.Text() + rand.Text()}}
 	if metrics {
 		cfg.Metrics = prometheus.NewRegistry()
 	}

@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -106,7 +107,23 @@ func run() error {
 		DeliveryTimeout: file.DeliveryTimeout,
 		Metrics:         metrics(),
 		TracerProvider:  tp,
+		Widget:          widgetConfig(file, *redisURL, logger),
 	})
+}
+
+// widgetConfig is the file's widget section. Without widget.secret_env, the
+// memory backend (one process) signs with a secret made now; on Redis every
+// replica must share one, so the widget is off.
+func widgetConfig(f *config.File, redisURL string, logger *slog.Logger) server.Widget {
+	w := f.Widget
+	switch {
+	case w.Secret != "":
+	case redisURL == "":
+		w.Secret = rand.Text() + rand.Text()
+	default:
+		logger.Warn("the web widget is off: set widget.secret_env, the same on every replica, to sign its tokens")
+	}
+	return w
 }
 
 // openStore opens the Redis backend when a URL is given, else the memory

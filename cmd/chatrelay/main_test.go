@@ -3,6 +3,7 @@ package main_test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -266,4 +267,53 @@ func TestBinaryRefusesABadConfig(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "greetting") {
 		t.Fatalf("want the unknown field named, got err=%v:\n%s", err, out)
 	}
+}
+
+// webSessionToken creates a web session over REST and asks for a widget
+// token for it: the HTTP code of that request.
+func (p *process) webSessionToken(t *testing.T, user string) int {
+	t.Helper()
+	resp, err := http.Post("http://"+p.httpAddr+"/v1/sessions", "application/json", strings.NewReader(`{"platform":"web","user":"`+user+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ses struct {
+		SessionID string `json:"session_id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&ses); err != nil || ses.SessionID == "" {
+		t.Fatalf("CreateSession: HTTP %d, %v", resp.StatusCode, err)
+	}
+	return p.call(t, "POST", "/v1/sessions/"+ses.SessionID+"/widget-tokens", "", `{}`)
+}
+
+// The widget works out of the box on memory (one process, a secret made at
+// start); on Redis, where replicas must share one, it needs
+// widget.secret_env, and says so.
+func TestBinaryWidgetSecret(t *testing.T) {
+	mem := run(t)
+	if code := mem.webSessionToken(t, "visitor-1"); code != 200 {
+		t.Fatalf("memory, no configuration: CreateWidgetToken HTTP %d, want 200", code)
+	}
+	if code := mem.call(t, "GET", "/widget.js", "", ""); code != 200 {
+		t.Fatalf("GET /widget.js: HTTP %d", code)
+	}
+	mem.stop(t)
+
+	rd := redistest.Start(t)
+	bare := run(t, "CHATRELAY_REDIS_URL=redis://"+rd.Addr)
+	if code := bare.webSessionToken(t, "visitor-2"); code != 400 {
+		t.Fatalf("Redis without widget.secret_env: CreateWidgetToken HTTP %d, want 400", code)
+	}
+	bare.stop(t)
+
+	cfg := filepath.Join(t.TempDir(), "chatrelay.yaml")
+	if err := os.WriteFile(cfg, []byte("widget:\n  secret_env: TEST_WIDGET_SECRET\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	shared := run(t, "CHATRELAY_REDIS_URL=redis://"+rd.Addr, "CHATRELAY_CONFIG="+cfg, "TEST_WIDGET_SECRET=widget-secret-0123456789abcdef-0123")
+	if code := shared.webSessionToken(t, "visitor-3"); code != 200 {
+		t.Fatalf("Redis with widget.secret_env: CreateWidgetToken HTTP %d, want 200", code)
+	}
+	shared.stop(t)
 }

@@ -43,6 +43,9 @@ type File struct {
 	HistoryLimit int           `yaml:"history_limit"`
 	// Limits override server.DefaultLimits field by field.
 	Limits server.Limits `yaml:"limits"`
+	// Widget configures the web widget (docs/design.md §12); its secret
+	// comes from widget.secret_env.
+	Widget server.Widget `yaml:"widget"`
 }
 
 // Slack is a Slack app installed in a workspace: at most one per tenant.
@@ -122,6 +125,9 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*File, error) {
 		if w := f.Chatbots[i].Webhook; w != nil {
 			w.Secret = env.secret(fmt.Sprintf("chatbots[%d].webhook.secret_env", i), w.SecretEnv)
 		}
+	}
+	if f.Widget.SecretEnv != "" {
+		f.Widget.Secret = env.secret("widget.secret_env", f.Widget.SecretEnv)
 	}
 	if env.err != nil {
 		return nil, env.err

@@ -174,3 +174,31 @@ webhooks:
 		t.Fatalf("a malformed secret: %v", err)
 	}
 }
+
+// The widget's section: every setting by its documented name, and its
+// secret from the environment variable secret_env names.
+func TestWidgetIsConfigurableWithItsSecretFromTheEnvironment(t *testing.T) {
+	f, err := load(t, `
+widget:
+  secret_env: WIDGET_SECRET
+  allowed_origins: ["https://shop.example", "http://localhost:3000"]
+  token_ttl: 30m
+  max_token_ttl: 2h
+  connections_per_session: 3
+  heartbeat: 20s
+`, map[string]string{"WIDGET_SECRET": "a-secret-of-thirty-two-bytes-at-least"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := f.Widget
+	if w.Secret != "a-secret-of-thirty-two-bytes-at-least" || strings.Join(w.AllowedOrigins, " ") != "https://shop.example http://localhost:3000" ||
+		w.TokenTTL != 30*time.Minute || w.MaxTokenTTL != 2*time.Hour || w.ConnectionsPerSession != 3 || w.Heartbeat != 20*time.Second {
+		t.Fatalf("widget %+v", w)
+	}
+	if _, err := load(t, "widget:\n  secret_env: WIDGET_SECRET\n", nil); err == nil || !strings.Contains(err.Error(), "WIDGET_SECRET") {
+		t.Fatalf("an unset secret_env: %v", err)
+	}
+	if f, err := load(t, "", nil); err != nil || f.Widget.Secret != "" {
+		t.Fatalf("no widget section: %+v, %v", f.Widget, err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -947,11 +948,131 @@ func (x *SessionEnded) GetEndedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// The request of CreateWidgetToken.
+type CreateWidgetTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The web session the token is for: active, on platform `web`.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// How long the token is valid. Default 1 h (`widget.token_ttl`); at most
+	// 24 h (`widget.max_token_ttl`).
+	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWidgetTokenRequest) Reset() {
+	*x = CreateWidgetTokenRequest{}
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWidgetTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWidgetTokenRequest) ProtoMessage() {}
+
+func (x *CreateWidgetTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWidgetTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateWidgetTokenRequest) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CreateWidgetTokenRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *CreateWidgetTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// The response of CreateWidgetToken.
+type CreateWidgetTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token: `data-token` of the widget's script tag.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The session it is bound to.
+	SessionId string `protobuf:"bytes,2,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// When it stops being accepted. An open widget connection ends then.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWidgetTokenResponse) Reset() {
+	*x = CreateWidgetTokenResponse{}
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWidgetTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWidgetTokenResponse) ProtoMessage() {}
+
+func (x *CreateWidgetTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_session_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWidgetTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateWidgetTokenResponse) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_session_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CreateWidgetTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateWidgetTokenResponse) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *CreateWidgetTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_chatrelay_v1_session_service_proto protoreflect.FileDescriptor
 
 const file_chatrelay_v1_session_service_proto_rawDesc = "" +
 	"\n" +
-	"\"chatrelay/v1/session_service.proto\x12\fchatrelay.v1\x1a\x1cchatrelay/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n" +
+	"\"chatrelay/v1/session_service.proto\x12\fchatrelay.v1\x1a\x1cchatrelay/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n" +
 	"\x14CreateSessionRequest\x12\x1a\n" +
 	"\bplatform\x18\x01 \x01(\tR\bplatform\x12\x18\n" +
 	"\achannel\x18\x02 \x01(\tR\achannel\x12\x17\n" +
@@ -1016,7 +1137,17 @@ const file_chatrelay_v1_session_service_proto_rawDesc = "" +
 	"\x05event\"w\n" +
 	"\fSessionEnded\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.chatrelay.v1.SessionStateR\x05state\x125\n" +
-	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt2\x91\a\n" +
+	"\bended_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\"k\n" +
+	"\x18CreateWidgetTokenRequest\x12\"\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tB\x03\xe0A\x02R\tsessionId\x12+\n" +
+	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\x8b\x01\n" +
+	"\x19CreateWidgetTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt2\xac\b\n" +
 	"\x0eSessionService\x12z\n" +
 	"\rCreateSession\x12\".chatrelay.v1.CreateSessionRequest\x1a#.chatrelay.v1.CreateSessionResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*b\asession\"\f/v1/sessions\x12k\n" +
 	"\fListSessions\x12!.chatrelay.v1.ListSessionsRequest\x1a\".chatrelay.v1.ListSessionsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/sessions\x12{\n" +
@@ -1025,7 +1156,8 @@ const file_chatrelay_v1_session_service_proto_rawDesc = "" +
 	"\rUpdateSession\x12\".chatrelay.v1.UpdateSessionRequest\x1a#.chatrelay.v1.UpdateSessionResponse\"-\x82\xd3\xe4\x93\x02':\x01*b\asession2\x19/v1/sessions/{session_id}\x12\x87\x01\n" +
 	"\fCloseSession\x12!.chatrelay.v1.CloseSessionRequest\x1a\".chatrelay.v1.CloseSessionResponse\"0\x82\xd3\xe4\x93\x02*b\asession\"\x1f/v1/sessions/{session_id}:close\x12\x81\x01\n" +
 	"\fListMessages\x12!.chatrelay.v1.ListMessagesRequest\x1a\".chatrelay.v1.ListMessagesResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/sessions/{session_id}/messages\x12\x80\x01\n" +
-	"\fWatchSession\x12!.chatrelay.v1.WatchSessionRequest\x1a\".chatrelay.v1.WatchSessionResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/sessions/{session_id}:watch0\x01B=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
+	"\fWatchSession\x12!.chatrelay.v1.WatchSessionRequest\x1a\".chatrelay.v1.WatchSessionResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/sessions/{session_id}:watch0\x01\x12\x98\x01\n" +
+	"\x11CreateWidgetToken\x12&.chatrelay.v1.CreateWidgetTokenRequest\x1a'.chatrelay.v1.CreateWidgetTokenResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/sessions/{session_id}/widget-tokensB=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
 
 var (
 	file_chatrelay_v1_session_service_proto_rawDescOnce sync.Once
@@ -1039,66 +1171,73 @@ func file_chatrelay_v1_session_service_proto_rawDescGZIP() []byte {
 	return file_chatrelay_v1_session_service_proto_rawDescData
 }
 
-var file_chatrelay_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_chatrelay_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_chatrelay_v1_session_service_proto_goTypes = []any{
-	(*CreateSessionRequest)(nil),  // 0: chatrelay.v1.CreateSessionRequest
-	(*CreateSessionResponse)(nil), // 1: chatrelay.v1.CreateSessionResponse
-	(*ListSessionsRequest)(nil),   // 2: chatrelay.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),  // 3: chatrelay.v1.ListSessionsResponse
-	(*GetSessionRequest)(nil),     // 4: chatrelay.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),    // 5: chatrelay.v1.GetSessionResponse
-	(*UpdateSessionRequest)(nil),  // 6: chatrelay.v1.UpdateSessionRequest
-	(*UpdateSessionResponse)(nil), // 7: chatrelay.v1.UpdateSessionResponse
-	(*CloseSessionRequest)(nil),   // 8: chatrelay.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),  // 9: chatrelay.v1.CloseSessionResponse
-	(*ListMessagesRequest)(nil),   // 10: chatrelay.v1.ListMessagesRequest
-	(*ListMessagesResponse)(nil),  // 11: chatrelay.v1.ListMessagesResponse
-	(*WatchSessionRequest)(nil),   // 12: chatrelay.v1.WatchSessionRequest
-	(*WatchSessionResponse)(nil),  // 13: chatrelay.v1.WatchSessionResponse
-	(*SessionEnded)(nil),          // 14: chatrelay.v1.SessionEnded
-	nil,                           // 15: chatrelay.v1.CreateSessionRequest.MetadataEntry
-	nil,                           // 16: chatrelay.v1.UpdateSessionRequest.MetadataEntry
-	(*Session)(nil),               // 17: chatrelay.v1.Session
-	(SessionState)(0),             // 18: chatrelay.v1.SessionState
-	(*Message)(nil),               // 19: chatrelay.v1.Message
-	(*MessageStatusChange)(nil),   // 20: chatrelay.v1.MessageStatusChange
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*CreateSessionRequest)(nil),      // 0: chatrelay.v1.CreateSessionRequest
+	(*CreateSessionResponse)(nil),     // 1: chatrelay.v1.CreateSessionResponse
+	(*ListSessionsRequest)(nil),       // 2: chatrelay.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),      // 3: chatrelay.v1.ListSessionsResponse
+	(*GetSessionRequest)(nil),         // 4: chatrelay.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),        // 5: chatrelay.v1.GetSessionResponse
+	(*UpdateSessionRequest)(nil),      // 6: chatrelay.v1.UpdateSessionRequest
+	(*UpdateSessionResponse)(nil),     // 7: chatrelay.v1.UpdateSessionResponse
+	(*CloseSessionRequest)(nil),       // 8: chatrelay.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),      // 9: chatrelay.v1.CloseSessionResponse
+	(*ListMessagesRequest)(nil),       // 10: chatrelay.v1.ListMessagesRequest
+	(*ListMessagesResponse)(nil),      // 11: chatrelay.v1.ListMessagesResponse
+	(*WatchSessionRequest)(nil),       // 12: chatrelay.v1.WatchSessionRequest
+	(*WatchSessionResponse)(nil),      // 13: chatrelay.v1.WatchSessionResponse
+	(*SessionEnded)(nil),              // 14: chatrelay.v1.SessionEnded
+	(*CreateWidgetTokenRequest)(nil),  // 15: chatrelay.v1.CreateWidgetTokenRequest
+	(*CreateWidgetTokenResponse)(nil), // 16: chatrelay.v1.CreateWidgetTokenResponse
+	nil,                               // 17: chatrelay.v1.CreateSessionRequest.MetadataEntry
+	nil,                               // 18: chatrelay.v1.UpdateSessionRequest.MetadataEntry
+	(*Session)(nil),                   // 19: chatrelay.v1.Session
+	(SessionState)(0),                 // 20: chatrelay.v1.SessionState
+	(*Message)(nil),                   // 21: chatrelay.v1.Message
+	(*MessageStatusChange)(nil),       // 22: chatrelay.v1.MessageStatusChange
+	(*timestamppb.Timestamp)(nil),     // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 24: google.protobuf.Duration
 }
 var file_chatrelay_v1_session_service_proto_depIdxs = []int32{
-	15, // 0: chatrelay.v1.CreateSessionRequest.metadata:type_name -> chatrelay.v1.CreateSessionRequest.MetadataEntry
-	17, // 1: chatrelay.v1.CreateSessionResponse.session:type_name -> chatrelay.v1.Session
-	18, // 2: chatrelay.v1.ListSessionsRequest.state:type_name -> chatrelay.v1.SessionState
-	17, // 3: chatrelay.v1.ListSessionsResponse.sessions:type_name -> chatrelay.v1.Session
-	17, // 4: chatrelay.v1.GetSessionResponse.session:type_name -> chatrelay.v1.Session
-	18, // 5: chatrelay.v1.UpdateSessionRequest.state:type_name -> chatrelay.v1.SessionState
-	16, // 6: chatrelay.v1.UpdateSessionRequest.metadata:type_name -> chatrelay.v1.UpdateSessionRequest.MetadataEntry
-	17, // 7: chatrelay.v1.UpdateSessionResponse.session:type_name -> chatrelay.v1.Session
-	17, // 8: chatrelay.v1.CloseSessionResponse.session:type_name -> chatrelay.v1.Session
-	19, // 9: chatrelay.v1.ListMessagesResponse.messages:type_name -> chatrelay.v1.Message
-	19, // 10: chatrelay.v1.WatchSessionResponse.message:type_name -> chatrelay.v1.Message
+	17, // 0: chatrelay.v1.CreateSessionRequest.metadata:type_name -> chatrelay.v1.CreateSessionRequest.MetadataEntry
+	19, // 1: chatrelay.v1.CreateSessionResponse.session:type_name -> chatrelay.v1.Session
+	20, // 2: chatrelay.v1.ListSessionsRequest.state:type_name -> chatrelay.v1.SessionState
+	19, // 3: chatrelay.v1.ListSessionsResponse.sessions:type_name -> chatrelay.v1.Session
+	19, // 4: chatrelay.v1.GetSessionResponse.session:type_name -> chatrelay.v1.Session
+	20, // 5: chatrelay.v1.UpdateSessionRequest.state:type_name -> chatrelay.v1.SessionState
+	18, // 6: chatrelay.v1.UpdateSessionRequest.metadata:type_name -> chatrelay.v1.UpdateSessionRequest.MetadataEntry
+	19, // 7: chatrelay.v1.UpdateSessionResponse.session:type_name -> chatrelay.v1.Session
+	19, // 8: chatrelay.v1.CloseSessionResponse.session:type_name -> chatrelay.v1.Session
+	21, // 9: chatrelay.v1.ListMessagesResponse.messages:type_name -> chatrelay.v1.Message
+	21, // 10: chatrelay.v1.WatchSessionResponse.message:type_name -> chatrelay.v1.Message
 	14, // 11: chatrelay.v1.WatchSessionResponse.ended:type_name -> chatrelay.v1.SessionEnded
-	20, // 12: chatrelay.v1.WatchSessionResponse.message_status:type_name -> chatrelay.v1.MessageStatusChange
-	18, // 13: chatrelay.v1.SessionEnded.state:type_name -> chatrelay.v1.SessionState
-	21, // 14: chatrelay.v1.SessionEnded.ended_at:type_name -> google.protobuf.Timestamp
-	0,  // 15: chatrelay.v1.SessionService.CreateSession:input_type -> chatrelay.v1.CreateSessionRequest
-	2,  // 16: chatrelay.v1.SessionService.ListSessions:input_type -> chatrelay.v1.ListSessionsRequest
-	4,  // 17: chatrelay.v1.SessionService.GetSession:input_type -> chatrelay.v1.GetSessionRequest
-	6,  // 18: chatrelay.v1.SessionService.UpdateSession:input_type -> chatrelay.v1.UpdateSessionRequest
-	8,  // 19: chatrelay.v1.SessionService.CloseSession:input_type -> chatrelay.v1.CloseSessionRequest
-	10, // 20: chatrelay.v1.SessionService.ListMessages:input_type -> chatrelay.v1.ListMessagesRequest
-	12, // 21: chatrelay.v1.SessionService.WatchSession:input_type -> chatrelay.v1.WatchSessionRequest
-	1,  // 22: chatrelay.v1.SessionService.CreateSession:output_type -> chatrelay.v1.CreateSessionResponse
-	3,  // 23: chatrelay.v1.SessionService.ListSessions:output_type -> chatrelay.v1.ListSessionsResponse
-	5,  // 24: chatrelay.v1.SessionService.GetSession:output_type -> chatrelay.v1.GetSessionResponse
-	7,  // 25: chatrelay.v1.SessionService.UpdateSession:output_type -> chatrelay.v1.UpdateSessionResponse
-	9,  // 26: chatrelay.v1.SessionService.CloseSession:output_type -> chatrelay.v1.CloseSessionResponse
-	11, // 27: chatrelay.v1.SessionService.ListMessages:output_type -> chatrelay.v1.ListMessagesResponse
-	13, // 28: chatrelay.v1.SessionService.WatchSession:output_type -> chatrelay.v1.WatchSessionResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	22, // 12: chatrelay.v1.WatchSessionResponse.message_status:type_name -> chatrelay.v1.MessageStatusChange
+	20, // 13: chatrelay.v1.SessionEnded.state:type_name -> chatrelay.v1.SessionState
+	23, // 14: chatrelay.v1.SessionEnded.ended_at:type_name -> google.protobuf.Timestamp
+	24, // 15: chatrelay.v1.CreateWidgetTokenRequest.ttl:type_name -> google.protobuf.Duration
+	23, // 16: chatrelay.v1.CreateWidgetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 17: chatrelay.v1.SessionService.CreateSession:input_type -> chatrelay.v1.CreateSessionRequest
+	2,  // 18: chatrelay.v1.SessionService.ListSessions:input_type -> chatrelay.v1.ListSessionsRequest
+	4,  // 19: chatrelay.v1.SessionService.GetSession:input_type -> chatrelay.v1.GetSessionRequest
+	6,  // 20: chatrelay.v1.SessionService.UpdateSession:input_type -> chatrelay.v1.UpdateSessionRequest
+	8,  // 21: chatrelay.v1.SessionService.CloseSession:input_type -> chatrelay.v1.CloseSessionRequest
+	10, // 22: chatrelay.v1.SessionService.ListMessages:input_type -> chatrelay.v1.ListMessagesRequest
+	12, // 23: chatrelay.v1.SessionService.WatchSession:input_type -> chatrelay.v1.WatchSessionRequest
+	15, // 24: chatrelay.v1.SessionService.CreateWidgetToken:input_type -> chatrelay.v1.CreateWidgetTokenRequest
+	1,  // 25: chatrelay.v1.SessionService.CreateSession:output_type -> chatrelay.v1.CreateSessionResponse
+	3,  // 26: chatrelay.v1.SessionService.ListSessions:output_type -> chatrelay.v1.ListSessionsResponse
+	5,  // 27: chatrelay.v1.SessionService.GetSession:output_type -> chatrelay.v1.GetSessionResponse
+	7,  // 28: chatrelay.v1.SessionService.UpdateSession:output_type -> chatrelay.v1.UpdateSessionResponse
+	9,  // 29: chatrelay.v1.SessionService.CloseSession:output_type -> chatrelay.v1.CloseSessionResponse
+	11, // 30: chatrelay.v1.SessionService.ListMessages:output_type -> chatrelay.v1.ListMessagesResponse
+	13, // 31: chatrelay.v1.SessionService.WatchSession:output_type -> chatrelay.v1.WatchSessionResponse
+	16, // 32: chatrelay.v1.SessionService.CreateWidgetToken:output_type -> chatrelay.v1.CreateWidgetTokenResponse
+	25, // [25:33] is the sub-list for method output_type
+	17, // [17:25] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_chatrelay_v1_session_service_proto_init() }
@@ -1118,7 +1257,7 @@ func file_chatrelay_v1_session_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatrelay_v1_session_service_proto_rawDesc), len(file_chatrelay_v1_session_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SessionService_CreateSession_FullMethodName = "/chatrelay.v1.SessionService/CreateSession"
-	SessionService_ListSessions_FullMethodName  = "/chatrelay.v1.SessionService/ListSessions"
-	SessionService_GetSession_FullMethodName    = "/chatrelay.v1.SessionService/GetSession"
-	SessionService_UpdateSession_FullMethodName = "/chatrelay.v1.SessionService/UpdateSession"
-	SessionService_CloseSession_FullMethodName  = "/chatrelay.v1.SessionService/CloseSession"
-	SessionService_ListMessages_FullMethodName  = "/chatrelay.v1.SessionService/ListMessages"
-	SessionService_WatchSession_FullMethodName  = "/chatrelay.v1.SessionService/WatchSession"
+	SessionService_CreateSession_FullMethodName     = "/chatrelay.v1.SessionService/CreateSession"
+	SessionService_ListSessions_FullMethodName      = "/chatrelay.v1.SessionService/ListSessions"
+	SessionService_GetSession_FullMethodName        = "/chatrelay.v1.SessionService/GetSession"
+	SessionService_UpdateSession_FullMethodName     = "/chatrelay.v1.SessionService/UpdateSession"
+	SessionService_CloseSession_FullMethodName      = "/chatrelay.v1.SessionService/CloseSession"
+	SessionService_ListMessages_FullMethodName      = "/chatrelay.v1.SessionService/ListMessages"
+	SessionService_WatchSession_FullMethodName      = "/chatrelay.v1.SessionService/WatchSession"
+	SessionService_CreateWidgetToken_FullMethodName = "/chatrelay.v1.SessionService/CreateWidgetToken"
 )
 
 // SessionServiceClient is the client API for SessionService service.
@@ -58,6 +59,12 @@ type SessionServiceClient interface {
 	// then live messages, with no gap and no duplicate between the two. The
 	// stream sends `ended` and finishes when the session closes or expires.
 	WatchSession(ctx context.Context, in *WatchSessionRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSessionResponse], error)
+	// Mints a token for the web widget, signed by the server and bound to one
+	// active web session, with an expiry. A site's backend calls this with its
+	// API key and hands the token to the visitor's page, whose widget uses it
+	// for the widget's own endpoints (`/widget/v1/events`,
+	// `/widget/v1/messages`) and for nothing else.
+	CreateWidgetToken(ctx context.Context, in *CreateWidgetTokenRequest, opts ...grpc.CallOption) (*CreateWidgetTokenResponse, error)
 }
 
 type sessionServiceClient struct {
@@ -147,6 +154,16 @@ func (c *sessionServiceClient) WatchSession(ctx context.Context, in *WatchSessio
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SessionService_WatchSessionClient = grpc.ServerStreamingClient[WatchSessionResponse]
 
+func (c *sessionServiceClient) CreateWidgetToken(ctx context.Context, in *CreateWidgetTokenRequest, opts ...grpc.CallOption) (*CreateWidgetTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateWidgetTokenResponse)
+	err := c.cc.Invoke(ctx, SessionService_CreateWidgetToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SessionServiceServer is the server API for SessionService service.
 // All implementations must embed UnimplementedSessionServiceServer
 // for forward compatibility.
@@ -177,6 +194,12 @@ type SessionServiceServer interface {
 	// then live messages, with no gap and no duplicate between the two. The
 	// stream sends `ended` and finishes when the session closes or expires.
 	WatchSession(*WatchSessionRequest, grpc.ServerStreamingServer[WatchSessionResponse]) error
+	// Mints a token for the web widget, signed by the server and bound to one
+	// active web session, with an expiry. A site's backend calls this with its
+	// API key and hands the token to the visitor's page, whose widget uses it
+	// for the widget's own endpoints (`/widget/v1/events`,
+	// `/widget/v1/messages`) and for nothing else.
+	CreateWidgetToken(context.Context, *CreateWidgetTokenRequest) (*CreateWidgetTokenResponse, error)
 	mustEmbedUnimplementedSessionServiceServer()
 }
 
@@ -207,6 +230,9 @@ func (UnimplementedSessionServiceServer) ListMessages(context.Context, *ListMess
 }
 func (UnimplementedSessionServiceServer) WatchSession(*WatchSessionRequest, grpc.ServerStreamingServer[WatchSessionResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchSession not implemented")
+}
+func (UnimplementedSessionServiceServer) CreateWidgetToken(context.Context, *CreateWidgetTokenRequest) (*CreateWidgetTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateWidgetToken not implemented")
 }
 func (UnimplementedSessionServiceServer) mustEmbedUnimplementedSessionServiceServer() {}
 func (UnimplementedSessionServiceServer) testEmbeddedByValue()                        {}
@@ -348,6 +374,24 @@ func _SessionService_WatchSession_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SessionService_WatchSessionServer = grpc.ServerStreamingServer[WatchSessionResponse]
 
+func _SessionService_CreateWidgetToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateWidgetTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).CreateWidgetToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_CreateWidgetToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).CreateWidgetToken(ctx, req.(*CreateWidgetTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SessionService_ServiceDesc is the grpc.ServiceDesc for SessionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -378,6 +422,10 @@ var SessionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListMessages",
 			Handler:    _SessionService_ListMessages_Handler,
+		},
+		{
+			MethodName: "CreateWidgetToken",
+			Handler:    _SessionService_CreateWidgetToken_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
