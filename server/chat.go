@@ -32,7 +32,7 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 		return nil, err
 	}
 	tenant := tenantFrom(ctx)
-	at, err := c.placeOf(ctx, tenant, req.SessionId)
+	at, ses, err := c.placeOf(ctx, tenant, req.SessionId)
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +45,15 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	}
 	var a adapters.Adapter
 	out.Status, out.Error, a = c.route(tenant, at)
+	if a != nil {
+		o, err := c.outgoing(ctx, tenant, req.SessionId, at, ses, req.Message)
+		if err != nil {
+			return nil, err
+		}
+		if o.Refused != nil {
+			out.Status, out.Error, a = store.StatusFailed, o.Refused, nil
+		}
+	}
 	if a != nil {
 		out.Delivery = c.newDelivery()
 	}
@@ -71,17 +80,36 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	return postResponse(&msg), nil
 }
 
-// placeOf is where a session lives: known from an earlier call, or read.
-func (c *chatService) placeOf(ctx context.Context, tenant, sessionID string) (place, error) {
+// placeOf is where a session lives: known from an earlier call, or read
+// (and then the session read is returned too).
+func (c *chatService) placeOf(ctx context.Context, tenant, sessionID string) (place, *store.Session, error) {
 	if at, ok := c.places.get(tenant, sessionID); ok {
-		return at, nil
+		return at, nil, nil
 	}
 	ses, err := c.cfg.Store.GetSession(ctx, tenant, sessionID)
 	if err != nil {
-		return place{}, err
+		return place{}, nil, err
 	}
 	c.places.learn(&ses)
-	return place{ses.Platform, ses.Channel, ses.User}, nil
+	return sessionPlace(&ses), &ses, nil
+}
+
+// outgoing composes a post's text for the session at at (docs/design.md
+// §9). Only a WhatsApp session whose window this replica does not know to
+// be open needs the session as it is now: ses when just read, or read.
+func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at place, ses *store.Session, text string) (store.Outgoing, error) {
+	if at.platform != platformWhatsApp || at.open(c.cfg.Clock.Now()) {
+		return store.Outgoing{Text: text}, nil
+	}
+	if ses == nil {
+		now, err := c.cfg.Store.GetSession(ctx, tenant, sessionID)
+		if err != nil {
+			return store.Outgoing{}, err
+		}
+		c.places.learn(&now)
+		ses = &now
+	}
+	return c.compose(ses, text), nil
 }
 
 // route says how a message to a session at at is delivered: by the hub
@@ -178,7 +206,13 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) {
 			m.(*pb.SendChatbotMessageRequest).IdempotencyKey = ""
 		}),
-		Greeting:       func(s store.Session, ct store.Contact) string { return render(bot.Greeting, s, ct) },
+		Greeting: func(s store.Session, ct store.Contact) store.Outgoing {
+			text := render(bot.Greeting, s, ct)
+			if a == nil {
+				return store.Outgoing{Text: text}
+			}
+			return c.compose(&s, text)
+		},
 		GreetingStatus: status,
 		GreetingError:  perr,
 	}
@@ -198,7 +232,7 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		if now, err := c.cfg.Store.GetMessage(ctx, tenant, greeting.SessionID, greeting.ID); err == nil {
 			*greeting = now
 		}
-	case a != nil && !r.Replayed:
+	case a != nil && !r.Replayed && greeting.Status == store.StatusPending:
 		*greeting = c.deliverNow(ctx, a, store.DeliveryClaim{ID: start.GreetingDelivery.ID, Tenant: tenant,
 			SessionID: greeting.SessionID, Message: *greeting, Attempt: 1}, req.To)
 	}

@@ -70,6 +70,8 @@ func sessionPB(s *store.Session) *pb.Session {
 		UpdatedAt:      ts(s.UpdatedAt),
 		LastActivityAt: ts(s.LastActivityAt),
 		ExpiresAt:      ts(s.ExpiresAt),
+
+		ReplyWindowClosesAt: ts(windowCloses(s)),
 	}
 }
 
@@ -90,7 +92,7 @@ func platformErrorPB(e *store.PlatformError) *pb.PlatformError {
 	if e == nil {
 		return nil
 	}
-	return &pb.PlatformError{Code: e.Code, Message: e.Message}
+	return &pb.PlatformError{Code: e.Code, Message: e.Message, Reason: reasons[e.Code]}
 }
 
 func messagePB(m *store.Message) *pb.Message {

@@ -96,6 +96,10 @@ type Session struct {
 	// and "" before the first). Watchers use them as a live-only cursor.
 	LastSeq       uint64
 	LastMessageID string
+
+	// LastInboundAt is when the user's newest message was ingested (zero
+	// before the first): WhatsApp's reply window runs from it.
+	LastInboundAt time.Time
 }
 
 // Contact is a tenant's record of a user on a platform.
@@ -185,6 +189,15 @@ type Message struct {
 	PlatformID string
 	// StatusAt is when Status last changed (CreatedAt until it does).
 	StatusAt time.Time
+}
+
+// Outgoing is an outbound message as the server composed it for its
+// session: its text; or, when it cannot be sent at all, Refused.
+type Outgoing struct {
+	Text string
+	// Refused, when set, records the message FAILED with this error,
+	// and without a delivery.
+	Refused *PlatformError
 }
 
 // Idempotency identifies a request that must take effect at most once within
@@ -294,10 +307,12 @@ type ChatbotStart struct {
 	SessionMetadata      map[string]string
 	ContactMetadata      map[string]string
 	Idempotency          Idempotency
-	// Greeting renders the chatbot's first message from the session and
+	// Greeting composes the chatbot's first message from the session and
 	// contact as they will be committed. It must be pure: a backend may call
 	// it more than once (optimistic retries) and keeps only the last result.
-	Greeting func(Session, Contact) string
+	// A greeting it refuses (Outgoing.Refused) is appended FAILED with
+	// that error, and without GreetingDelivery.
+	Greeting func(Session, Contact) Outgoing
 	// GreetingStatus and GreetingError record how the platform took the
 	// greeting, when it is known at once; with GreetingDelivery set,
 	// GreetingStatus is PENDING and the delivery finishes it.
@@ -389,9 +404,10 @@ type Messages interface {
 	// message carries the session's platform and channel.
 	AppendOutbound(ctx context.Context, m OutboundMessage) (msg Message, replayed bool, err error)
 	// Ingest appends an inbound message (opening a session when needed),
-	// resolves every pending listener it matches, records the channel/user/
-	// session-but-not-keyword sighting on the others, and publishes the events
-	// — all as one atomic step.
+	// sets the session's LastInboundAt to now, resolves every pending
+	// listener it matches, records the channel/user/session-but-not-keyword
+	// sighting on the others, and publishes the events — all as one atomic
+	// step.
 	Ingest(ctx context.Context, in InboundMessage) (IngestResult, error)
 	// ListMessages returns up to limit retained messages with ID > afterID
 	// (all when afterID is empty), oldest first. It works for ended sessions.

@@ -30,6 +30,10 @@ type WhatsApp struct {
 	script []WhatsAppAnswer
 	onSend func(*http.Request, WhatsAppSend)
 	seq    atomic.Int64
+	// now, when set, holds customers to the 24-hour window: wrote is
+	// when each (by wa_id) last wrote.
+	now   func() time.Time
+	wrote map[string]time.Time
 }
 
 // WhatsAppSend is a message the fake was asked to send, as the Graph API
@@ -83,6 +87,43 @@ func (w *WhatsApp) OnSend(fn func(r *http.Request, s WhatsAppSend)) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.onSend = fn
+}
+
+// EnforceWindow makes the fake hold customers to Meta's 24-hour
+// customer-service window, on the clock now: free text to a customer who
+// has not written (Message) within the 24 hours before now is refused with
+// 131047, as Meta refuses it.
+func (w *WhatsApp) EnforceWindow(now func() time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.now = now
+}
+
+// Message is the webhook notification of a customer's text, as Meta sends
+// it (WhatsAppMessage); to the fake, the customer wrote at its clock's now,
+// which opens their window.
+func (w *WhatsApp) Message(id, from, text string) []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	at := time.Now()
+	if w.now != nil {
+		at = w.now()
+	}
+	if w.wrote == nil {
+		w.wrote = map[string]time.Time{}
+	}
+	w.wrote[from] = at
+	return whatsAppMessage(w.phoneNumberID, id, from, text, at)
+}
+
+// windowClosed reports whether free text to wa_id to is outside its
+// window, when the fake keeps windows. Called with mu held.
+func (w *WhatsApp) windowClosed(to string) bool {
+	if w.now == nil {
+		return false
+	}
+	last, ok := w.wrote[to]
+	return !ok || !w.now().Before(last.Add(24*time.Hour))
 }
 
 // URL is the API URL to configure (whatsapp's api_url).
@@ -139,6 +180,8 @@ func (w *WhatsApp) serve(rw http.ResponseWriter, r *http.Request) {
 		a = WhatsAppAnswer{Code: 100, Title: "Invalid parameter", Details: "messaging_product and to are required"}
 	case body["type"] == "text" && s.Text == "":
 		a = WhatsAppAnswer{Code: 100, Title: "Invalid parameter", Details: "text.body is required"}
+	case body["type"] == "text" && w.windowClosed(s.To):
+		a = WhatsAppWindowClosed
 	default:
 		s.ID = fmt.Sprintf("wamid.FAKE%020d", w.seq.Add(1))
 	}
@@ -177,9 +220,13 @@ func graphError(w http.ResponseWriter, status, code int, title, details string) 
 // WhatsAppMessage is a webhook notification carrying one inbound text
 // message, as Meta sends it.
 func WhatsAppMessage(phoneNumberID, id, from, text string) []byte {
+	return whatsAppMessage(phoneNumberID, id, from, text, time.Now())
+}
+
+func whatsAppMessage(phoneNumberID, id, from, text string, at time.Time) []byte {
 	return whatsAppNotification(phoneNumberID, map[string]any{
 		"contacts": []any{map[string]any{"profile": map[string]any{"name": "Ada"}, "wa_id": from}},
-		"messages": []any{map[string]any{"from": from, "id": id, "timestamp": fmt.Sprint(time.Now().Unix()),
+		"messages": []any{map[string]any{"from": from, "id": id, "timestamp": fmt.Sprint(at.Unix()),
 			"type": "text", "text": map[string]any{"body": text}}},
 	})
 }

@@ -313,18 +313,22 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 	ct.Metadata = merge(ct.Metadata, c.ContactMetadata)
 	ct.UpdatedAt = now
 
-	text := ""
+	var out store.Outgoing
 	if c.Greeting != nil {
-		text = c.Greeting(cloneSession(&cur.Session), cloneContact(ct))
+		out = c.Greeting(cloneSession(&cur.Session), cloneContact(ct))
+	}
+	status, perr, delivery := c.GreetingStatus, c.GreetingError, c.GreetingDelivery
+	if out.Refused != nil {
+		status, perr, delivery = store.StatusFailed, out.Refused, nil
 	}
 	msg := s.append(cur, store.Message{
 		Direction: store.Outbound,
-		Text:      text,
+		Text:      out.Text,
 		FromUser:  c.ChatbotID,
-		Status:    c.GreetingStatus,
-		Error:     c.GreetingError,
+		Status:    status,
+		Error:     perr,
 	}, now)
-	s.schedule(c.GreetingDelivery, &msg, now)
+	s.schedule(delivery, &msg, now)
 	res.Session = cloneSession(&cur.Session)
 	res.Contact = cloneContact(ct)
 	res.Greeting = msg
@@ -437,6 +441,7 @@ func (s *Store) appendInbound(in store.InboundMessage) (store.IngestResult, idem
 		Metadata:  in.Metadata,
 		Raw:       in.Raw,
 	}, now)
+	ses.LastInboundAt = now
 	res.Session = cloneSession(&ses.Session)
 	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)
 	return res, ik, s.candidates(in.Tenant, &res.Message, now), nil

@@ -418,6 +418,7 @@ func sessionFromMap(m map[string]string, now time.Time) (store.Session, error) {
 		ExpiresAt:      fromMs(m["ex"]),
 		LastSeq:        seq,
 		LastMessageID:  m["lid"],
+		LastInboundAt:  fromMs(m["li"]),
 	}
 	if md := m["md"]; md != "" && md != "{}" {
 		if err := json.Unmarshal([]byte(md), &ses.Metadata); err != nil {

@@ -104,6 +104,8 @@ func Run(t *testing.T, f Factory) {
 		{"DeliveryIsRecordedOnce", testDeliveryIdempotent},
 		{"ReceiptsMoveStatusForwardOnly", testReceipts},
 		{"ChatbotGreetingIsDelivered", testChatbotGreetingDelivery},
+		{"IngestRecordsWhenTheUserLastWrote", testLastInbound},
+		{"ARefusedGreetingIsFailedWithoutADelivery", testChatbotGreetingRefused},
 		{"ListSessionsByActivity", testListSessions},
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"CloseIsSafeConcurrently", testCloseConcurrently},
@@ -1005,8 +1007,8 @@ func testEvents(e *env) {
 
 // ---- chatbot ----
 
-func greet(s store.Session, c store.Contact) string {
-	return fmt.Sprintf("hi %s from %s", c.Metadata["name"], s.Metadata["team"])
+func greet(s store.Session, c store.Contact) store.Outgoing {
+	return store.Outgoing{Text: fmt.Sprintf("hi %s from %s", c.Metadata["name"], s.Metadata["team"])}
 }
 
 func (e *env) chatbot(c store.ChatbotStart) store.ChatbotResult {
@@ -1017,7 +1019,9 @@ func (e *env) chatbot(c store.ChatbotStart) store.ChatbotResult {
 	if c.ChatbotID == "" {
 		c.ChatbotID = "bot1"
 	}
-	c.Greeting = greet
+	if c.Greeting == nil {
+		c.Greeting = greet
+	}
 	if c.GreetingStatus == 0 {
 		c.GreetingStatus = store.StatusDelivered
 	}

@@ -28,6 +28,8 @@ else
   end
 end
 local m = append(slotp, ARGV[14], rec, now, ARGV[1], ARGV[12], ARGV[11], ttl, ret, tonumber(ARGV[10]), rec.us, ARGV[18])
+-- The user's last word: WhatsApp's reply window runs from it.
+set(slotp .. 's:' .. rec.id, rec, 'li', ARGV[1])
 local res = '{"m":' .. m .. ',"s":' .. cjson.encode(rec) .. ',"started":' .. tostring(started) .. '}'
 remember(ARGV[15], ARGV[16], now, tonumber(ARGV[17]), res)
 local out = {'OK', res}
