@@ -60,6 +60,9 @@ type Outbound struct {
 	User     string
 	Text     string
 	Metadata map[string]string
+	// Template, when set, is the WhatsApp template the message goes as
+	// instead of Text.
+	Template *store.Template
 }
 
 // Result is how a platform took a message.

@@ -28,6 +28,7 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	chk.text("message", req.Message, c.cfg.Limits.MessageBytes, true)
 	chk.id("idempotency_key", req.IdempotencyKey, false)
 	chk.metadata("metadata", req.Metadata)
+	tpl := chk.template("template", req.Template)
 	if err := chk.err(); err != nil {
 		return nil, err
 	}
@@ -46,10 +47,11 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	var a adapters.Adapter
 	out.Status, out.Error, a = c.route(tenant, at)
 	if a != nil {
-		o, err := c.outgoing(ctx, tenant, req.SessionId, at, ses, req.Message)
+		o, err := c.outgoing(ctx, tenant, req.SessionId, at, ses, req.Message, tpl)
 		if err != nil {
 			return nil, err
 		}
+		out.Template = o.Template
 		if o.Refused != nil {
 			out.Status, out.Error, a = store.StatusFailed, o.Refused, nil
 		}
@@ -94,11 +96,18 @@ func (c *chatService) placeOf(ctx context.Context, tenant, sessionID string) (pl
 	return sessionPlace(&ses), &ses, nil
 }
 
-// outgoing composes a post's text for the session at at (docs/design.md
-// §9). Only a WhatsApp session whose window this replica does not know to
-// be open needs the session as it is now: ses when just read, or read.
-func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at place, ses *store.Session, text string) (store.Outgoing, error) {
-	if at.platform != platformWhatsApp || at.open(c.cfg.Clock.Now()) {
+// outgoing composes a post's text, or the template given, for the session
+// at at (docs/design.md §9). Only a WhatsApp session whose window this
+// replica does not know to be open needs the session as it is now (ses
+// when just read, or read), and its contact when the channel's fallback
+// template reads it.
+func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at place, ses *store.Session, text string, given *store.Template) (store.Outgoing, error) {
+	switch {
+	case at.platform != platformWhatsApp:
+		return store.Outgoing{Text: text}, nil
+	case given != nil:
+		return store.Outgoing{Text: text, Template: given}, nil
+	case at.open(c.cfg.Clock.Now()):
 		return store.Outgoing{Text: text}, nil
 	}
 	if ses == nil {
@@ -109,7 +118,15 @@ func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at
 		c.places.learn(&now)
 		ses = &now
 	}
-	return c.compose(ses, text), nil
+	fb := c.dir.fallback(tenant, ses.Channel)
+	var ct store.Contact
+	if fb != nil && fb.needsContact() && !c.cfg.Clock.Now().Before(windowCloses(ses)) {
+		var err error
+		if ct, err = c.cfg.Store.GetContact(ctx, tenant, ses.Platform, ses.User); err != nil {
+			return store.Outgoing{}, err
+		}
+	}
+	return c.compose(ses, &ct, text, nil, fb), nil
 }
 
 // route says how a message to a session at at is delivered: by the hub
@@ -134,6 +151,8 @@ func postResponse(m *store.Message) *pb.PostMessageResponse {
 		Channel:           m.Channel,
 		Error:             platformErrorPB(m.Error),
 		PlatformMessageId: m.PlatformID,
+		SentAs:            sentAs(m),
+		Template:          templatePB(m.Template),
 	}
 	if m.Status == store.StatusDelivered || m.Status == store.StatusSent || m.Status == store.StatusRead {
 		resp.DeliveredAt = ts(m.StatusAt)
@@ -187,10 +206,12 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 	chk.metadata("session_metadata", req.SessionMetadata)
 	chk.metadata("contact_metadata", req.ContactMetadata)
 	chk.id("idempotency_key", req.IdempotencyKey, false)
+	tpl := chk.template("template", req.Template)
 	if err := chk.err(); err != nil {
 		return nil, err
 	}
 	status, perr, a := c.route(tenant, place{platform: platform, channel: channel})
+	channelFallback := c.dir.fallback(tenant, channel)
 	start := store.ChatbotStart{
 		Tenant:               tenant,
 		Platform:             platform,
@@ -211,7 +232,7 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 			if a == nil {
 				return store.Outgoing{Text: text}
 			}
-			return c.compose(&s, text)
+			return c.compose(&s, &ct, text, tpl, bot.FallbackTemplate, channelFallback)
 		},
 		GreetingStatus: status,
 		GreetingError:  perr,
@@ -260,6 +281,7 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 	}
 	if r.Skip == store.NotSkipped {
 		resp.GreetingStatus = statusToPB[greeting.Status]
+		resp.SentAs, resp.Template = sentAs(greeting), templatePB(greeting.Template)
 	}
 	return resp, nil
 }

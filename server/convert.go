@@ -112,6 +112,7 @@ func messagePB(m *store.Message) *pb.Message {
 
 		PlatformMessageId: m.PlatformID,
 		StatusUpdatedAt:   ts(m.StatusAt),
+		Template:          templatePB(m.Template),
 	}
 }
 

@@ -80,7 +80,7 @@ func (s *Server) attempt(ctx context.Context, a adapters.Adapter, d store.Delive
 	began := time.Now()
 	res, err := a.Send(sctx, &adapters.Outbound{
 		Tenant: d.Tenant, SessionID: d.SessionID, MessageID: d.Message.ID, Channel: d.Message.Channel, User: user,
-		Text: d.Message.Text, Metadata: d.Message.Metadata,
+		Text: d.Message.Text, Metadata: d.Message.Metadata, Template: d.Message.Template,
 	})
 	cancel()
 	switch {

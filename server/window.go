@@ -11,8 +11,8 @@ import (
 // free text to a customer only within 24 hours of the customer's last
 // message, and answers 131047 to any outside it. A session knows when its
 // user last wrote (store.Session.LastInboundAt), so a message outside the
-// window is never sent as text: it fails at once, as Meta would refuse it,
-// without a call.
+// window is never sent as text: it goes as a template (templates.go), or
+// fails at once, as Meta would refuse it, without a call.
 
 // replyWindow is how long after the customer's last message free text
 // reaches them.
@@ -31,13 +31,28 @@ func windowCloses(ses *store.Session) time.Time {
 	return ses.LastInboundAt.Add(replyWindow)
 }
 
-// compose is how text goes to ses now: as text, unless ses is a WhatsApp
-// session whose window is closed, where it is refused.
-func (s *Server) compose(ses *store.Session, text string) store.Outgoing {
+// compose is how text goes to ses now: as text, except on WhatsApp, where
+// given (a template the caller named) always goes, and outside the window
+// the first of fallbacks configured, filled for text, ses and its contact
+// ct; with none, it is refused.
+func (s *Server) compose(ses *store.Session, ct *store.Contact, text string, given *store.Template, fallbacks ...*FallbackTemplate) store.Outgoing {
 	out := store.Outgoing{Text: text}
-	if ses.Platform == platformWhatsApp && !s.cfg.Clock.Now().Before(windowCloses(ses)) {
-		out.Refused = windowClosed(ses)
+	switch {
+	case ses.Platform != platformWhatsApp:
+		return out
+	case given != nil:
+		out.Template = given
+		return out
+	case s.cfg.Clock.Now().Before(windowCloses(ses)):
+		return out
 	}
+	for _, fb := range fallbacks {
+		if fb != nil {
+			out.Template = fb.fill(text, ses, ct, s.cfg.Limits.TemplateParameterBytes)
+			return out
+		}
+	}
+	out.Refused = windowClosed(ses)
 	return out
 }
 

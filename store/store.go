@@ -189,12 +189,24 @@ type Message struct {
 	PlatformID string
 	// StatusAt is when Status last changed (CreatedAt until it does).
 	StatusAt time.Time
+	// Template, on an outbound message, is the WhatsApp template it is
+	// sent as instead of its text; nil for text.
+	Template *Template
+}
+
+// Template is a WhatsApp message template with its body's parameters.
+type Template struct {
+	Name       string
+	Language   string
+	Parameters []string
 }
 
 // Outgoing is an outbound message as the server composed it for its
-// session: its text; or, when it cannot be sent at all, Refused.
+// session: its text and, for WhatsApp outside the reply window, the
+// template it goes as; or, when it cannot be sent at all, Refused.
 type Outgoing struct {
-	Text string
+	Text     string
+	Template *Template
 	// Refused, when set, records the message FAILED with this error,
 	// and without a delivery.
 	Refused *PlatformError
@@ -250,6 +262,8 @@ type OutboundMessage struct {
 	Error       *PlatformError
 	Delivery    *Delivery
 	Idempotency Idempotency
+	// Template, when set, is the WhatsApp template the message goes as.
+	Template *Template
 }
 
 // InboundMessage is a user's message handed to the hub.
@@ -352,6 +366,9 @@ type Sessions interface {
 	// active session; skip; force-start (closing the old one); open; merge
 	// metadata; set BOT; append the rendered greeting as an outbound message.
 	StartChatbot(ctx context.Context, c ChatbotStart) (ChatbotResult, error)
+	// GetContact returns the tenant's contact of user on platform; one
+	// without metadata (and zero times) when there is none.
+	GetContact(ctx context.Context, tenant, platform, user string) (Contact, error)
 	// ListSessions returns up to limit of the tenant's sessions that f
 	// selects, newest activity first (LastActivityAt, then ID, both
 	// descending, to the millisecond), starting after the cursor (the zero

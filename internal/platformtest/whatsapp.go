@@ -34,6 +34,9 @@ type WhatsApp struct {
 	// when each (by wa_id) last wrote.
 	now   func() time.Time
 	wrote map[string]time.Time
+	// approved are the templates the number may send: how many body
+	// parameters each (name and language) takes.
+	approved map[[2]string]int
 }
 
 // WhatsAppSend is a message the fake was asked to send, as the Graph API
@@ -44,7 +47,17 @@ type WhatsAppSend struct {
 	Body map[string]any
 	To   string
 	Text string
-	ID   string // the wamid answered, if accepted
+	// Template is a template message's template, as read from the body.
+	Template *WhatsAppTemplate
+	ID       string // the wamid answered, if accepted
+}
+
+// WhatsAppTemplate is a template message's template.name,
+// template.language.code and its body component's text parameters.
+type WhatsAppTemplate struct {
+	Name       string
+	Language   string
+	Parameters []string
 }
 
 // WhatsAppAnswer is how the fake answers a send: Code 0 accepts it; else a
@@ -126,6 +139,69 @@ func (w *WhatsApp) windowClosed(to string) bool {
 	return !ok || !w.now().Before(last.Add(24*time.Hour))
 }
 
+// Approve makes a template one the number may send, in language, with
+// params body parameters; any other is refused as Meta refuses it.
+func (w *WhatsApp) Approve(name, language string, params int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.approved == nil {
+		w.approved = map[[2]string]int{}
+	}
+	w.approved[[2]string{name, language}] = params
+}
+
+// readTemplate reads a template message's template as Meta does, or says
+// what Meta would answer instead. Called with mu held.
+func (w *WhatsApp) readTemplate(body map[string]any) (*WhatsAppTemplate, WhatsAppAnswer) {
+	invalid := func(details string) (*WhatsAppTemplate, WhatsAppAnswer) {
+		return nil, WhatsAppAnswer{Code: 100, Title: "Invalid parameter", Details: details}
+	}
+	tpl, ok := body["template"].(map[string]any)
+	if !ok {
+		return invalid("template is required for a template message")
+	}
+	t := &WhatsAppTemplate{}
+	t.Name, _ = tpl["name"].(string)
+	lang, _ := tpl["language"].(map[string]any)
+	t.Language, _ = lang["code"].(string)
+	if t.Name == "" || t.Language == "" {
+		return invalid("template.name and template.language.code are required")
+	}
+	comps, _ := tpl["components"].([]any)
+	for _, c := range comps {
+		comp, _ := c.(map[string]any)
+		if comp["type"] != "body" {
+			return invalid(fmt.Sprintf("a component of type %v; this fake knows body components only", comp["type"]))
+		}
+		params, ok := comp["parameters"].([]any)
+		if !ok {
+			return invalid("components[].parameters is required")
+		}
+		for _, p := range params {
+			param, _ := p.(map[string]any)
+			text, _ := param["text"].(string)
+			if param["type"] != "text" || text == "" {
+				return invalid("each parameter must be {\"type\":\"text\",\"text\":…} with a text")
+			}
+			if strings.ContainsAny(text, "\n\t") || strings.Contains(text, "     ") {
+				return nil, WhatsAppAnswer{Code: 132018, Title: "There was an issue with the parameters in your template.",
+					Details: "Param text cannot have new-line/tab characters or more than 4 consecutive spaces"}
+			}
+			t.Parameters = append(t.Parameters, text)
+		}
+	}
+	want, ok := w.approved[[2]string{t.Name, t.Language}]
+	switch {
+	case !ok:
+		return t, WhatsAppAnswer{Code: 132001, Title: "Template name does not exist in the translation",
+			Details: fmt.Sprintf("template name (%s) does not exist in %s", t.Name, t.Language)}
+	case want != len(t.Parameters):
+		return t, WhatsAppAnswer{Code: 132000, Title: "Number of parameters does not match the expected number of params",
+			Details: fmt.Sprintf("body: number of localizable_params (%d) does not match the expected number of params (%d)", len(t.Parameters), want)}
+	}
+	return t, WhatsAppAnswer{}
+}
+
 // URL is the API URL to configure (whatsapp's api_url).
 func (w *WhatsApp) URL() string { return w.srv.URL + "/v21.0/" }
 
@@ -182,7 +258,12 @@ func (w *WhatsApp) serve(rw http.ResponseWriter, r *http.Request) {
 		a = WhatsAppAnswer{Code: 100, Title: "Invalid parameter", Details: "text.body is required"}
 	case body["type"] == "text" && w.windowClosed(s.To):
 		a = WhatsAppWindowClosed
-	default:
+	case body["type"] == "template":
+		s.Template, a = w.readTemplate(body)
+	case body["type"] != "text":
+		a = WhatsAppAnswer{Code: 100, Title: "Invalid parameter", Details: fmt.Sprintf("this fake sends text and template messages, not %v", body["type"])}
+	}
+	if a.Code == 0 {
 		s.ID = fmt.Sprintf("wamid.FAKE%020d", w.seq.Add(1))
 	}
 	w.sends = append(w.sends, s)

@@ -222,6 +222,15 @@ func (s *Store) GetSession(_ context.Context, tenant, id string) (store.Session,
 	return cloneSession(&ses.Session), nil
 }
 
+func (s *Store) GetContact(_ context.Context, tenant, platform, user string) (store.Contact, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ct := s.contacts[contactKey{tenant, platform, user}]; ct != nil {
+		return cloneContact(ct), nil
+	}
+	return store.Contact{Tenant: tenant, Platform: platform, User: user}, nil
+}
+
 func (s *Store) UpdateSession(_ context.Context, tenant, id string, u store.SessionUpdate) (store.Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -327,6 +336,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		FromUser:  c.ChatbotID,
 		Status:    status,
 		Error:     perr,
+		Template:  cloneTemplate(out.Template),
 	}, now)
 	s.schedule(delivery, &msg, now)
 	res.Session = cloneSession(&cur.Session)
@@ -357,6 +367,7 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 		Status:    m.Status,
 		Metadata:  m.Metadata,
 		Error:     m.Error,
+		Template:  cloneTemplate(m.Template),
 	}, now)
 	s.schedule(m.Delivery, &msg, now)
 	remember(s, ik, m.Idempotency, msg, now, cloneMessage)
@@ -1037,7 +1048,17 @@ func cloneMessage(m *store.Message) store.Message {
 		e := *m.Error
 		c.Error = &e
 	}
+	c.Template = cloneTemplate(m.Template)
 	return c
+}
+
+func cloneTemplate(t *store.Template) *store.Template {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	c.Parameters = slices.Clone(t.Parameters)
+	return &c
 }
 
 func cloneIngestResult(r *store.IngestResult) store.IngestResult {

@@ -44,6 +44,7 @@ func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (st
 func (s *Store) postCall(m store.OutboundMessage, now int64) (*batchReq, error) {
 	suffix, err := messageSuffix(&store.Message{
 		Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser, Status: m.Status, Metadata: m.Metadata, Error: m.Error,
+		Template: m.Template,
 	})
 	if err != nil {
 		return nil, err
@@ -101,7 +102,7 @@ func postedMessage(posted string, m store.OutboundMessage, now int64) (store.Mes
 	return store.Message{
 		ID: id, Seq: seq, SessionID: m.SessionID, Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser,
 		Platform: platform, Channel: channel, CreatedAt: time.UnixMilli(now).UTC(), StatusAt: time.UnixMilli(now).UTC(),
-		Status: m.Status, Metadata: m.Metadata, Error: m.Error,
+		Status: m.Status, Metadata: m.Metadata, Error: m.Error, Template: m.Template,
 	}, false, nil
 }
 

@@ -474,6 +474,14 @@ type wireBody struct {
 	Raw       json.RawMessage   `json:"raw,omitempty"`
 	ErrCode   string            `json:"ec,omitempty"`
 	ErrMsg    string            `json:"em,omitempty"`
+	Template  *wireTemplate     `json:"tpl,omitempty"`
+}
+
+// wireTemplate is a store.Template in a stored message.
+type wireTemplate struct {
+	Name       string   `json:"n"`
+	Language   string   `json:"l"`
+	Parameters []string `json:"p,omitempty"`
 }
 
 func decodeMessage(raw string) (store.Message, error) {
@@ -489,6 +497,9 @@ func decodeMessage(raw string) (store.Message, error) {
 	m.StatusAt = m.CreatedAt
 	if w.ErrCode != "" || w.ErrMsg != "" {
 		m.Error = &store.PlatformError{Code: w.ErrCode, Message: w.ErrMsg}
+	}
+	if t := w.Template; t != nil {
+		m.Template = &store.Template{Name: t.Name, Language: t.Language, Parameters: t.Parameters}
 	}
 	return m, nil
 }

@@ -46,6 +46,19 @@ func (s *Store) GetSession(ctx context.Context, tenant, id string) (store.Sessio
 	return sessionFromMap(m, s.o.Clock.Now())
 }
 
+// GetContact costs 1 round trip.
+func (s *Store) GetContact(ctx context.Context, tenant, platform, user string) (store.Contact, error) {
+	key := s.slot(userTag(tenant, user)) + "c:" + tenant + ":" + platform + ":" + user
+	m, err := s.c.HGetAll(ctx, key).Result()
+	if err != nil {
+		return store.Contact{}, unavailable(err)
+	}
+	if len(m) == 0 {
+		return store.Contact{Tenant: tenant, Platform: platform, User: user}, nil
+	}
+	return contactFromMap(m, tenant, platform, user)
+}
+
 // UpdateSession costs 1 round trip.
 func (s *Store) UpdateSession(ctx context.Context, tenant, id string, u store.SessionUpdate) (store.Session, error) {
 	remove, _ := json.Marshal(u.RemoveMetadata)
@@ -171,6 +184,7 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		}
 		suffix, err := messageSuffix(&store.Message{
 			Direction: store.Outbound, Text: greeting.Text, FromUser: c.ChatbotID, Status: status, Error: perr,
+			Template: greeting.Template,
 		})
 		if err != nil {
 			return store.ChatbotResult{}, err

@@ -106,6 +106,8 @@ func Run(t *testing.T, f Factory) {
 		{"ChatbotGreetingIsDelivered", testChatbotGreetingDelivery},
 		{"IngestRecordsWhenTheUserLastWrote", testLastInbound},
 		{"ARefusedGreetingIsFailedWithoutADelivery", testChatbotGreetingRefused},
+		{"TemplatesAreKept", testTemplatesAreKept},
+		{"ChatbotTemplateAndContact", testChatbotTemplateAndContact},
 		{"ListSessionsByActivity", testListSessions},
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"CloseIsSafeConcurrently", testCloseConcurrently},
