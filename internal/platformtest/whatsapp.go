@@ -317,10 +317,21 @@ func whatsAppMessage(phoneNumberID, id, from, text string, at time.Time) []byte 
 func WhatsAppStatus(phoneNumberID, wamid, status, recipient string, at time.Time, errorCode int) []byte {
 	st := map[string]any{"id": wamid, "status": status, "timestamp": fmt.Sprint(at.Unix()), "recipient_id": recipient}
 	if errorCode != 0 {
-		st["errors"] = []any{map[string]any{"code": errorCode, "title": "Re-engagement message", "message": "Re-engagement message",
-			"error_data": map[string]any{"details": "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}}}
+		e, ok := statusErrors[errorCode]
+		if !ok {
+			e = [2]string{"Something went wrong", "Message failed to send."}
+		}
+		st["errors"] = []any{map[string]any{"code": errorCode, "title": e[0], "message": e[0],
+			"error_data": map[string]any{"details": e[1]}}}
 	}
 	return whatsAppNotification(phoneNumberID, map[string]any{"statuses": []any{st}})
+}
+
+// statusErrors are the title and details Meta gives a failed status's
+// error, by code.
+var statusErrors = map[int][2]string{
+	131047: {"Re-engagement message", "Message failed to send because more than 24 hours have passed since the customer last replied to this number."},
+	131026: {"Message undeliverable", "Unable to deliver message. Reasons can include: The recipient phone number is not a WhatsApp phone number."},
 }
 
 func whatsAppNotification(phoneNumberID string, value map[string]any) []byte {
