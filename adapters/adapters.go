@@ -63,6 +63,8 @@ type Outbound struct {
 	// Template, when set, is the WhatsApp template the message goes as
 	// instead of Text.
 	Template *store.Template
+	// Thread, when set, is the thread it goes to (a Slack thread_ts).
+	Thread string
 }
 
 // Result is how a platform took a message.
@@ -118,6 +120,9 @@ type Inbound struct {
 	// Key is the platform's id for the delivery (a Slack event_id, a
 	// WhatsApp message id): a redelivery is taken once.
 	Key string
+	// Thread is the thread the message was in (a Slack thread_ts), if
+	// any: replies into the session go there.
+	Thread string
 }
 
 // ErrRetry marks a failure the platform should retry on.

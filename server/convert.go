@@ -72,6 +72,7 @@ func sessionPB(s *store.Session) *pb.Session {
 		ExpiresAt:      ts(s.ExpiresAt),
 
 		ReplyWindowClosesAt: ts(windowCloses(s)),
+		Thread:              s.Thread,
 	}
 }
 
@@ -113,6 +114,7 @@ func messagePB(m *store.Message) *pb.Message {
 		PlatformMessageId: m.PlatformID,
 		StatusUpdatedAt:   ts(m.StatusAt),
 		Template:          templatePB(m.Template),
+		Thread:            m.Thread,
 	}
 }
 

@@ -81,6 +81,7 @@ func (s *Server) attempt(ctx context.Context, a adapters.Adapter, d store.Delive
 	res, err := a.Send(sctx, &adapters.Outbound{
 		Tenant: d.Tenant, SessionID: d.SessionID, MessageID: d.Message.ID, Channel: d.Message.Channel, User: user,
 		Text: d.Message.Text, Metadata: d.Message.Metadata, Template: d.Message.Template,
+		Thread: d.Message.Thread,
 	})
 	cancel()
 	switch {

@@ -30,6 +30,7 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	chk.id("channel", in.Channel, true)
 	chk.id("user", in.User, true)
 	chk.id("key", in.Key, false)
+	chk.id("thread", in.Thread, false)
 	if err := chk.err(); err != nil {
 		h.cfg.Logger.Warn("inbound message refused", "platform", in.Platform, "tenant", in.Tenant, "err", err)
 		h.metrics.inboundEvent(in.Platform, "error")
@@ -51,7 +52,7 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	}
 	r, err := h.cfg.Store.Ingest(ctx, store.InboundMessage{
 		Tenant: in.Tenant, Platform: in.Platform, Channel: in.Channel, User: in.User, Text: text, Metadata: md, Raw: raw,
-		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key},
+		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key}, Thread: in.Thread,
 	})
 	switch {
 	case errors.Is(err, store.ErrUnavailable):

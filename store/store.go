@@ -100,6 +100,10 @@ type Session struct {
 	// LastInboundAt is when the user's newest message was ingested (zero
 	// before the first): WhatsApp's reply window runs from it.
 	LastInboundAt time.Time
+	// Thread is the thread the user's newest message was in (its
+	// InboundMessage.Thread; "" when none). Outbound messages appended to
+	// the session go to it (Message.Thread).
+	Thread string
 }
 
 // Contact is a tenant's record of a user on a platform.
@@ -192,6 +196,9 @@ type Message struct {
 	// Template, on an outbound message, is the WhatsApp template it is
 	// sent as instead of its text; nil for text.
 	Template *Template
+	// Thread is the platform thread the message is in: an inbound
+	// message's own, an outbound message's its session's when appended.
+	Thread string
 }
 
 // Template is a WhatsApp message template with its body's parameters.
@@ -283,6 +290,9 @@ type InboundMessage struct {
 	Metadata    map[string]string
 	Raw         json.RawMessage
 	Idempotency Idempotency
+	// Thread is the platform thread the message was in ("" for none): it
+	// becomes the session's Thread.
+	Thread string
 }
 
 // IngestResult is what Ingest did.
@@ -418,10 +428,11 @@ type Messages interface {
 	// AppendOutbound appends to an active session, refreshes its TTL and
 	// publishes EventMessage. With an idempotency key seen before, it returns
 	// the first call's message and appends nothing (replayed = true). The
-	// message carries the session's platform and channel.
+	// message carries the session's platform, channel and Thread.
 	AppendOutbound(ctx context.Context, m OutboundMessage) (msg Message, replayed bool, err error)
 	// Ingest appends an inbound message (opening a session when needed),
-	// sets the session's LastInboundAt to now, resolves every pending
+	// sets the session's LastInboundAt to now and its Thread to the
+	// message's, resolves every pending
 	// listener it matches, records the channel/user/session-but-not-keyword
 	// sighting on the others, and publishes the events — all as one atomic
 	// step.

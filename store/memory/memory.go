@@ -337,6 +337,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		Status:    status,
 		Error:     perr,
 		Template:  cloneTemplate(out.Template),
+		Thread:    cur.Thread,
 	}, now)
 	s.schedule(delivery, &msg, now)
 	res.Session = cloneSession(&cur.Session)
@@ -368,6 +369,7 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 		Metadata:  m.Metadata,
 		Error:     m.Error,
 		Template:  cloneTemplate(m.Template),
+		Thread:    ses.Thread,
 	}, now)
 	s.schedule(m.Delivery, &msg, now)
 	remember(s, ik, m.Idempotency, msg, now, cloneMessage)
@@ -451,8 +453,9 @@ func (s *Store) appendInbound(in store.InboundMessage) (store.IngestResult, idem
 		Status:    store.StatusReceived,
 		Metadata:  in.Metadata,
 		Raw:       in.Raw,
+		Thread:    in.Thread,
 	}, now)
-	ses.LastInboundAt = now
+	ses.LastInboundAt, ses.Thread = now, in.Thread
 	res.Session = cloneSession(&ses.Session)
 	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)
 	return res, ik, s.candidates(in.Tenant, &res.Message, now), nil

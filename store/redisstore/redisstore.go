@@ -419,6 +419,7 @@ func sessionFromMap(m map[string]string, now time.Time) (store.Session, error) {
 		LastSeq:        seq,
 		LastMessageID:  m["lid"],
 		LastInboundAt:  fromMs(m["li"]),
+		Thread:         m["th"],
 	}
 	if md := m["md"]; md != "" && md != "{}" {
 		if err := json.Unmarshal([]byte(md), &ses.Metadata); err != nil {
@@ -475,6 +476,7 @@ type wireBody struct {
 	ErrCode   string            `json:"ec,omitempty"`
 	ErrMsg    string            `json:"em,omitempty"`
 	Template  *wireTemplate     `json:"tpl,omitempty"`
+	Thread    string            `json:"th,omitempty"`
 }
 
 // wireTemplate is a store.Template in a stored message.
@@ -493,6 +495,7 @@ func decodeMessage(raw string) (store.Message, error) {
 		ID: w.ID, Seq: w.Seq, SessionID: w.SessionID, Platform: w.Platform, Channel: w.Channel,
 		CreatedAt: time.UnixMilli(w.At).UTC(), Direction: store.Direction(w.Direction), Text: w.Text,
 		FromUser: w.FromUser, Status: store.MessageStatus(w.Status), Metadata: w.Metadata, Raw: w.Raw,
+		Thread: w.Thread,
 	}
 	m.StatusAt = m.CreatedAt
 	if w.ErrCode != "" || w.ErrMsg != "" {

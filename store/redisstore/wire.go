@@ -54,12 +54,17 @@ func messageSuffix(m *store.Message) (string, error) {
 			b = appendJSONString(b, m.Error.Message)
 		}
 	}
+	if m.Thread != "" {
+		b = append(b, `,"th":`...)
+		b = appendJSONString(b, m.Thread)
+	}
 	return string(append(b, '}')), nil
 }
 
 // marshalSuffix is messageSuffix through encoding/json.
 func marshalSuffix(m *store.Message) (string, error) {
-	w := wireBody{Direction: int(m.Direction), Text: m.Text, FromUser: m.FromUser, Status: int(m.Status), Metadata: m.Metadata, Raw: m.Raw}
+	w := wireBody{Direction: int(m.Direction), Text: m.Text, FromUser: m.FromUser, Status: int(m.Status), Metadata: m.Metadata, Raw: m.Raw,
+		Thread: m.Thread}
 	if m.Error != nil {
 		w.ErrCode, w.ErrMsg = m.Error.Code, m.Error.Message
 	}

@@ -108,6 +108,7 @@ func Run(t *testing.T, f Factory) {
 		{"ARefusedGreetingIsFailedWithoutADelivery", testChatbotGreetingRefused},
 		{"TemplatesAreKept", testTemplatesAreKept},
 		{"ChatbotTemplateAndContact", testChatbotTemplateAndContact},
+		{"OutboundMessagesFollowTheUsersThread", testThreads},
 		{"ListSessionsByActivity", testListSessions},
 		{"ReturnedValuesAreCopies", testReturnedValuesAreCopies},
 		{"CloseIsSafeConcurrently", testCloseConcurrently},

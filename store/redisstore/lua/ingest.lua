@@ -4,7 +4,7 @@
 -- tuple pointer. ARGV now, tenant, platform, channel, user, named sid ('' for
 -- none), new sid, ttl, ret, limit, rnd, suffix, slotp, event prefix,
 -- idempotency key, fingerprint, idempotency ttl, the tenant's activity index
--- ('' on Cluster).
+-- ('' on Cluster), the message's thread ('' for none).
 local now, slotp = tonumber(ARGV[1]), ARGV[13]
 local prev = idem(ARGV[15], ARGV[16], now)
 if prev then return prev end
@@ -28,8 +28,9 @@ else
   end
 end
 local m = append(slotp, ARGV[14], rec, now, ARGV[1], ARGV[12], ARGV[11], ttl, ret, tonumber(ARGV[10]), rec.us, ARGV[18])
--- The user's last word: WhatsApp's reply window runs from it.
-set(slotp .. 's:' .. rec.id, rec, 'li', ARGV[1])
+-- The user's last word: WhatsApp's reply window runs from it, and replies
+-- go to its thread.
+set(slotp .. 's:' .. rec.id, rec, 'li', ARGV[1], 'th', ARGV[19])
 local res = '{"m":' .. m .. ',"s":' .. cjson.encode(rec) .. ',"started":' .. tostring(started) .. '}'
 remember(ARGV[15], ARGV[16], now, tonumber(ARGV[17]), res)
 local out = {'OK', res}
