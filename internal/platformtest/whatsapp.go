@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -43,7 +44,8 @@ type WhatsApp struct {
 // takes it.
 type WhatsAppSend struct {
 	Token string
-	// Body is the request's JSON as decoded.
+	// Raw is the request's body as it came; Body its JSON as decoded.
+	Raw  []byte
 	Body map[string]any
 	To   string
 	Text string
@@ -235,12 +237,13 @@ func (w *WhatsApp) serve(rw http.ResponseWriter, r *http.Request) {
 		graphError(rw, http.StatusUnauthorized, 190, "Invalid OAuth access token - Cannot parse access token", "")
 		return
 	}
+	raw, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	var body map[string]any
-	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+	if err != nil || json.Unmarshal(raw, &body) != nil {
 		graphError(rw, http.StatusBadRequest, 100, "Invalid parameter", "the body is not JSON")
 		return
 	}
-	s := WhatsAppSend{Token: token, Body: body}
+	s := WhatsAppSend{Token: token, Raw: raw, Body: body}
 	s.To, _ = body["to"].(string)
 	if text, ok := body["text"].(map[string]any); ok {
 		s.Text, _ = text["body"].(string)
