@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"strings"
 	"testing"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
@@ -50,4 +51,24 @@ func TestSlackThreads(t *testing.T) {
 			t.Fatalf("Slack got %+v, want a post outside the thread", last)
 		}
 	})
+}
+
+// A thread id the hub cannot hold is left out, and said so: the message is
+// ingested all the same, and replies go to the channel.
+func TestSlackThreadPastItsLimitIsLeftOut(t *testing.T) {
+	p := newPlatforms(t)
+	ts := start(t, nil, nil, p.option())
+	long := strings.Repeat("1", 129)
+	if r := ts.slackEvent(platformtest.SlackEvent("EvTh3", slackChan, "U0LONG", "hi", map[string]any{"thread_ts": long})); r.code != 200 {
+		t.Fatalf("event: %d", r.code)
+	}
+	ses := ts.sessionOf("slack", "U0LONG")
+	h := ts.history(ses.SessionId)
+	if ses.Thread != "" || len(h) != 1 || h[0].Text != "hi" || h[0].Thread != "" || h[0].Metadata["thread_omitted"] == "" {
+		t.Fatalf("session %v, history %v", ses, h)
+	}
+	ts.postFull(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "hello"})
+	if posts := p.slack.Posts(); len(posts) != 1 || posts[0].ThreadTS != "" {
+		t.Fatalf("Slack got %+v", posts)
+	}
 }
