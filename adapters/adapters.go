@@ -3,7 +3,8 @@
 // platform: it sends outbound messages there and reports what the platform
 // said, and it serves the platform's HTTP callbacks, verifies them, and
 // hands what they carry to the hub. The server consumes Adapter; one
-// package per platform implements it (adapters/slack, adapters/whatsapp).
+// package per platform implements it (adapters/slack, adapters/whatsapp,
+// adapters/webhook).
 //
 // web and api sessions need no adapter: the hub delivers their messages to
 // its own watchers.
@@ -13,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -39,7 +41,8 @@ type Adapter interface {
 	// Send delivers out and reports how the platform took it: SENT or
 	// DELIVERED (with its id for the message), or FAILED with its refusal.
 	// An error is a failure that may not last (the network, the platform
-	// unwell): the delivery is tried again, as Retry says.
+	// unwell): the delivery is tried again, as Retry says, or later if the
+	// error is a RetryAfter.
 	Send(ctx context.Context, out *Outbound) (Result, error)
 	// Retry says how long to wait after failed attempt n (1, 2, …) before
 	// the next, or false when there is to be none: the message then fails.
@@ -65,6 +68,10 @@ type Outbound struct {
 	Template *store.Template
 	// Thread, when set, is the thread it goes to (a Slack thread_ts).
 	Thread string
+	// FromUser is who on the tenant's side said it (a chatbot's id), if
+	// anyone; CreatedAt is when it was recorded.
+	FromUser  string
+	CreatedAt time.Time
 }
 
 // Result is how a platform took a message.
@@ -99,6 +106,22 @@ type Hub interface {
 	// Refused counts a callback refused before it reached Ingest:
 	// BadSignature, or Ignored (not a user's message).
 	Refused(platform, why string)
+	// IngestRequest runs IngestMessage for a platform whose callback is
+	// IngestMessage's REST body (webhook), and answers as the REST API
+	// would: the HTTP status and its JSON body.
+	IngestRequest(ctx context.Context, r *Request) (code int, body []byte)
+}
+
+// Request is an inbound message as IngestMessage's REST JSON body, with
+// where it came from: the platform and channel of the account that took
+// it, and the platform's id for the delivery (Key), so a redelivery is
+// taken once.
+type Request struct {
+	Tenant   string
+	Platform string
+	Channel  string
+	Key      string
+	Body     []byte
 }
 
 // Why a callback was refused, for Hub.Refused.
@@ -127,6 +150,16 @@ type Inbound struct {
 
 // ErrRetry marks a failure the platform should retry on.
 var ErrRetry = errors.New("temporarily unavailable")
+
+// RetryAfter is a failure that may not last, whose platform said when to
+// try again (a Retry-After header): not before Wait.
+type RetryAfter struct {
+	Wait time.Duration
+	Err  error
+}
+
+func (e *RetryAfter) Error() string { return fmt.Sprintf("%v (retry after %s)", e.Err, e.Wait) }
+func (e *RetryAfter) Unwrap() error { return e.Err }
 
 // Schedule is a retry schedule: the waits after each failed attempt.
 type Schedule []time.Duration

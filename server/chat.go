@@ -37,19 +37,31 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	if err != nil {
 		return nil, err
 	}
-	out := store.OutboundMessage{
+	msg, err := c.post(ctx, at, ses, store.OutboundMessage{
 		Tenant:      tenant,
 		SessionID:   req.SessionId,
 		Text:        req.Message,
 		Metadata:    req.Metadata,
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) { m.(*pb.PostMessageRequest).IdempotencyKey = "" }),
+	}, tpl, nil)
+	if err != nil {
+		return nil, err
 	}
+	return postResponse(&msg), nil
+}
+
+// post records out in its session, which lives at at, and delivers it:
+// PostMessage's work, and a running chatbot's replies'. ses is the session
+// when just read (else nil); given is a template named for the message,
+// and bot a running chatbot's fallback template (docs/design.md §9). It
+// answers the message as it then stands.
+func (c *chatService) post(ctx context.Context, at place, ses *store.Session, out store.OutboundMessage, given *store.Template, bot *FallbackTemplate) (store.Message, error) {
 	var a adapters.Adapter
-	out.Status, out.Error, a = c.route(tenant, at)
+	out.Status, out.Error, a = c.route(out.Tenant, at)
 	if a != nil {
-		o, err := c.outgoing(ctx, tenant, req.SessionId, at, ses, req.Message, tpl)
+		o, err := c.outgoing(ctx, out.Tenant, out.SessionID, at, ses, out.Text, given, bot)
 		if err != nil {
-			return nil, err
+			return store.Message{}, err
 		}
 		out.Template = o.Template
 		if o.Refused != nil {
@@ -63,23 +75,23 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	// result from before it ended.
 	msg, replayed, err := c.cfg.Store.AppendOutbound(ctx, out)
 	if err != nil {
-		return nil, err
+		return msg, err
 	}
 	switch {
 	case replayed && msg.Status == store.StatusPending:
 		// Never sent again: the delivery it recorded goes on. Its status
 		// now is the answer.
-		if now, err := c.cfg.Store.GetMessage(ctx, tenant, msg.SessionID, msg.ID); err == nil {
+		if now, err := c.cfg.Store.GetMessage(ctx, out.Tenant, msg.SessionID, msg.ID); err == nil {
 			msg = now
 		}
 	case a != nil && !replayed:
-		msg = c.deliverNow(ctx, a, store.DeliveryClaim{ID: out.Delivery.ID, Tenant: tenant, SessionID: msg.SessionID,
+		msg = c.deliverNow(ctx, a, store.DeliveryClaim{ID: out.Delivery.ID, Tenant: out.Tenant, SessionID: msg.SessionID,
 			Message: msg, Attempt: 1}, at.user)
 	}
 	if !replayed {
 		c.metrics.message(&msg)
 	}
-	return postResponse(&msg), nil
+	return msg, nil
 }
 
 // placeOf is where a session lives: known from an earlier call, or read
@@ -99,9 +111,9 @@ func (c *chatService) placeOf(ctx context.Context, tenant, sessionID string) (pl
 // outgoing composes a post's text, or the template given, for the session
 // at at (docs/design.md §9). Only a WhatsApp session whose window this
 // replica does not know to be open needs the session as it is now (ses
-// when just read, or read), and its contact when the channel's fallback
-// template reads it.
-func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at place, ses *store.Session, text string, given *store.Template) (store.Outgoing, error) {
+// when just read, or read), and its contact when the fallback template
+// (bot's, else the channel's) reads it.
+func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at place, ses *store.Session, text string, given *store.Template, bot *FallbackTemplate) (store.Outgoing, error) {
 	switch {
 	case at.platform != platformWhatsApp:
 		return store.Outgoing{Text: text}, nil
@@ -118,7 +130,10 @@ func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at
 		c.places.learn(&now)
 		ses = &now
 	}
-	fb := c.dir.fallback(tenant, ses.Channel)
+	fb := bot
+	if fb == nil {
+		fb = c.dir.fallback(tenant, ses.Channel)
+	}
 	var ct store.Contact
 	if fb != nil && fb.needsContact() && !c.cfg.Clock.Now().Before(windowCloses(ses)) {
 		var err error
@@ -287,6 +302,13 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 }
 
 func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRequest) (*pb.IngestMessageResponse, error) {
+	resp, _, err := c.ingest(ctx, req)
+	return resp, err
+}
+
+// ingest is IngestMessage, and says whether the idempotency key replayed
+// an earlier call.
+func (c *chatService) ingest(ctx context.Context, req *pb.IngestMessageRequest) (*pb.IngestMessageResponse, bool, error) {
 	chk := c.checker()
 	chk.id("session_id", req.SessionId, false)
 	var platform, channel string
@@ -300,7 +322,7 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 	chk.id("idempotency_key", req.IdempotencyKey, false)
 	raw := chk.raw("raw", req.Raw)
 	if err := chk.err(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if req.SessionId != "" {
 		// The session's own place, when known, is a better hint than the
@@ -321,18 +343,20 @@ func (c *chatService) IngestMessage(ctx context.Context, req *pb.IngestMessageRe
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) {
 			m.(*pb.IngestMessageRequest).IdempotencyKey = ""
 		}),
+		Bots: c.botIDs,
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !r.Replayed {
 		c.metrics.message(&r.Message)
 	}
 	c.places.learn(&r.Session)
+	c.botQueued(&r.Session)
 	return &pb.IngestMessageResponse{
 		Message:          messagePB(&r.Message),
 		Session:          sessionPB(&r.Session),
 		SessionStarted:   r.SessionStarted,
 		ListenersMatched: int32(len(r.Matched)),
-	}, nil
+	}, r.Replayed, nil
 }

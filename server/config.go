@@ -99,6 +99,20 @@ type Chatbot struct {
 	// FallbackTemplate is what the greeting goes as on WhatsApp when the
 	// customer's window is closed: before the channel's.
 	FallbackTemplate *FallbackTemplate `yaml:"fallback_template"`
+	// Webhook, when set, runs the bot: it receives the inbound messages
+	// of the sessions the bot runs, and answers for it (docs/design.md
+	// §9).
+	Webhook *ChatbotWebhook `yaml:"webhook"`
+}
+
+// ChatbotWebhook is where a chatbot runs, signed as Standard Webhooks.
+type ChatbotWebhook struct {
+	URL string `yaml:"url"`
+	// SecretEnv names the environment variable holding the secret,
+	// whsec_<base64> (several, space-separated, while rotating).
+	SecretEnv string `yaml:"secret_env"`
+	// Secret is resolved from SecretEnv.
+	Secret string `yaml:"-"`
 }
 
 // APIKey grants a tenant access. Keys are secrets: they are only ever read
@@ -213,6 +227,21 @@ func newDirectory(cfg *Config) (*directory, error) {
 		}
 		d.channelByName[name] = ch
 		d.channelByID[id] = ch
+	}
+	// A webhook integration's name is its sessions' channel: it is a
+	// channel of its tenant, by name and id, unless one is configured so.
+	for _, a := range cfg.Adapters {
+		if a.Platform() != platformWebhook {
+			continue
+		}
+		ch := Channel{Name: a.Name(), Tenant: a.Tenant(), Platform: platformWebhook, ID: a.Name()}
+		name, id := tenantKeyed{ch.Tenant, ch.Name}, tenantKeyed{ch.Tenant, ch.ID}
+		if _, taken := d.channelByName[name]; !taken {
+			d.channelByName[name] = ch
+		}
+		if _, taken := d.channelByID[id]; !taken {
+			d.channelByID[id] = ch
+		}
 	}
 	for i, b := range cfg.Chatbots {
 		field := fmt.Sprintf("chatbots[%d]", i)

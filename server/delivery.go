@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -80,8 +81,8 @@ func (s *Server) attempt(ctx context.Context, a adapters.Adapter, d store.Delive
 	began := time.Now()
 	res, err := a.Send(sctx, &adapters.Outbound{
 		Tenant: d.Tenant, SessionID: d.SessionID, MessageID: d.Message.ID, Channel: d.Message.Channel, User: user,
-		Text: d.Message.Text, Metadata: d.Message.Metadata, Template: d.Message.Template,
-		Thread: d.Message.Thread,
+		Text: d.Message.Text, Metadata: d.Message.Metadata, FromUser: d.Message.FromUser, CreatedAt: d.Message.CreatedAt,
+		Template: d.Message.Template, Thread: d.Message.Thread,
 	})
 	cancel()
 	switch {
@@ -89,29 +90,43 @@ func (s *Server) attempt(ctx context.Context, a adapters.Adapter, d store.Delive
 		s.metrics.platformCall(a.Platform(), "error", time.Since(began))
 	case res.Status == store.StatusFailed:
 		s.metrics.platformCall(a.Platform(), "refused", time.Since(began))
-		s.metrics.delivery(a.Platform(), "failed")
 	default:
 		s.metrics.platformCall(a.Platform(), "accepted", time.Since(began))
-		s.metrics.delivery(a.Platform(), "delivered")
 	}
 	o := store.DeliveryOutcome{Status: res.Status, PlatformID: res.PlatformID, Error: res.Error}
 	if err != nil {
-		wait, again := a.Retry(d.Attempt)
-		s.cfg.Logger.Warn("delivery failed", "platform", a.Platform(), "account", a.Name(), "message_id", d.Message.ID,
-			"attempt", d.Attempt, "retry", again, "err", err)
-		if again {
-			s.metrics.delivery(a.Platform(), "retry")
-			o = store.DeliveryOutcome{RetryAt: s.cfg.Clock.Now().Add(wait + rand.N(wait/10+1))}
-		} else {
-			s.metrics.delivery(a.Platform(), "failed")
-			o = store.DeliveryOutcome{Status: store.StatusFailed, Error: &store.PlatformError{Code: "unreachable",
-				Message: fmt.Sprintf("%s did not take the message after %d attempts", a.Platform(), d.Attempt)}}
-		}
+		o = s.retry(a.Platform(), a.Name(), a.Retry, d, err)
 	}
-	return s.finish(d, o)
+	if o.Status == store.StatusFailed {
+		s.cfg.Logger.Warn("delivery failed", "platform", a.Platform(), "account", a.Name(), "session_id", d.SessionID,
+			"message_id", d.Message.ID, "attempt", d.Attempt, "code", o.Error.Code)
+	}
+	m := s.finish(d, o)
+	s.metrics.attempt(a.Platform(), o)
+	return m
 }
 
-// finish records o for d, on its own deadline.
+// retry is the outcome of failed attempt d on platform (the account or
+// chatbot who), a failure that may not last: due again on schedule with a
+// tenth's jitter, or after the platform's RetryAfter if that is later;
+// FAILED unreachable when the schedule is spent.
+func (s *Server) retry(platform, who string, schedule func(int) (time.Duration, bool), d store.DeliveryClaim, err error) store.DeliveryOutcome {
+	wait, again := schedule(d.Attempt)
+	s.cfg.Logger.Warn("delivery attempt failed", "platform", platform, "account", who, "message_id", d.Message.ID,
+		"attempt", d.Attempt, "retry", again, "err", err)
+	if !again {
+		return store.DeliveryOutcome{Status: store.StatusFailed, Error: &store.PlatformError{Code: "unreachable",
+			Message: fmt.Sprintf("%s did not take the message after %d attempts", platform, d.Attempt)}}
+	}
+	wait += rand.N(wait/10 + 1)
+	if ra, ok := errors.AsType[*adapters.RetryAfter](err); ok && ra.Wait > wait {
+		wait = ra.Wait
+	}
+	return store.DeliveryOutcome{RetryAt: s.cfg.Clock.Now().Add(wait)}
+}
+
+// finish records o for d, on its own deadline. A retry due already (the
+// attempt outlasted its wait) is claimed at once, not at the next poll.
 func (s *Server) finish(d store.DeliveryClaim, o store.DeliveryOutcome) store.Message {
 	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
 	defer cancel()
@@ -121,23 +136,34 @@ func (s *Server) finish(d store.DeliveryClaim, o store.DeliveryOutcome) store.Me
 		s.cfg.Logger.Warn("cannot record a delivery's outcome", "message_id", d.Message.ID, "err", err)
 		return d.Message
 	}
+	if o.Status == 0 && !o.RetryAt.After(s.cfg.Clock.Now()) {
+		s.wake()
+	}
 	return m
 }
 
-// drain claims due deliveries, every DeliveryPoll until ctx ends, and
-// attempts each.
+// drain claims due deliveries, every DeliveryPoll (or when an ingest
+// queued a message for a running chatbot, or a batch came full) until ctx
+// ends, and attempts each.
 func (s *Server) drain(ctx context.Context) {
 	sem := make(chan struct{}, drainConcurrency)
 	tick := newAlarm(s.cfg.Clock)
 	defer tick.stop()
+	full := false
 	for {
-		tick.set(s.cfg.Clock.Now().Add(s.cfg.DeliveryPoll), 0)
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+		// A full batch may have left more due: claim again at once, as
+		// fast as the sends free their slots.
+		if !full {
+			tick.set(s.cfg.Clock.Now().Add(s.cfg.DeliveryPoll), 0)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			case <-s.nudge:
+			}
 		}
 		claims, err := s.cfg.Store.ClaimDeliveries(ctx, drainBatch, s.cfg.DeliveryLease)
+		full = err == nil && len(claims) == drainBatch
 		if err != nil {
 			if ctx.Err() == nil {
 				s.cfg.Logger.Warn("cannot claim deliveries", "err", err)
@@ -160,6 +186,10 @@ func (s *Server) drain(ctx context.Context) {
 
 // resume attempts a claimed delivery: its session says where it goes.
 func (s *Server) resume(ctx context.Context, d store.DeliveryClaim) {
+	if d.Bot != nil {
+		s.runBot(ctx, d)
+		return
+	}
 	ses, err := s.cfg.Store.GetSession(ctx, d.Tenant, d.SessionID)
 	if err != nil {
 		s.cfg.Logger.Warn("cannot read a delivery's session", "session_id", d.SessionID, "err", err)

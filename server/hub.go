@@ -6,9 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"unicode/utf8"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+
 	"github.com/chatrelay/chatrelay/adapters"
+	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/store"
 )
 
@@ -63,6 +67,7 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	r, err := h.cfg.Store.Ingest(ctx, store.InboundMessage{
 		Tenant: in.Tenant, Platform: in.Platform, Channel: in.Channel, User: in.User, Text: text, Metadata: md, Raw: raw,
 		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key}, Thread: thread,
+		Bots: h.botIDs,
 	})
 	switch {
 	case errors.Is(err, store.ErrUnavailable):
@@ -79,6 +84,7 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 		h.metrics.message(&r.Message)
 	}
 	h.places.learn(&r.Session)
+	h.botQueued(&r.Session)
 	return nil
 }
 
@@ -163,4 +169,41 @@ func jsonDepth(b []byte, limit int) int {
 		}
 	}
 	return deepest
+}
+
+// IngestRequest runs IngestMessage for an account whose callback carries
+// IngestMessage's REST body (the webhook platform): on the account's
+// platform and channel, for its tenant, with the platform's id for the
+// delivery as the idempotency key. Those three belong to the account, so
+// a body that sets them is refused. The answer is the REST API's: the
+// response, or the error with its HTTP status.
+func (h hub) IngestRequest(ctx context.Context, r *adapters.Request) (int, []byte) {
+	codec := newJSONCodec()
+	req := &pb.IngestMessageRequest{}
+	err := codec.Unmarshal(r.Body, req)
+	if err != nil {
+		err = invalid("body", "is not IngestMessage's JSON {\"from_user\",\"text\",\"session_id\",\"metadata\",\"raw\"}: %v", err)
+	} else if req.Platform != "" || req.Channel != "" || req.IdempotencyKey != "" {
+		err = invalid("body", "platform, channel and idempotency_key are the integration's and its webhook-id")
+	}
+	var resp *pb.IngestMessageResponse
+	var replayed bool
+	if err == nil {
+		req.Platform, req.Channel, req.IdempotencyKey = r.Platform, r.Channel, r.Key
+		resp, replayed, err = h.chat.ingest(context.WithValue(ctx, tenantKey{}, r.Tenant), req)
+	}
+	if err != nil {
+		st := toStatus(err)
+		logError(h.cfg.Logger, "/hooks/"+r.Platform, err, st)
+		h.metrics.inboundEvent(r.Platform, "error")
+		body, _ := codec.Marshal(st.Proto())
+		return runtime.HTTPStatusFromCode(st.Code()), body
+	}
+	if replayed {
+		h.metrics.inboundEvent(r.Platform, "duplicate")
+	} else {
+		h.metrics.inboundEvent(r.Platform, "accepted")
+	}
+	body, _ := codec.Marshal(resp)
+	return http.StatusOK, body
 }

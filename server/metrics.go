@@ -93,7 +93,7 @@ func newMetrics(reg *prometheus.Registry, st store.Store) *metrics {
 		}, []string{"platform", "result"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatrelay_delivery_attempts_total",
-			Help: "Attempts to deliver an outbound message to its platform, by platform and result (delivered, failed, retry).",
+			Help: "Attempts to deliver an outbound message to its platform, or an inbound message to a running chatbot (platform chatbot), by platform and result (delivered, failed, retry), counted once the outcome is recorded.",
 		}, []string{"platform", "result"}),
 		backendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatrelay_backend_errors_total",
@@ -181,10 +181,20 @@ func (m *metrics) platformCall(platform, result string, took time.Duration) {
 	}
 }
 
-func (m *metrics) delivery(platform, result string) {
-	if m != nil {
-		m.deliveries.WithLabelValues(platform, result).Inc()
+// attempt counts an attempt at a delivery once its outcome o is recorded:
+// delivered (the platform took it), failed (for good), or retry.
+func (m *metrics) attempt(platform string, o store.DeliveryOutcome) {
+	if m == nil {
+		return
 	}
+	result := "delivered"
+	switch o.Status {
+	case 0:
+		result = "retry"
+	case store.StatusFailed:
+		result = "failed"
+	}
+	m.deliveries.WithLabelValues(platform, result).Inc()
 }
 
 func (m *metrics) backendError(method string) {

@@ -19,6 +19,7 @@ import (
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/platformtest"
 	"github.com/chatrelay/chatrelay/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The platforms' credentials in these tests. The harness's `support`
@@ -297,7 +298,8 @@ func TestSlackRefusalsAreFailedAndKept(t *testing.T) {
 // comes to the watcher when a retry gets through.
 func TestTransientPlatformFailureIsRetried(t *testing.T) {
 	p := newPlatforms(t)
-	ts := start(t, nil, nil, p.option())
+	ts := start(t, nil, nil, p.option(), func(c *serverConfig) { c.Metrics = prometheus.NewRegistry() })
+	d := &deployment{a: ts, b: ts}
 	ses, _ := ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{Platform: "slack", Channel: slackChan, User: "U0RET"})
 	sid := ses.Session.SessionId
 	watch := ts.liveWatch(sid)
@@ -311,7 +313,10 @@ func TestTransientPlatformFailureIsRetried(t *testing.T) {
 	}
 	// The first retry is due 5 s (and up to a tenth more) after the
 	// first attempt, the second 30 s after the first retry.
-	for _, wait := range []time.Duration{6 * time.Second, 34 * time.Second} {
+	for i, wait := range []time.Duration{6 * time.Second, 34 * time.Second} {
+		// The clock moves on only once the last attempt's retry is
+		// scheduled (its count follows).
+		waitFor(t, "the retry to be scheduled", func() bool { return d.attempts("slack", "retry") == float64(i+1) })
 		before := len(p.slack.Posts())
 		waitFor(t, "the delivery poll to be armed", func() bool { return ts.clk.Timers() > 0 })
 		ts.clk.Advance(wait)

@@ -21,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/chatrelay/chatrelay/adapters/webhook"
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/telemetry"
 )
@@ -50,6 +51,11 @@ type Server struct {
 	metrics *metrics
 	// hooks are the platform callbacks' paths, /hooks/<platform>/<name>.
 	hooks map[string]bool
+	// bots are the chatbots that run on webhooks, by id (bots.go), and
+	// botIDs their ids; nudge wakes the delivery loop (drain).
+	bots   map[string]*webhook.Bot
+	botIDs []string
+	nudge  chan struct{}
 }
 
 // TransportOptions are the grpc-go settings of the server's transport,
@@ -78,8 +84,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	bots, botIDs, err := newBots(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{}), metrics: newMetrics(cfg.Metrics, cfg.Store),
-		hooks: map[string]bool{}}
+		hooks: map[string]bool{}, bots: bots, botIDs: botIDs, nudge: make(chan struct{}, 1)}
 	for _, a := range cfg.Adapters {
 		s.hooks[hookPath(a)] = true
 	}
@@ -178,8 +188,9 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go s.watchReadiness(watchCtx)
-	if len(s.cfg.Adapters) > 0 {
-		// Without an adapter this replica has nothing to deliver with.
+	if len(s.cfg.Adapters) > 0 || len(s.bots) > 0 {
+		// Without an adapter or a chatbot's webhook this replica has
+		// nothing to deliver with.
 		go s.drain(watchCtx)
 	}
 	log.Info("chatrelay serving", "grpc", gl.Addr().String(), "http", hl.Addr().String())

@@ -31,6 +31,19 @@ type DeliveryClaim struct {
 	// Attempt counts the attempts at it: 1 for the caller's own, one more
 	// for each claim.
 	Attempt int
+	// Bot, when set, makes this the delivery of an inbound message
+	// (Message) to a running chatbot's webhook (docs/design.md §9), not
+	// of an outbound message to its platform.
+	Bot *BotDelivery
+}
+
+// BotDelivery is what a chatbot's delivery is about: the chatbot, and the
+// session and contact the message belongs to, as they stand when it is
+// claimed.
+type BotDelivery struct {
+	ChatbotID string
+	Session   Session
+	Contact   Contact
 }
 
 // DeliveryOutcome is what an attempt at a delivery came to.
@@ -62,6 +75,13 @@ type Deliveries interface {
 	// their lease ended unfinished, or their retry time came. A delivery
 	// whose message was never recorded, or is no longer PENDING, is
 	// dropped rather than returned.
+	//
+	// A session's chatbot queue (InboundMessage.Bots) is one delivery: its
+	// claim is of the oldest message queued (Bot set, Attempt counting
+	// from 1 for each message), so a session's messages reach its chatbot
+	// in order, one at a time. Messages queued for a chatbot the session
+	// no longer runs (it ended, or another took over) are dropped, as is
+	// the queue of a session that is no longer BOT.
 	ClaimDeliveries(ctx context.Context, n int, lease time.Duration) ([]DeliveryClaim, error)
 	// FinishDelivery records the outcome of an attempt at delivery d. A
 	// final outcome moves the message's status forward (Advances), with
@@ -69,6 +89,12 @@ type Deliveries interface {
 	// known by its platform id (applying a receipt that came first), and
 	// returns the message as it stands: ErrMessageNotFound if it is no
 	// longer retained. A retry reschedules it, and returns d.Message.
+	//
+	// For a chatbot's delivery (d.Bot set) a final outcome (DELIVERED or
+	// FAILED) ends the delivery of d.Message and makes the session's next
+	// queued message due at once, unless another claim ended it first (in
+	// which case it changes nothing); the message itself does not change,
+	// and is returned.
 	FinishDelivery(ctx context.Context, d DeliveryClaim, o DeliveryOutcome) (Message, error)
 	// ApplyReceipt moves the message the platform knows as r.PlatformID
 	// forward to r.Status, with an EventMessageStatus. A stale or repeated

@@ -253,6 +253,12 @@ type SessionUpdate struct {
 	Metadata       map[string]string
 	// EndBot clears the chatbot; the state becomes OPEN unless State is set.
 	EndBot bool
+	// IfChatbot, when set, makes the update conditional: it is made only
+	// while the session is BOT with this chatbot, and otherwise nothing
+	// changes and the session is returned as it stands. A running
+	// chatbot's end and handoff use it, so that they never end another
+	// chatbot that started meanwhile (docs/design.md §9).
+	IfChatbot string
 }
 
 // OutboundMessage is a message to append to an active session.
@@ -293,6 +299,12 @@ type InboundMessage struct {
 	// Thread is the platform thread the message was in ("" for none): it
 	// becomes the session's Thread.
 	Thread string
+	// Bots are the chatbots that run on a webhook (docs/design.md §9).
+	// When the session is BOT with one of them, the message is queued for
+	// it, with the append: the session's queue is delivered in order, one
+	// message at a time, as deliveries whose claims name the chatbot
+	// (DeliveryClaim.Bot).
+	Bots []string
 }
 
 // IngestResult is what Ingest did.

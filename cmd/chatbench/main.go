@@ -43,13 +43,14 @@ type config struct {
 }
 
 var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "post-slack", "metrics-off", "idle", "match", "fanout",
-	"cancel", "slack-slow", "slack-events"}
+	"cancel", "slack-slow", "slack-events", "webhooks"}
 
 func main() {
 	serve := flag.Bool("serve", false, "internal: run as the server under test")
 	backend := flag.String("backend", "memory", "internal: the child's backend: echo, memory or redis")
 	childRedis := flag.String("redis-url", "", "internal: the child's Redis URL")
 	childSlack := flag.String("slack-api", "", "internal: the child's Slack Web API, for a Slack account")
+	childWebhook := flag.String("webhook-url", "", "internal: where the child's webhook integration delivers")
 	childProfile := flag.String("cpuprofile", "", "internal: where the child writes its CPU profile")
 	childMetrics := flag.Bool("metrics", true, "internal: the child counts Prometheus metrics, as cmd/chatrelay does")
 	flag.StringVar(&profileDir, "profile", "", "write each server's CPU profile (<backend>-<n>.prof) and final heap (<backend>-<n>.heap) to this directory")
@@ -73,7 +74,7 @@ func main() {
 		return
 	}
 	if *serve {
-		if err := serveChild(*backend, *childRedis, *childSlack, *childProfile, *childMetrics); err != nil {
+		if err := serveChild(*backend, *childRedis, *childSlack, *childWebhook, *childProfile, *childMetrics); err != nil {
 			fmt.Fprintln(os.Stderr, "chatbench -serve:", err)
 			os.Exit(1)
 		}
@@ -129,7 +130,7 @@ func run(cfg config, scenarios []string) error {
 		runtime.GOOS, runtime.GOARCH, cfg.concurrency, cfg.rounds, cfg.duration)
 
 	needRedis := slices.ContainsFunc(scenarios, func(s string) bool {
-		return s == "post-grpc-redis" || s == "match" || s == "fanout" || s == "cancel" || s == "slack-events"
+		return s == "post-grpc-redis" || s == "match" || s == "fanout" || s == "cancel" || s == "slack-events" || s == "webhooks"
 	})
 	if needRedis && cfg.redisURL == "" {
 		if _, err := exec.LookPath("redis-server"); err != nil {
@@ -179,6 +180,8 @@ func run(cfg config, scenarios []string) error {
 			rows, err = benchSlackSlow(ctx, cfg)
 		case "slack-events":
 			rows, err = benchSlackEvents(ctx, cfg)
+		case "webhooks":
+			rows, err = benchWebhooks(ctx, cfg)
 		default:
 			continue
 		}

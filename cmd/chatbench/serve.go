@@ -17,6 +17,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/adapters/slack"
+	"github.com/chatrelay/chatrelay/adapters/webhook"
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
@@ -63,7 +64,7 @@ const (
 	benchSlackChan   = "C0BENCH"
 )
 
-func serveChild(backend, redisURL, slackAPI, cpuprofile string, metrics bool) error {
+func serveChild(backend, redisURL, slackAPI, webhookURL, cpuprofile string, metrics bool) error {
 	if cpuprofile != "" {
 		f, err := os.Create(cpuprofile)
 		if err != nil {
@@ -143,6 +144,13 @@ func serveChild(backend, redisURL, slackAPI, cpuprofile string, metrics bool) er
 			return err
 		}
 		cfg.Adapters = []adapters.Adapter{a}
+	}
+	if webhookURL != "" {
+		a, err := webhook.New(webhook.Config{Name: benchWebhookName, URL: webhookURL, Secret: benchWebhookSecret, Logger: quiet})
+		if err != nil {
+			return err
+		}
+		cfg.Adapters = append(cfg.Adapters, a)
 	}
 	srv, err := server.New(cfg)
 	if err != nil {

@@ -1,5 +1,6 @@
 // Package config reads chatrelay's optional YAML configuration file:
-// channels, chatbots, API keys, platform accounts, limits. Secrets are never
+// channels, chatbots (and their webhooks), API keys, platform accounts
+// (Slack, WhatsApp, generic webhooks), limits. Secrets are never
 // written in the file: each is named by the environment variable that holds
 // it (a `*_env` field), resolved when the file is loaded, and never logged.
 // cmd/chatrelay turns a File into the server's, the store's and the
@@ -20,6 +21,7 @@ import (
 
 	"github.com/chatrelay/chatrelay/adapters"
 	"github.com/chatrelay/chatrelay/adapters/slack"
+	"github.com/chatrelay/chatrelay/adapters/webhook"
 	"github.com/chatrelay/chatrelay/adapters/whatsapp"
 	"github.com/chatrelay/chatrelay/server"
 )
@@ -32,6 +34,7 @@ type File struct {
 	// Slack and WhatsApp are the platform accounts (docs/design.md §9).
 	Slack    []Slack    `yaml:"slack"`
 	WhatsApp []WhatsApp `yaml:"whatsapp"`
+	Webhooks []Webhook  `yaml:"webhooks"`
 	// ResumeWindow and DeliveryTimeout: see server.Config.
 	ResumeWindow    time.Duration `yaml:"resume_window"`
 	DeliveryTimeout time.Duration `yaml:"delivery_timeout"`
@@ -64,6 +67,16 @@ type WhatsApp struct {
 	APIURL         string `yaml:"api_url"`
 
 	accessToken, appSecret, verifyToken string
+}
+
+// Webhook is a generic integration on the Standard Webhooks scheme.
+type Webhook struct {
+	Name      string `yaml:"name"`
+	Tenant    string `yaml:"tenant"`
+	URL       string `yaml:"url"`
+	SecretEnv string `yaml:"secret_env"`
+
+	secret string
 }
 
 // Default is the configuration without a file.
@@ -101,6 +114,14 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*File, error) {
 		w.accessToken = env.secret(field+"access_token_env", w.AccessTokenEnv)
 		w.appSecret = env.secret(field+"app_secret_env", w.AppSecretEnv)
 		w.verifyToken = env.secret(field+"verify_token_env", w.VerifyTokenEnv)
+	}
+	for i := range f.Webhooks {
+		f.Webhooks[i].secret = env.secret(fmt.Sprintf("webhooks[%d].secret_env", i), f.Webhooks[i].SecretEnv)
+	}
+	for i := range f.Chatbots {
+		if w := f.Chatbots[i].Webhook; w != nil {
+			w.Secret = env.secret(fmt.Sprintf("chatbots[%d].webhook.secret_env", i), w.SecretEnv)
+		}
 	}
 	if env.err != nil {
 		return nil, env.err
@@ -172,6 +193,16 @@ func (f *File) Adapters(logger *slog.Logger, client *http.Client) ([]adapters.Ad
 		}
 		numbers[w.PhoneNumberID] = true
 		if err := unique("whatsapp", w.Name); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		out = append(out, a)
+	}
+	for _, w := range f.Webhooks {
+		a, err := webhook.New(webhook.Config{Name: w.Name, Tenant: w.Tenant, URL: w.URL, Secret: w.secret, Logger: logger, HTTPClient: client})
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if err := unique("webhook", w.Name); err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
 		out = append(out, a)

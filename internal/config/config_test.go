@@ -174,3 +174,33 @@ whatsapp:
 		}
 	}
 }
+
+// A webhook integration and a chatbot's webhook take their secrets from the
+// environment; a secret that is not whsec_<base64> is refused without
+// being shown.
+func TestWebhookSecretsComeFromTheEnvironment(t *testing.T) {
+	const yaml = `
+chatbots:
+  - id: bot_echo
+    greeting: hi
+    webhook: {url: "http://127.0.0.1:9810/", secret_env: BOT_SECRET}
+webhooks:
+  - name: crm
+    url: https://crm.example/chat-events
+    secret_env: CRM_SECRET
+`
+	if _, err := load(t, yaml, map[string]string{"CRM_SECRET": "whsec_Y3JtLXdlYmhvb2stc2VjcmV0LWZvci10ZXN0cw=="}); err == nil ||
+		!strings.Contains(err.Error(), "BOT_SECRET") {
+		t.Fatalf("a missing chatbot secret: %v", err)
+	}
+	f, err := load(t, yaml, map[string]string{"CRM_SECRET": "not-whsec-but-secret", "BOT_SECRET": "whsec_ZWNoby1ib3Qtc2VjcmV0LWZvci10aGUtdGVzdHMh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Chatbots[0].Webhook.Secret != "whsec_ZWNoby1ib3Qtc2VjcmV0LWZvci10aGUtdGVzdHMh" {
+		t.Fatalf("the chatbot's secret was not resolved")
+	}
+	if _, err := f.Adapters(nil, nil); err == nil || strings.Contains(err.Error(), "not-whsec-but-secret") || !strings.Contains(err.Error(), "crm") {
+		t.Fatalf("a malformed secret: %v", err)
+	}
+}

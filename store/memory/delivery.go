@@ -20,6 +20,82 @@ type outboxEntry struct {
 	messageID string
 	due       time.Time
 	attempt   int
+	// bot marks a session's chatbot queue: one entry per session, its
+	// head the message to deliver.
+	bot bool
+}
+
+// botQueued is an inbound message queued for the chatbot it came to.
+type botQueued struct{ messageID, chatbotID string }
+
+// botEntry is the outbox id of a session's chatbot queue.
+func botEntry(sessionID string) string { return "@bot:" + sessionID }
+
+// queueForBot queues msg, just appended to ses, for the chatbot that runs
+// ses, if it runs on a webhook (bots), and makes the queue due if it was
+// idle. s.mu held.
+func (s *Store) queueForBot(ses *session, msg *store.Message, bots []string, now time.Time) {
+	if ses.State != store.StateBot || !slices.Contains(bots, ses.ChatbotID) {
+		return
+	}
+	ses.botQueue = append(ses.botQueue, botQueued{msg.ID, ses.ChatbotID})
+	id := botEntry(ses.ID)
+	if s.outbox[id] == nil {
+		s.outbox[id] = &outboxEntry{id: id, tenant: ses.Tenant, sessionID: ses.ID, due: now, bot: true}
+	}
+}
+
+// claimBot leases the head of a session's chatbot queue, dropping what
+// the session's chatbot no longer runs for; false when nothing is left.
+// s.mu held.
+func (s *Store) claimBot(e *outboxEntry, now time.Time, lease time.Duration) (store.DeliveryClaim, bool) {
+	ses := s.sessions[e.sessionID]
+	if ses == nil {
+		return store.DeliveryClaim{}, false
+	}
+	s.settle(ses, now)
+	for len(ses.botQueue) > 0 {
+		if ses.State != store.StateBot {
+			ses.botQueue = nil
+			break
+		}
+		q := ses.botQueue[0]
+		m := s.message(ses.ID, q.messageID)
+		if q.chatbotID != ses.ChatbotID || m == nil {
+			ses.botQueue = ses.botQueue[1:]
+			continue
+		}
+		e.due, e.attempt = now.Add(lease), e.attempt+1
+		bot := &store.BotDelivery{ChatbotID: q.chatbotID, Session: cloneSession(&ses.Session)}
+		if ct := s.contacts[contactKey{ses.Tenant, ses.Platform, ses.User}]; ct != nil {
+			bot.Contact = cloneContact(ct)
+		}
+		return store.DeliveryClaim{ID: e.id, Tenant: e.tenant, SessionID: e.sessionID, Message: cloneMessage(m), Attempt: e.attempt, Bot: bot}, true
+	}
+	return store.DeliveryClaim{}, false
+}
+
+// finishBot ends the delivery of d's message to the chatbot, if it is
+// still the queue's head, and makes the next one due. A claim that lost
+// the head to another (its lease ran out) changes nothing. s.mu held.
+func (s *Store) finishBot(d store.DeliveryClaim, now time.Time) {
+	ses := s.sessions[d.SessionID]
+	if ses != nil {
+		if len(ses.botQueue) == 0 || ses.botQueue[0].messageID != d.Message.ID {
+			return
+		}
+		ses.botQueue = ses.botQueue[1:]
+	}
+	if ses == nil || len(ses.botQueue) == 0 {
+		delete(s.outbox, d.ID)
+		return
+	}
+	e := s.outbox[d.ID]
+	if e == nil {
+		e = &outboxEntry{id: d.ID, tenant: d.Tenant, sessionID: d.SessionID, bot: true}
+		s.outbox[d.ID] = e
+	}
+	e.due, e.attempt = now, 0
 }
 
 // platformKey is a message's id on its platform.
@@ -66,6 +142,15 @@ func (s *Store) ClaimDeliveries(_ context.Context, n int, lease time.Duration) (
 		if len(out) == n {
 			break
 		}
+		if e.bot {
+			c, ok := s.claimBot(e, now, lease)
+			if !ok {
+				delete(s.outbox, e.id)
+				continue
+			}
+			out = append(out, c)
+			continue
+		}
 		m := s.message(e.sessionID, e.messageID)
 		if m == nil || m.Status.Settled() {
 			delete(s.outbox, e.id)
@@ -84,6 +169,10 @@ func (s *Store) FinishDelivery(_ context.Context, d store.DeliveryClaim, o store
 		if e := s.outbox[d.ID]; e != nil {
 			e.due = o.RetryAt
 		}
+		return d.Message, nil
+	}
+	if d.Bot != nil {
+		s.finishBot(d, s.opts.Clock.Now())
 		return d.Message, nil
 	}
 	m := s.message(d.SessionID, d.Message.ID)

@@ -85,6 +85,9 @@ type session struct {
 	store.Session
 	history history
 	lastMs  int64 // ms of the newest message id; ids never go back in time
+	// botQueue holds the inbound messages waiting for the chatbot that
+	// runs the session, oldest first (delivery.go).
+	botQueue []botQueued
 }
 
 // history is a session's newest messages, up to a limit. It grows to the
@@ -238,6 +241,9 @@ func (s *Store) UpdateSession(_ context.Context, tenant, id string, u store.Sess
 	ses, err := s.lookupActive(tenant, id, now)
 	if err != nil {
 		return store.Session{}, err
+	}
+	if u.IfChatbot != "" && (ses.State != store.StateBot || ses.ChatbotID != u.IfChatbot) {
+		return cloneSession(&ses.Session), nil
 	}
 	for _, k := range u.RemoveMetadata {
 		delete(ses.Metadata, k)
@@ -456,6 +462,7 @@ func (s *Store) appendInbound(in store.InboundMessage) (store.IngestResult, idem
 		Thread:    in.Thread,
 	}, now)
 	ses.LastInboundAt, ses.Thread = now, in.Thread
+	s.queueForBot(ses, &res.Message, in.Bots, now)
 	res.Session = cloneSession(&ses.Session)
 	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)
 	return res, ik, s.candidates(in.Tenant, &res.Message, now), nil

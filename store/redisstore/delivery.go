@@ -80,7 +80,11 @@ func (s *Store) ClaimDeliveries(ctx context.Context, n int, lease time.Duration)
 		}
 		c := &claimed{member: member, claim: store.DeliveryClaim{Tenant: f[0], SessionID: f[1], ID: f[2], Attempt: attempt}}
 		slotp := s.sessionSlot(c.claim.SessionID)
-		c.answer = s.inPipe(ctx, pipe, readDeliveryScript, []string{slotp + "dv:" + c.claim.SessionID}, slotp, c.claim.SessionID, c.claim.ID)
+		if c.claim.ID == botDelivery {
+			c.answer = s.inPipe(ctx, pipe, botReadScript, []string{s.botQueueKey(c.claim.SessionID)}, slotp, c.claim.SessionID, s.now())
+		} else {
+			c.answer = s.inPipe(ctx, pipe, readDeliveryScript, []string{slotp + "dv:" + c.claim.SessionID}, slotp, c.claim.SessionID, c.claim.ID)
+		}
 		cs = append(cs, c)
 	}
 	if len(cs) == 0 {
@@ -89,10 +93,22 @@ func (s *Store) ClaimDeliveries(ctx context.Context, n int, lease time.Duration)
 	_, _ = pipe.Exec(ctx)
 	var out []store.DeliveryClaim
 	var dropped []string
+	var idleBots []store.DeliveryClaim
 	for _, c := range cs {
 		code, vals, err := c.answer()
 		if err != nil {
 			return out, err
+		}
+		if c.claim.ID == botDelivery {
+			switch {
+			case code != "OK":
+				idleBots = append(idleBots, c.claim)
+			case decodeBotClaim(&c.claim, vals, s.o.Clock.Now()) == nil:
+				out = append(out, c.claim)
+			default:
+				return out, fmt.Errorf("redisstore: a chatbot queue's head %q cannot be read", vals[0])
+			}
+			continue
 		}
 		if code == "OK" {
 			m, err := messageWithStatus(vals[0], vals[1])
@@ -106,6 +122,13 @@ func (s *Store) ClaimDeliveries(ctx context.Context, n int, lease time.Duration)
 	}
 	if len(dropped) > 0 {
 		s.background(func(ctx context.Context) { s.dropDeliveries(ctx, dropped...) })
+	}
+	for _, c := range idleBots {
+		s.background(func(ctx context.Context) {
+			if err := s.dropBotQueue(ctx, c.Tenant, c.SessionID); err != nil {
+				s.o.Logger.Debug("cannot drop an idle chatbot queue from the outbox", "err", err)
+			}
+		})
 	}
 	return out, nil
 }
@@ -135,6 +158,9 @@ func (s *Store) FinishDelivery(ctx context.Context, d store.DeliveryClaim, o sto
 	if o.Status == 0 {
 		err := s.c.ZAddXX(ctx, s.outboxKey(), redis.Z{Score: float64(o.RetryAt.UnixMilli()), Member: member}).Err()
 		return d.Message, unavailable(err)
+	}
+	if d.Bot != nil {
+		return d.Message, s.finishBot(ctx, d)
 	}
 	pipe := s.c.Pipeline()
 	moved := s.queueStatus(ctx, pipe, d.Tenant, &d.Message, o.Status, o.PlatformID, o.Error, s.o.Clock.Now(), d.ID)

@@ -13,7 +13,7 @@ func LoadScripts(ctx context.Context, c redis.Scripter) error {
 	for _, sc := range []*redis.Script{createScript, updateScript, closeScript, postScript, ingestScript, chatbotReadScript,
 		chatbotWriteScript, listenerAddScript, indexAddScript, listenerGetScript, listenerTouchScript, resolveScript, pendingAddScript,
 		statusScript, claimScript, readDeliveryScript, listScript, platformRefScript, platformReceiptScript,
-		listenerCancelScript, listingAddScript, recentScript} {
+		listenerCancelScript, listingAddScript, recentScript, botReadScript, botFinishScript} {
 		if err := sc.Load(ctx, c).Err(); err != nil {
 			return err
 		}
@@ -25,13 +25,14 @@ func LoadScripts(ctx context.Context, c redis.Scripter) error {
 // break one (storetest.RunFaults).
 func ScriptHash(op string) string {
 	return map[string]string{
-		"post":    postScript.Hash(),
-		"ingest":  ingestScript.Hash(),
-		"resolve": resolveScript.Hash(),
-		"chatbot": chatbotWriteScript.Hash(),
-		"create":  createScript.Hash(),
-		"close":   closeScript.Hash(),
-		"status":  statusScript.Hash(),
-		"cancel":  listenerCancelScript.Hash(),
+		"post":      postScript.Hash(),
+		"ingest":    ingestScript.Hash(),
+		"resolve":   resolveScript.Hash(),
+		"chatbot":   chatbotWriteScript.Hash(),
+		"create":    createScript.Hash(),
+		"close":     closeScript.Hash(),
+		"status":    statusScript.Hash(),
+		"cancel":    listenerCancelScript.Hash(),
+		"botfinish": botFinishScript.Hash(),
 	}[op]
 }

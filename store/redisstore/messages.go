@@ -149,7 +149,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	idemKey := s.idemKey(slotp, in.Tenant, "ingest", target, in.Idempotency)
 	args := []any{now.UnixMilli(), in.Tenant, in.Platform, in.Channel, in.User, in.SessionID, newSID,
 		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix, slotp,
-		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), s.scriptActivityKey(in.Tenant), in.Thread}
+		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), s.scriptActivityKey(in.Tenant), botsArg(in.Bots), in.Thread}
 
 	pipe := s.c.Pipeline()
 	answer := s.inPipe(ctx, pipe, ingestScript, []string{key}, args...)
@@ -176,6 +176,11 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	}
 	if err := s.trackActivity(ctx, in.Tenant, res.Session.ID, res.Message.CreatedAt); err != nil {
 		return res, err
+	}
+	if queuedForBot(&res.Session, in.Bots) {
+		if err := s.scheduleBot(ctx, in.Tenant, res.Session.ID); err != nil {
+			return res, err
+		}
 	}
 	members := out[1:]
 	more, err := indexVals(early)
@@ -214,6 +219,12 @@ func (s *Store) finishReplay(ctx context.Context, in store.InboundMessage, idemK
 	res.Replayed = true
 	if err != nil {
 		return res, err
+	}
+	if queuedForBot(&res.Session, in.Bots) {
+		// The first call may have died before it scheduled the queue.
+		if err := s.scheduleBot(ctx, in.Tenant, res.Session.ID); err != nil {
+			return res, err
+		}
 	}
 	msg := &res.Message
 	slotp := s.sessionSlot(msg.SessionID)

@@ -30,6 +30,7 @@
 //	su:<tenant>:<user>              zset   the user's sessions by creation (ListSessions by user)
 //	dv:<sid>                        hash   delivery id → "<message id> <seq>": the session's deliveries
 //	ms:<sid>                        hash   message id → status JSON: statuses changed after the append
+//	bq:<sid>                        list   "<message id> <seq> <chatbot id>": messages queued for the running chatbot
 //	{ids.Tag(tenant, "sa")}    sa:<tenant>        zset the tenant's sessions by last activity (ListSessions)
 //	{ids.Tag("outbox")}        ob, oba            zset, hash the deployment's outbox and its attempts
 //	{ids.Tag(tenant, pf, id)}  pm:<tenant>:<pf>:<id> string a message's platform id: its message, or receipts that came first

@@ -57,6 +57,8 @@ var (
 	listenerCancelScript  = script("listener_cancel")
 	listingAddScript      = script("listing_add")
 	recentScript          = script("recent")
+	botReadScript         = script("bot_read")
+	botFinishScript       = script("bot_finish")
 )
 
 // postCommon is the number of ARGV postScript takes once, before the

@@ -70,7 +70,7 @@ func (s *Store) UpdateSession(ctx context.Context, tenant, id string, u store.Se
 		endBot = "1"
 	}
 	return s.sessionAnswer(s.reply(ctx, updateScript, []string{s.sessionKey(id)},
-		s.now(), tenant, int(u.State), endBot, string(remove), jsonMap(u.Metadata)))
+		s.now(), tenant, int(u.State), endBot, string(remove), jsonMap(u.Metadata), u.IfChatbot))
 }
 
 // CloseSession costs 1 round trip.

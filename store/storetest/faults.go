@@ -32,8 +32,9 @@ func (f Fault) String() string {
 type Faults interface {
 	// Break makes the next write of op fail with f, once. The ops are
 	// "post", "ingest", "resolve" (a listener's compare-and-set, inside
-	// Ingest), "chatbot", "create", "close" and "status" (a message's
-	// status, inside FinishDelivery).
+	// Ingest), "chatbot", "create", "close", "status" (a message's
+	// status, inside FinishDelivery), "cancel" and "botfinish" (a
+	// chatbot's delivery, inside FinishDelivery).
 	Break(op string, f Fault)
 }
 
@@ -58,6 +59,8 @@ func RunFaults(t *testing.T, f FaultyFactory) {
 		{"CloseSession", faultClose},
 		{"FinishDelivery", faultFinishDelivery},
 		{"CancelListener", faultCancel},
+		{"IngestForAChatbot", faultBotIngest},
+		{"FinishChatbotDelivery", faultBotFinish},
 	}
 	for _, p := range paths {
 		for _, fault := range []Fault{RequestLost, ReplyLost, ReplyLate} {
@@ -270,5 +273,56 @@ func faultCancel(e *faultEnv, fault Fault) {
 	}
 	if r := e.ingest(store.InboundMessage{User: "u1", Text: "late"}); len(r.Matched) != 0 {
 		e.t.Fatalf("a cancelled listener matched after the retry")
+	}
+}
+
+// An ingest into a session a webhook chatbot runs, broken then retried:
+// its message is queued for the chatbot, and delivered, once.
+func faultBotIngest(e *faultEnv, fault Fault) {
+	e.chatbot(store.ChatbotStart{})
+	in := store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Text: "hi bot", Bots: []string{"bot1"},
+		Idempotency: store.Idempotency{Key: "wh-2", Fingerprint: "f"}}
+	e.broken("ingest", fault, func() error { _, err := e.s.Ingest(e.ctx, in); return err })
+	var r store.IngestResult
+	if err := e.retry(func() (err error) { r, err = e.s.Ingest(e.ctx, in); return err }); err != nil {
+		e.t.Fatalf("retry: %v", err)
+	}
+	cs := e.claim(10)
+	if len(cs) != 1 || cs[0].Bot == nil || cs[0].Message.ID != r.Message.ID {
+		e.t.Fatalf("claims after a retried ingest: %+v; want its message, for the chatbot", cs)
+	}
+	e.finish(cs[0], store.DeliveryOutcome{Status: store.StatusDelivered})
+	e.clk.Advance(2 * lease)
+	if cs := e.claim(10); len(cs) != 0 {
+		e.t.Fatalf("the message was queued twice: %+v", cs)
+	}
+}
+
+// Finishing a chatbot's delivery, broken then retried: the message is
+// ended once, and the next one is delivered (at once, or when the claim's
+// lease ends if the first finish was done and its answer lost), once.
+func faultBotFinish(e *faultEnv, fault Fault) {
+	e.chatbot(store.ChatbotStart{})
+	bots := []string{"bot1"}
+	e.ingest(store.InboundMessage{User: "u1", Text: "one", Bots: bots})
+	m2 := e.ingest(store.InboundMessage{User: "u1", Text: "two", Bots: bots}).Message
+	cs := e.claim(10)
+	if len(cs) != 1 {
+		e.t.Fatalf("claims %+v", cs)
+	}
+	o := store.DeliveryOutcome{Status: store.StatusDelivered}
+	e.broken("botfinish", fault, func() error { _, err := e.s.FinishDelivery(e.ctx, cs[0], o); return err })
+	if err := e.retry(func() error { _, err := e.s.FinishDelivery(e.ctx, cs[0], o); return err }); err != nil {
+		e.t.Fatalf("retry: %v", err)
+	}
+	e.clk.Advance(lease)
+	next := e.claim(10)
+	if len(next) != 1 || next[0].Message.ID != m2.ID {
+		e.t.Fatalf("claims after the retried finish: %+v; want the next message", next)
+	}
+	e.finish(next[0], o)
+	e.clk.Advance(2 * lease)
+	if cs := e.claim(10); len(cs) != 0 {
+		e.t.Fatalf("claims after both were delivered: %+v", cs)
 	}
 }

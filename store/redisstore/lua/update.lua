@@ -1,11 +1,13 @@
 -- This script changes an active session. KEYS[1] session. ARGV now,
 -- tenant, new state (0 = keep), end bot (0/1), keys to remove (JSON array),
--- metadata patch (JSON object).
+-- metadata patch (JSON object), chatbot the update is conditional on ('' =
+-- none: otherwise nothing changes unless the session is BOT with it).
 local now = tonumber(ARGV[1])
 local rec = hgetall(KEYS[1])
 if not rec or rec.tn ~= ARGV[2] then return {'NOTFOUND'} end
 local st = state(rec, now)
 if not active(st) then return {ended(st)} end
+if ARGV[7] ~= '' and (st ~= 2 or rec.bot ~= ARGV[7]) then return {'OK', cjson.encode(rec)} end
 local md = cjson.decode(rec.md)
 for _, k in ipairs(cjson.decode(ARGV[5])) do md[k] = nil end
 for k, v in pairs(cjson.decode(ARGV[6])) do md[k] = v end
