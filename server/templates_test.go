@@ -277,3 +277,35 @@ func TestFallbackParameterIsCutToItsLimit(t *testing.T) {
 		t.Fatalf("answer %v", r)
 	}
 }
+
+// A chatbot that runs on a webhook talks on WhatsApp within the window
+// rules too: its greeting to a customer who never wrote goes as its
+// fallback template; its reply to the customer's message, inside the
+// window, as text.
+func TestRunningChatbotOnWhatsApp(t *testing.T) {
+	p := newPlatforms(t)
+	b := newEchoBot(t)
+	withEchoFallback := func(c *server.Config) {
+		for i := range c.Chatbots {
+			if c.Chatbots[i].ID == "bot_echo" {
+				c.Chatbots[i].FallbackTemplate = welcomeBack
+			}
+		}
+	}
+	ts := start(t, nil, nil, p.option(), b.option(), withEchoFallback)
+	p.whatsapp.EnforceWindow(ts.clk.Now)
+	p.whatsapp.Approve("welcome_back", "en", 1)
+	r, err := ts.chat.SendChatbotMessage(ts.ctx(), &pb.SendChatbotMessageRequest{Chatbot: "echo", From: "support", To: "+15551260001",
+		ContactMetadata: map[string]string{"name": "Ada"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.SentAs != pb.SentAs_SENT_AS_TEMPLATE || r.Template.GetName() != "welcome_back" || r.GreetingStatus != pb.MessageStatus_MESSAGE_STATUS_SENT {
+		t.Fatalf("greeting %v", r)
+	}
+	ts.whatsAppWebhook(p.whatsapp.Message("wamid.B1", "15551260001", "hello bot"))
+	waitFor(t, "the bot's reply to reach Meta", func() bool { return len(p.whatsapp.Sends()) == 2 })
+	if s := p.whatsapp.Sends()[1]; s.Text != "echo: hello bot" || s.Template != nil || s.ID == "" {
+		t.Fatalf("the bot's reply went as %+v, want text inside the window", s)
+	}
+}
