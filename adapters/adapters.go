@@ -63,6 +63,11 @@ type Outbound struct {
 	User     string
 	Text     string
 	Metadata map[string]string
+	// Template, when set, is the WhatsApp template the message goes as
+	// instead of Text.
+	Template *store.Template
+	// Thread, when set, is the thread it goes to (a Slack thread_ts).
+	Thread string
 	// FromUser is who on the tenant's side said it (a chatbot's id), if
 	// anyone; CreatedAt is when it was recorded.
 	FromUser  string
@@ -138,6 +143,9 @@ type Inbound struct {
 	// Key is the platform's id for the delivery (a Slack event_id, a
 	// WhatsApp message id): a redelivery is taken once.
 	Key string
+	// Thread is the thread the message was in (a Slack thread_ts), if
+	// any: replies into the session go there.
+	Thread string
 }
 
 // ErrRetry marks a failure the platform should retry on.

@@ -142,11 +142,15 @@ func badAnswer(format string, args ...any) *store.PlatformError {
 // already is not done twice.
 func (s *Server) carryOut(ctx context.Context, d store.DeliveryClaim, a *webhook.Answer) bool {
 	ses := &d.Bot.Session
-	at := place{ses.Platform, ses.Channel, ses.User}
+	at := sessionPlace(ses)
+	var fallback *FallbackTemplate
+	if bot, ok := s.dir.chatbot(d.Bot.ChatbotID); ok {
+		fallback = bot.FallbackTemplate
+	}
 	for i, r := range a.Replies {
 		key := "bot:" + d.Message.ID + ":" + strconv.Itoa(i)
-		_, err := s.chat.post(ctx, at, store.OutboundMessage{Tenant: ses.Tenant, SessionID: ses.ID, Text: r.Text,
-			FromUser: d.Bot.ChatbotID, Idempotency: store.Idempotency{Key: key, Fingerprint: key}})
+		_, err := s.chat.post(ctx, at, nil, store.OutboundMessage{Tenant: ses.Tenant, SessionID: ses.ID, Text: r.Text,
+			FromUser: d.Bot.ChatbotID, Idempotency: store.Idempotency{Key: key, Fingerprint: key}}, nil, fallback)
 		switch {
 		case errors.Is(err, store.ErrUnavailable):
 			s.cfg.Logger.Warn("cannot post a chatbot's reply", "session_id", ses.ID, "err", err)

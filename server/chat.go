@@ -28,21 +28,22 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 	chk.text("message", req.Message, c.cfg.Limits.MessageBytes, true)
 	chk.id("idempotency_key", req.IdempotencyKey, false)
 	chk.metadata("metadata", req.Metadata)
+	tpl := chk.template("template", req.Template)
 	if err := chk.err(); err != nil {
 		return nil, err
 	}
 	tenant := tenantFrom(ctx)
-	at, err := c.placeOf(ctx, tenant, req.SessionId)
+	at, ses, err := c.placeOf(ctx, tenant, req.SessionId)
 	if err != nil {
 		return nil, err
 	}
-	msg, err := c.post(ctx, at, store.OutboundMessage{
+	msg, err := c.post(ctx, at, ses, store.OutboundMessage{
 		Tenant:      tenant,
 		SessionID:   req.SessionId,
 		Text:        req.Message,
 		Metadata:    req.Metadata,
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) { m.(*pb.PostMessageRequest).IdempotencyKey = "" }),
-	})
+	}, tpl, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -50,11 +51,23 @@ func (c *chatService) PostMessage(ctx context.Context, req *pb.PostMessageReques
 }
 
 // post records out in its session, which lives at at, and delivers it:
-// PostMessage's work, and a running chatbot's replies'. It answers the
-// message as it then stands.
-func (c *chatService) post(ctx context.Context, at place, out store.OutboundMessage) (store.Message, error) {
+// PostMessage's work, and a running chatbot's replies'. ses is the session
+// when just read (else nil); given is a template named for the message,
+// and bot a running chatbot's fallback template (docs/design.md §9). It
+// answers the message as it then stands.
+func (c *chatService) post(ctx context.Context, at place, ses *store.Session, out store.OutboundMessage, given *store.Template, bot *FallbackTemplate) (store.Message, error) {
 	var a adapters.Adapter
 	out.Status, out.Error, a = c.route(out.Tenant, at)
+	if a != nil {
+		o, err := c.outgoing(ctx, out.Tenant, out.SessionID, at, ses, out.Text, given, bot)
+		if err != nil {
+			return store.Message{}, err
+		}
+		out.Template = o.Template
+		if o.Refused != nil {
+			out.Status, out.Error, a = store.StatusFailed, o.Refused, nil
+		}
+	}
 	if a != nil {
 		out.Delivery = c.newDelivery()
 	}
@@ -81,17 +94,54 @@ func (c *chatService) post(ctx context.Context, at place, out store.OutboundMess
 	return msg, nil
 }
 
-// placeOf is where a session lives: known from an earlier call, or read.
-func (c *chatService) placeOf(ctx context.Context, tenant, sessionID string) (place, error) {
+// placeOf is where a session lives: known from an earlier call, or read
+// (and then the session read is returned too).
+func (c *chatService) placeOf(ctx context.Context, tenant, sessionID string) (place, *store.Session, error) {
 	if at, ok := c.places.get(tenant, sessionID); ok {
-		return at, nil
+		return at, nil, nil
 	}
 	ses, err := c.cfg.Store.GetSession(ctx, tenant, sessionID)
 	if err != nil {
-		return place{}, err
+		return place{}, nil, err
 	}
 	c.places.learn(&ses)
-	return place{ses.Platform, ses.Channel, ses.User}, nil
+	return sessionPlace(&ses), &ses, nil
+}
+
+// outgoing composes a post's text, or the template given, for the session
+// at at (docs/design.md §9). Only a WhatsApp session whose window this
+// replica does not know to be open needs the session as it is now (ses
+// when just read, or read), and its contact when the fallback template
+// (bot's, else the channel's) reads it.
+func (c *chatService) outgoing(ctx context.Context, tenant, sessionID string, at place, ses *store.Session, text string, given *store.Template, bot *FallbackTemplate) (store.Outgoing, error) {
+	switch {
+	case at.platform != platformWhatsApp:
+		return store.Outgoing{Text: text}, nil
+	case given != nil:
+		return store.Outgoing{Text: text, Template: given}, nil
+	case at.open(c.cfg.Clock.Now()):
+		return store.Outgoing{Text: text}, nil
+	}
+	if ses == nil {
+		now, err := c.cfg.Store.GetSession(ctx, tenant, sessionID)
+		if err != nil {
+			return store.Outgoing{}, err
+		}
+		c.places.learn(&now)
+		ses = &now
+	}
+	fb := bot
+	if fb == nil {
+		fb = c.dir.fallback(tenant, ses.Channel)
+	}
+	var ct store.Contact
+	if fb != nil && fb.needsContact() && !c.cfg.Clock.Now().Before(windowCloses(ses)) {
+		var err error
+		if ct, err = c.cfg.Store.GetContact(ctx, tenant, ses.Platform, ses.User); err != nil {
+			return store.Outgoing{}, err
+		}
+	}
+	return c.compose(ses, &ct, text, nil, fb), nil
 }
 
 // route says how a message to a session at at is delivered: by the hub
@@ -116,6 +166,8 @@ func postResponse(m *store.Message) *pb.PostMessageResponse {
 		Channel:           m.Channel,
 		Error:             platformErrorPB(m.Error),
 		PlatformMessageId: m.PlatformID,
+		SentAs:            sentAs(m),
+		Template:          templatePB(m.Template),
 	}
 	if m.Status == store.StatusDelivered || m.Status == store.StatusSent || m.Status == store.StatusRead {
 		resp.DeliveredAt = ts(m.StatusAt)
@@ -169,10 +221,12 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 	chk.metadata("session_metadata", req.SessionMetadata)
 	chk.metadata("contact_metadata", req.ContactMetadata)
 	chk.id("idempotency_key", req.IdempotencyKey, false)
+	tpl := chk.template("template", req.Template)
 	if err := chk.err(); err != nil {
 		return nil, err
 	}
 	status, perr, a := c.route(tenant, place{platform: platform, channel: channel})
+	channelFallback := c.dir.fallback(tenant, channel)
 	start := store.ChatbotStart{
 		Tenant:               tenant,
 		Platform:             platform,
@@ -188,7 +242,13 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) {
 			m.(*pb.SendChatbotMessageRequest).IdempotencyKey = ""
 		}),
-		Greeting:       func(s store.Session, ct store.Contact) string { return render(bot.Greeting, s, ct) },
+		Greeting: func(s store.Session, ct store.Contact) store.Outgoing {
+			text := render(bot.Greeting, s, ct)
+			if a == nil {
+				return store.Outgoing{Text: text}
+			}
+			return c.compose(&s, &ct, text, tpl, bot.FallbackTemplate, channelFallback)
+		},
 		GreetingStatus: status,
 		GreetingError:  perr,
 	}
@@ -208,7 +268,7 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		if now, err := c.cfg.Store.GetMessage(ctx, tenant, greeting.SessionID, greeting.ID); err == nil {
 			*greeting = now
 		}
-	case a != nil && !r.Replayed:
+	case a != nil && !r.Replayed && greeting.Status == store.StatusPending:
 		*greeting = c.deliverNow(ctx, a, store.DeliveryClaim{ID: start.GreetingDelivery.ID, Tenant: tenant,
 			SessionID: greeting.SessionID, Message: *greeting, Attempt: 1}, req.To)
 	}
@@ -236,6 +296,7 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 	}
 	if r.Skip == store.NotSkipped {
 		resp.GreetingStatus = statusToPB[greeting.Status]
+		resp.SentAs, resp.Template = sentAs(greeting), templatePB(greeting.Template)
 	}
 	return resp, nil
 }

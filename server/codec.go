@@ -88,15 +88,16 @@ func newJSONCodec() runtime.Marshaler {
 // appendPostMessageResponse writes m as the codec's protojson options
 // would (proto field names, unpopulated fields included), without
 // reflection. It reports false, and the caller falls back to protojson,
-// for anything off the common path: a platform error, an enum value
-// without a name, a timestamp protojson would refuse, or invalid UTF-8.
+// for anything off the common path: a platform error, a template, an enum
+// value without a name, a timestamp protojson would refuse, or invalid UTF-8.
 // TestPostMessageResponseJSONMatchesProtojson and its fuzz target hold it
 // to protojson's output; TestPostMessageResponseJSONWritesEveryField
 // fails when the message gains a field this does not write.
 func appendPostMessageResponse(b []byte, m *pb.PostMessageResponse) ([]byte, bool) {
 	// The getters read a nil m as an empty one, as protojson does.
 	status, named := pb.MessageStatus_name[int32(m.GetStatus())]
-	if m.GetError() != nil || !named {
+	sentAs, sentNamed := pb.SentAs_name[int32(m.GetSentAs())]
+	if m.GetError() != nil || m.GetTemplate() != nil || !named || !sentNamed {
 		return nil, false
 	}
 	ok := true
@@ -114,7 +115,10 @@ func appendPostMessageResponse(b []byte, m *pb.PostMessageResponse) ([]byte, boo
 	b, ok = appendJSONString(b, m.GetChannel(), ok)
 	b = append(b, `,"error":null,"platform_message_id":`...)
 	b, ok = appendJSONString(b, m.GetPlatformMessageId(), ok)
-	return append(b, '}'), ok
+	b = append(b, `,"sent_as":"`...)
+	b = append(b, sentAs...)
+	b = append(b, `","template":null}`...)
+	return b, ok
 }
 
 // appendJSONString quotes s as protojson does; invalid UTF-8, which

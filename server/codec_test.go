@@ -42,7 +42,8 @@ func checkPostMessageResponseJSON(t *testing.T, m *pb.PostMessageResponse) (dire
 		t.Fatalf("wrote %q for a message protojson refuses (%v)", got, wantErr)
 	case ok && !bytes.Equal(got, want):
 		t.Fatalf("wrote\n  %s\nprotojson writes\n  %s", got, want)
-	case !ok && wantErr == nil && m.GetError() == nil && pb.MessageStatus_name[int32(m.GetStatus())] != "":
+	case !ok && wantErr == nil && m.GetError() == nil && m.GetTemplate() == nil && pb.MessageStatus_name[int32(m.GetStatus())] != "" &&
+		pb.SentAs_name[int32(m.GetSentAs())] != "":
 		t.Fatalf("declined a message protojson writes: %s", want)
 	}
 	return ok
@@ -83,6 +84,11 @@ func TestPostMessageResponseJSONMatchesProtojson(t *testing.T) {
 		}), true},
 		{"invalid UTF-8", delivered(func(m *pb.PostMessageResponse) { m.Platform = "ab\xffcd" }), false},
 		{"unnamed status", delivered(func(m *pb.PostMessageResponse) { m.Status = 42 }), false},
+		{"sent as text", delivered(func(m *pb.PostMessageResponse) { m.SentAs = pb.SentAs_SENT_AS_TEXT }), true},
+		{"unnamed sent_as", delivered(func(m *pb.PostMessageResponse) { m.SentAs = 42 }), false},
+		{"sent as a template", delivered(func(m *pb.PostMessageResponse) {
+			m.SentAs, m.Template = pb.SentAs_SENT_AS_TEMPLATE, &pb.Template{Name: "order_update", Language: "en", Parameters: []string{"A-1"}}
+		}), false},
 		{"failed with an error", delivered(func(m *pb.PostMessageResponse) {
 			m.Status, m.DeliveredAt = pb.MessageStatus_MESSAGE_STATUS_FAILED, nil
 			m.Error = &pb.PlatformError{Code: "rate_limited", Message: "slow down"}

@@ -85,6 +85,10 @@ type Channel struct {
 	Tenant   string `yaml:"tenant"`
 	Platform string `yaml:"platform"`
 	ID       string `yaml:"id"`
+	// FallbackTemplate, on a whatsapp channel, is what a message goes as
+	// when the customer's window is closed and the caller named no
+	// template (docs/design.md §9).
+	FallbackTemplate *FallbackTemplate `yaml:"fallback_template"`
 }
 
 // Chatbot is a configured bot.
@@ -94,6 +98,9 @@ type Chatbot struct {
 	// Greeting is the first message; {{contact.KEY}} and {{session.KEY}}
 	// are filled from metadata (empty when missing).
 	Greeting string `yaml:"greeting"`
+	// FallbackTemplate is what the greeting goes as on WhatsApp when the
+	// customer's window is closed: before the channel's.
+	FallbackTemplate *FallbackTemplate `yaml:"fallback_template"`
 	// Webhook, when set, runs the bot: it receives the inbound messages
 	// of the sessions the bot runs, and answers for it (docs/design.md
 	// §9).
@@ -212,6 +219,10 @@ func newDirectory(cfg *Config) (*directory, error) {
 		if !platforms[ch.Platform] {
 			chk.add(field+".platform", "must be one of web, api, slack, whatsapp, webhook")
 		}
+		if ch.FallbackTemplate != nil && ch.Platform != platformWhatsApp {
+			chk.add(field+".fallback_template", "is for whatsapp channels: only WhatsApp has templates")
+		}
+		chk.fallback(field+".fallback_template", ch.FallbackTemplate)
 		name, id := tenantKeyed{ch.Tenant, ch.Name}, tenantKeyed{ch.Tenant, ch.ID}
 		if _, dup := d.channelByName[name]; dup || ch.Name == "web" || ch.Name == "api" {
 			chk.add(field+".name", "%q is configured twice for tenant %s (web and api are built in)", ch.Name, ch.Tenant)
@@ -242,6 +253,7 @@ func newDirectory(cfg *Config) (*directory, error) {
 		chk.id(field+".id", b.ID, true)
 		chk.id(field+".name", b.Name, false)
 		chk.text(field+".greeting", b.Greeting, cfg.Limits.MessageBytes, true)
+		chk.fallback(field+".fallback_template", b.FallbackTemplate)
 		if _, dup := d.botByID[b.ID]; dup {
 			chk.add(field+".id", "%q is configured twice", b.ID)
 		}
@@ -275,6 +287,13 @@ func (d *directory) byID(tenant, id string) (Channel, bool) {
 	}
 	ch, ok := d.channelByID[tenantKeyed{tenant, id}]
 	return ch, ok
+}
+
+// fallback is the fallback template of a tenant's channel by its id, or
+// nil.
+func (d *directory) fallback(tenant, id string) *FallbackTemplate {
+	ch, _ := d.byID(tenant, id)
+	return ch.FallbackTemplate
 }
 
 // chatbot finds a bot by name, then by id.

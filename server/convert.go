@@ -70,6 +70,9 @@ func sessionPB(s *store.Session) *pb.Session {
 		UpdatedAt:      ts(s.UpdatedAt),
 		LastActivityAt: ts(s.LastActivityAt),
 		ExpiresAt:      ts(s.ExpiresAt),
+
+		ReplyWindowClosesAt: ts(windowCloses(s)),
+		Thread:              s.Thread,
 	}
 }
 
@@ -90,7 +93,7 @@ func platformErrorPB(e *store.PlatformError) *pb.PlatformError {
 	if e == nil {
 		return nil
 	}
-	return &pb.PlatformError{Code: e.Code, Message: e.Message}
+	return &pb.PlatformError{Code: e.Code, Message: e.Message, Reason: reasons[e.Code]}
 }
 
 func messagePB(m *store.Message) *pb.Message {
@@ -110,6 +113,8 @@ func messagePB(m *store.Message) *pb.Message {
 
 		PlatformMessageId: m.PlatformID,
 		StatusUpdatedAt:   ts(m.StatusAt),
+		Template:          templatePB(m.Template),
+		Thread:            m.Thread,
 	}
 }
 

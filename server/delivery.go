@@ -82,6 +82,7 @@ func (s *Server) attempt(ctx context.Context, a adapters.Adapter, d store.Delive
 	res, err := a.Send(sctx, &adapters.Outbound{
 		Tenant: d.Tenant, SessionID: d.SessionID, MessageID: d.Message.ID, Channel: d.Message.Channel, User: user,
 		Text: d.Message.Text, Metadata: d.Message.Metadata, FromUser: d.Message.FromUser, CreatedAt: d.Message.CreatedAt,
+		Template: d.Message.Template, Thread: d.Message.Thread,
 	})
 	cancel()
 	switch {

@@ -26,8 +26,9 @@ var _ adapters.Hub = hub{}
 // no, so what is past a limit is cut to fit rather than refused, and said
 // so in the message's metadata: a text past limits.message_bytes is cut
 // (at a character), a raw payload past limits.raw_bytes or raw_depth is
-// left out. An id the hub cannot hold (a user or channel id) is refused
-// and logged. The platform's id for the delivery is the idempotency key:
+// left out, and a thread id the hub cannot hold (a Slack thread_ts past
+// limits.id_bytes) is left out, replies then going to the channel. An id
+// the hub cannot hold (a user or channel id) is refused and logged. The platform's id for the delivery is the idempotency key:
 // a redelivery is taken once.
 func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	chk := h.checker()
@@ -53,10 +54,20 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 		}
 		md["raw_omitted"] = why
 	}
+	thread := in.Thread
+	if thread != "" && !chk.isID(thread) {
+		// Replies then go to the channel, not to a thread the hub cannot
+		// hold.
+		thread = ""
+		if md == nil {
+			md = map[string]string{}
+		}
+		md["thread_omitted"] = fmt.Sprintf("the thread id was not an id of at most %d bytes of [A-Za-z0-9_.:@+-]", h.cfg.Limits.IDBytes)
+	}
 	r, err := h.cfg.Store.Ingest(ctx, store.InboundMessage{
 		Tenant: in.Tenant, Platform: in.Platform, Channel: in.Channel, User: in.User, Text: text, Metadata: md, Raw: raw,
-		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key},
-		Bots:        h.botIDs,
+		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key}, Thread: thread,
+		Bots: h.botIDs,
 	})
 	switch {
 	case errors.Is(err, store.ErrUnavailable):

@@ -541,16 +541,18 @@ func TestWhatsAppConversation(t *testing.T) {
 func TestWhatsAppRefusalsAndForgeries(t *testing.T) {
 	p := newPlatforms(t)
 	ts := start(t, nil, nil, p.option())
-	ses, _ := ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{Channel: "support", User: "+15557654321"})
-	sid := ses.Session.SessionId
+	// The customer writes first: the reply window is open.
+	ts.whatsAppWebhook(platformtest.WhatsAppMessage(waNumber, "wamid.R0", "15557654321", "hi"))
+	sid := ts.sessionOf("whatsapp", "+15557654321").SessionId
 	p.whatsapp.Then(platformtest.WhatsAppWindowClosed, platformtest.WhatsAppUndeliverable)
-	for _, code := range []string{"131047", "131026"} {
+	for _, c := range []struct{ code, reason string }{{"131047", "reply_window_closed"}, {"131026", "undeliverable"}} {
 		r, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: "hello?"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || r.Error.GetCode() != code || r.Error.GetMessage() == "" {
-			t.Fatalf("answer %v, want FAILED %s", r, code)
+		if r.Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || r.Error.GetCode() != c.code || r.Error.GetMessage() == "" ||
+			r.Error.GetReason() != c.reason {
+			t.Fatalf("answer %v, want FAILED %s (%s)", r, c.code, c.reason)
 		}
 	}
 	sent, _ := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: "third time"})
@@ -559,7 +561,7 @@ func TestWhatsAppRefusalsAndForgeries(t *testing.T) {
 	}
 	ts.whatsAppWebhook(platformtest.WhatsAppStatus(waNumber, sent.PlatformMessageId, "failed", "15557654321", time.Now(), 131047))
 	h := ts.history(sid)
-	if len(h) != 3 || h[2].Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || h[2].Error.GetCode() != "131047" {
+	if len(h) != 4 || h[3].Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || h[3].Error.GetCode() != "131047" {
 		t.Fatalf("history %v", h)
 	}
 	body := platformtest.WhatsAppMessage(waNumber, "wamid.FORGED", "15550009999", "let me in")

@@ -66,6 +66,13 @@ type Limits struct {
 	// address may make in a burst, and per minute after it; past it the
 	// address is refused with RATE_LIMITED. Default 10.
 	FailedAuthsPerMinute int `yaml:"failed_auths_per_minute"`
+	// TemplateNameBytes, TemplateParameters and TemplateParameterBytes
+	// bound a WhatsApp template: its name, how many body parameters it
+	// takes, and each one's size (Meta's limit for a body parameter).
+	// Defaults 512, 32 and 1 KiB.
+	TemplateNameBytes      int `yaml:"template_name_bytes"`
+	TemplateParameters     int `yaml:"template_parameters"`
+	TemplateParameterBytes int `yaml:"template_parameter_bytes"`
 }
 
 // DefaultLimits are the defaults of docs/design.md §5.
@@ -88,6 +95,10 @@ func DefaultLimits() Limits {
 		Streams:              10_000,
 		PageBytes:            2 << 20,
 		FailedAuthsPerMinute: 10,
+
+		TemplateNameBytes:      512,
+		TemplateParameters:     32,
+		TemplateParameterBytes: 1 << 10,
 	}
 }
 
@@ -99,7 +110,8 @@ func (l Limits) validate() error {
 		"raw_bytes": int64(l.RawBytes), "raw_depth": int64(l.RawDepth), "max_timeout": int64(l.MaxTimeout),
 		"request_bytes": int64(l.RequestBytes), "header_bytes": int64(l.HeaderBytes), "body_timeout": int64(l.BodyTimeout),
 		"pending_listeners": int64(l.PendingListeners), "streams": int64(l.Streams), "failed_auths_per_minute": int64(l.FailedAuthsPerMinute),
-		"page_bytes": int64(l.PageBytes),
+		"page_bytes": int64(l.PageBytes), "template_name_bytes": int64(l.TemplateNameBytes),
+		"template_parameters": int64(l.TemplateParameters), "template_parameter_bytes": int64(l.TemplateParameterBytes),
 	} {
 		if v <= 0 {
 			return fmt.Errorf("%s must be positive", name)

@@ -96,6 +96,14 @@ type Session struct {
 	// and "" before the first). Watchers use them as a live-only cursor.
 	LastSeq       uint64
 	LastMessageID string
+
+	// LastInboundAt is when the user's newest message was ingested (zero
+	// before the first): WhatsApp's reply window runs from it.
+	LastInboundAt time.Time
+	// Thread is the thread the user's newest message was in (its
+	// InboundMessage.Thread; "" when none). Outbound messages appended to
+	// the session go to it (Message.Thread).
+	Thread string
 }
 
 // Contact is a tenant's record of a user on a platform.
@@ -185,6 +193,30 @@ type Message struct {
 	PlatformID string
 	// StatusAt is when Status last changed (CreatedAt until it does).
 	StatusAt time.Time
+	// Template, on an outbound message, is the WhatsApp template it is
+	// sent as instead of its text; nil for text.
+	Template *Template
+	// Thread is the platform thread the message is in: an inbound
+	// message's own, an outbound message's its session's when appended.
+	Thread string
+}
+
+// Template is a WhatsApp message template with its body's parameters.
+type Template struct {
+	Name       string
+	Language   string
+	Parameters []string
+}
+
+// Outgoing is an outbound message as the server composed it for its
+// session: its text and, for WhatsApp outside the reply window, the
+// template it goes as; or, when it cannot be sent at all, Refused.
+type Outgoing struct {
+	Text     string
+	Template *Template
+	// Refused, when set, records the message FAILED with this error,
+	// and without a delivery.
+	Refused *PlatformError
 }
 
 // Idempotency identifies a request that must take effect at most once within
@@ -243,6 +275,8 @@ type OutboundMessage struct {
 	Error       *PlatformError
 	Delivery    *Delivery
 	Idempotency Idempotency
+	// Template, when set, is the WhatsApp template the message goes as.
+	Template *Template
 }
 
 // InboundMessage is a user's message handed to the hub.
@@ -262,6 +296,9 @@ type InboundMessage struct {
 	Metadata    map[string]string
 	Raw         json.RawMessage
 	Idempotency Idempotency
+	// Thread is the platform thread the message was in ("" for none): it
+	// becomes the session's Thread.
+	Thread string
 	// Bots are the chatbots that run on a webhook (docs/design.md §9).
 	// When the session is BOT with one of them, the message is queued for
 	// it, with the append: the session's queue is delivered in order, one
@@ -306,10 +343,12 @@ type ChatbotStart struct {
 	SessionMetadata      map[string]string
 	ContactMetadata      map[string]string
 	Idempotency          Idempotency
-	// Greeting renders the chatbot's first message from the session and
+	// Greeting composes the chatbot's first message from the session and
 	// contact as they will be committed. It must be pure: a backend may call
 	// it more than once (optimistic retries) and keeps only the last result.
-	Greeting func(Session, Contact) string
+	// A greeting it refuses (Outgoing.Refused) is appended FAILED with
+	// that error, and without GreetingDelivery.
+	Greeting func(Session, Contact) Outgoing
 	// GreetingStatus and GreetingError record how the platform took the
 	// greeting, when it is known at once; with GreetingDelivery set,
 	// GreetingStatus is PENDING and the delivery finishes it.
@@ -349,6 +388,9 @@ type Sessions interface {
 	// active session; skip; force-start (closing the old one); open; merge
 	// metadata; set BOT; append the rendered greeting as an outbound message.
 	StartChatbot(ctx context.Context, c ChatbotStart) (ChatbotResult, error)
+	// GetContact returns the tenant's contact of user on platform; one
+	// without metadata (and zero times) when there is none.
+	GetContact(ctx context.Context, tenant, platform, user string) (Contact, error)
 	// ListSessions returns up to limit of the tenant's sessions that f
 	// selects, newest activity first (LastActivityAt, then ID, both
 	// descending, to the millisecond), starting after the cursor (the zero
@@ -398,12 +440,14 @@ type Messages interface {
 	// AppendOutbound appends to an active session, refreshes its TTL and
 	// publishes EventMessage. With an idempotency key seen before, it returns
 	// the first call's message and appends nothing (replayed = true). The
-	// message carries the session's platform and channel.
+	// message carries the session's platform, channel and Thread.
 	AppendOutbound(ctx context.Context, m OutboundMessage) (msg Message, replayed bool, err error)
 	// Ingest appends an inbound message (opening a session when needed),
-	// resolves every pending listener it matches, records the channel/user/
-	// session-but-not-keyword sighting on the others, and publishes the events
-	// — all as one atomic step.
+	// sets the session's LastInboundAt to now and its Thread to the
+	// message's, resolves every pending
+	// listener it matches, records the channel/user/session-but-not-keyword
+	// sighting on the others, and publishes the events — all as one atomic
+	// step.
 	Ingest(ctx context.Context, in InboundMessage) (IngestResult, error)
 	// ListMessages returns up to limit retained messages with ID > afterID
 	// (all when afterID is empty), oldest first. It works for ended sessions.

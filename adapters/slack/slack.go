@@ -89,12 +89,16 @@ func (a *Adapter) Retry(attempt int) (time.Duration, bool) {
 	return adapters.PlatformSchedule.Retry(attempt)
 }
 
-// Send posts out with chat.postMessage. Slack's error strings are the
-// refusal's code. On HTTP 429 it waits Retry-After if the call's deadline
+// Send posts out with chat.postMessage, into out.Thread when set. Slack's
+// error strings are the refusal's code. On HTTP 429 it waits Retry-After if the call's deadline
 // allows, else the message fails as `ratelimited`.
 func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Result, error) {
+	opts := []slack.MsgOption{slack.MsgOptionText(out.Text, false)}
+	if out.Thread != "" {
+		opts = append(opts, slack.MsgOptionTS(out.Thread))
+	}
 	for {
-		_, ts, err := a.api.PostMessageContext(ctx, out.Channel, slack.MsgOptionText(out.Text, false))
+		_, ts, err := a.api.PostMessageContext(ctx, out.Channel, opts...)
 		var refused slack.SlackErrorResponse
 		var limited *slack.RateLimitedError
 		switch {
@@ -169,7 +173,7 @@ func (a *Adapter) Handler(hub adapters.Hub) http.Handler {
 			if ok && isMsg && cb.InnerEvent != nil && m.SubType == "" && m.BotID == "" && m.User != "" {
 				adapters.IngestAnswer(w, hub.Ingest(r.Context(), &adapters.Inbound{
 					Tenant: a.cfg.Tenant, Platform: "slack", Channel: m.Channel, User: m.User, Text: m.Text,
-					Raw: json.RawMessage(*cb.InnerEvent), Key: cb.EventID,
+					Raw: json.RawMessage(*cb.InnerEvent), Key: cb.EventID, Thread: m.ThreadTimeStamp,
 				}))
 				return
 			}

@@ -96,17 +96,60 @@ func (a *Adapter) Retry(attempt int) (time.Duration, bool) {
 	return adapters.PlatformSchedule.Retry(attempt)
 }
 
-// textMessage is the Graph API's body for a text message.
-type textMessage struct {
-	MessagingProduct string   `json:"messaging_product"`
-	RecipientType    string   `json:"recipient_type"`
-	To               string   `json:"to"`
-	Type             string   `json:"type"`
-	Text             textBody `json:"text"`
+// message is the Graph API's body for a message: text, or a template.
+type message struct {
+	MessagingProduct string        `json:"messaging_product"`
+	RecipientType    string        `json:"recipient_type"`
+	To               string        `json:"to"`
+	Type             string        `json:"type"`
+	Text             *textBody     `json:"text,omitempty"`
+	Template         *templateBody `json:"template,omitempty"`
 }
 
 type textBody struct {
 	Body string `json:"body"`
+}
+
+type templateBody struct {
+	Name       string      `json:"name"`
+	Language   language    `json:"language"`
+	Components []component `json:"components,omitempty"`
+}
+
+type language struct {
+	Code string `json:"code"`
+}
+
+// component is a part of a template filled in: here only the body, with
+// its text parameters in order.
+type component struct {
+	Type       string      `json:"type"`
+	Parameters []parameter `json:"parameters"`
+}
+
+type parameter struct {
+	Type string `json:"type"`
+	Text string `json:"text"`
+}
+
+// graphMessage is the Graph API's body for out: its template when it has one,
+// else its text.
+func graphMessage(out *adapters.Outbound) message {
+	m := message{MessagingProduct: "whatsapp", RecipientType: "individual", To: strings.TrimPrefix(out.User, "+")}
+	t := out.Template
+	if t == nil {
+		m.Type, m.Text = "text", &textBody{Body: out.Text}
+		return m
+	}
+	m.Type, m.Template = "template", &templateBody{Name: t.Name, Language: language{Code: t.Language}}
+	if len(t.Parameters) > 0 {
+		ps := make([]parameter, len(t.Parameters))
+		for i, p := range t.Parameters {
+			ps[i] = parameter{Type: "text", Text: p}
+		}
+		m.Template.Components = []component{{Type: "body", Parameters: ps}}
+	}
+	return m
 }
 
 // sendResponse is the Graph API's answer: the message's id, or an error.
@@ -131,17 +174,15 @@ type graphError struct {
 // unknown errors and outages. Everything else is a refusal.
 var transientCodes = map[int]bool{1: true, 2: true, 131000: true, 131016: true, 131057: true}
 
-// Send posts out as a text message to the session's user. Accepted is
-// SENT: delivery and reading come later, as receipts.
+// Send posts out to the session's user, as a text message or as its
+// template. Accepted is SENT: delivery and reading come later, as
+// receipts.
 func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Result, error) {
-	body, err := json.Marshal(textMessage{
-		MessagingProduct: "whatsapp", RecipientType: "individual", To: strings.TrimPrefix(out.User, "+"),
-		Type: "text", Text: textBody{Body: out.Text},
-	})
+	b, err := json.Marshal(graphMessage(out))
 	if err != nil {
 		return adapters.Result{}, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.url, bytes.NewReader(b))
 	if err != nil {
 		return adapters.Result{}, err
 	}

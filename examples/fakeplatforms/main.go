@@ -5,7 +5,7 @@
 // the platforms would, signed as they sign them.
 //
 //	go run ./examples/fakeplatforms serve                            # Slack on :9801, WhatsApp on :9802
-//	go run ./examples/fakeplatforms slack U0ADA C0123ABCD 'yes'      # a user's message in a Slack channel
+//	go run ./examples/fakeplatforms slack U0ADA C0123ABCD 'yes' [THREAD_TS]  # a user's message in a Slack channel (or thread)
 //	go run ./examples/fakeplatforms whatsapp +15551234567 'yes'      # a customer's WhatsApp message
 //	go run ./examples/fakeplatforms receipt wamid.FAKE… read         # WhatsApp's receipt for a sent message
 //
@@ -41,10 +41,14 @@ func main() {
 	case "serve":
 		err = serve()
 	case "slack":
-		if len(args) != 3 {
+		if len(args) != 3 && len(args) != 4 {
 			usage()
 		}
-		err = callback("/hooks/slack/acme", platformtest.SlackEvent(fmt.Sprintf("Ev%d", time.Now().UnixNano()), args[1], args[0], args[2], nil),
+		var extra map[string]any
+		if len(args) == 4 {
+			extra = map[string]any{"thread_ts": args[3]}
+		}
+		err = callback("/hooks/slack/acme", platformtest.SlackEvent(fmt.Sprintf("Ev%d", time.Now().UnixNano()), args[1], args[0], args[2], extra),
 			func(body []byte) http.Header {
 				return platformtest.SignSlack(env("SLACK_SIGNING_SECRET"), time.Now(), body)
 			})
@@ -69,7 +73,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: fakeplatforms serve | slack USER CHANNEL TEXT | whatsapp +E164 TEXT | receipt WAMID sent|delivered|read|failed")
+	fmt.Fprintln(os.Stderr, "usage: fakeplatforms serve | slack USER CHANNEL TEXT [THREAD_TS] | whatsapp +E164 TEXT | receipt WAMID sent|delivered|read|failed")
 	os.Exit(2)
 }
 
@@ -94,12 +98,24 @@ func serve() error {
 	s := platformtest.NewSlackOn(sl, env("SLACK_BOT_TOKEN"))
 	defer s.Close()
 	s.OnPost(func(r *http.Request, p platformtest.SlackPost) {
-		fmt.Printf("slack    %s %s  token=%s channel=%s text=%q\n", r.Method, r.URL.Path, redact(p.Token), p.Channel, p.Text)
+		thread := ""
+		if p.ThreadTS != "" {
+			thread = " thread_ts=" + p.ThreadTS
+		}
+		fmt.Printf("slack    %s %s  token=%s channel=%s%s text=%q\n", r.Method, r.URL.Path, redact(p.Token), p.Channel, thread, p.Text)
 	})
 	w := platformtest.NewWhatsAppOn(wl, env("WA_TOKEN"), phoneNumberID)
 	defer w.Close()
+	// The templates examples/chatrelay.yaml falls back on, as if approved
+	// in WhatsApp Manager.
+	w.Approve("chat_update", "en", 1)
+	w.Approve("welcome_intro", "en", 2)
 	w.OnSend(func(r *http.Request, s platformtest.WhatsAppSend) {
-		fmt.Printf("whatsapp %s %s  Authorization: Bearer %s  to=%s text=%q → %s\n", r.Method, r.URL.Path, redact(s.Token), s.To, s.Text, s.ID)
+		answer := s.ID
+		if answer == "" {
+			answer = "refused"
+		}
+		fmt.Printf("whatsapp %s %s  Authorization: Bearer %s\n         %s\n         → %s\n", r.Method, r.URL.Path, redact(s.Token), s.Raw, answer)
 	})
 	fmt.Printf("Slack Web API on %s, WhatsApp Cloud API on %s; Ctrl-C stops them\n", s.URL(), w.URL())
 	stop := make(chan os.Signal, 1)

@@ -42,13 +42,17 @@ limits:
   streams: 15
   failed_auths_per_minute: 16
   page_bytes: 17
+  template_name_bytes: 18
+  template_parameters: 19
+  template_parameter_bytes: 20
 `, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := server.Limits{MessageBytes: 1, IDBytes: 2, MetadataEntries: 3, MetadataKeyBytes: 4, MetadataValueBytes: 5,
 		KeywordBytes: 6, RegexInstructions: 7, RawBytes: 8, RawDepth: 9, MaxTimeout: 10 * time.Minute, RequestBytes: 11,
-		HeaderBytes: 12, BodyTimeout: 13 * time.Second, PendingListeners: 14, Streams: 15, FailedAuthsPerMinute: 16, PageBytes: 17}
+		HeaderBytes: 12, BodyTimeout: 13 * time.Second, PendingListeners: 14, Streams: 15, FailedAuthsPerMinute: 16, PageBytes: 17,
+		TemplateNameBytes: 18, TemplateParameters: 19, TemplateParameterBytes: 20}
 	if f.Limits != want {
 		t.Fatalf("limits %+v\nwant   %+v", f.Limits, want)
 	}
@@ -60,6 +64,32 @@ limits:
 	want.Streams = 5
 	if f.Limits != want {
 		t.Fatalf("one limit set: %+v, want the defaults but streams", f.Limits)
+	}
+}
+
+// Fallback templates are read from a channel and a chatbot.
+func TestFallbackTemplatesAreRead(t *testing.T) {
+	f, err := load(t, `
+channels:
+  - name: support
+    platform: whatsapp
+    id: "15550001111"
+    fallback_template: {name: chat_update, language: en, parameters: ["{{message}}"]}
+chatbots:
+  - id: bot_welcome
+    greeting: hi
+    fallback_template:
+      name: welcome_intro
+      language: en_US
+      parameters: ["{{contact.name}}", "{{session.topic}}"]
+`, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, bot := f.Channels[0].FallbackTemplate, f.Chatbots[0].FallbackTemplate
+	if ch == nil || ch.Name != "chat_update" || ch.Language != "en" || len(ch.Parameters) != 1 || ch.Parameters[0] != "{{message}}" ||
+		bot == nil || bot.Name != "welcome_intro" || bot.Language != "en_US" || len(bot.Parameters) != 2 {
+		t.Fatalf("channel %+v, chatbot %+v", ch, bot)
 	}
 }
 

@@ -225,6 +225,15 @@ func (s *Store) GetSession(_ context.Context, tenant, id string) (store.Session,
 	return cloneSession(&ses.Session), nil
 }
 
+func (s *Store) GetContact(_ context.Context, tenant, platform, user string) (store.Contact, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ct := s.contacts[contactKey{tenant, platform, user}]; ct != nil {
+		return cloneContact(ct), nil
+	}
+	return store.Contact{Tenant: tenant, Platform: platform, User: user}, nil
+}
+
 func (s *Store) UpdateSession(_ context.Context, tenant, id string, u store.SessionUpdate) (store.Session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -319,18 +328,24 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 	ct.Metadata = merge(ct.Metadata, c.ContactMetadata)
 	ct.UpdatedAt = now
 
-	text := ""
+	var out store.Outgoing
 	if c.Greeting != nil {
-		text = c.Greeting(cloneSession(&cur.Session), cloneContact(ct))
+		out = c.Greeting(cloneSession(&cur.Session), cloneContact(ct))
+	}
+	status, perr, delivery := c.GreetingStatus, c.GreetingError, c.GreetingDelivery
+	if out.Refused != nil {
+		status, perr, delivery = store.StatusFailed, out.Refused, nil
 	}
 	msg := s.append(cur, store.Message{
 		Direction: store.Outbound,
-		Text:      text,
+		Text:      out.Text,
 		FromUser:  c.ChatbotID,
-		Status:    c.GreetingStatus,
-		Error:     c.GreetingError,
+		Status:    status,
+		Error:     perr,
+		Template:  cloneTemplate(out.Template),
+		Thread:    cur.Thread,
 	}, now)
-	s.schedule(c.GreetingDelivery, &msg, now)
+	s.schedule(delivery, &msg, now)
 	res.Session = cloneSession(&cur.Session)
 	res.Contact = cloneContact(ct)
 	res.Greeting = msg
@@ -359,6 +374,8 @@ func (s *Store) AppendOutbound(_ context.Context, m store.OutboundMessage) (stor
 		Status:    m.Status,
 		Metadata:  m.Metadata,
 		Error:     m.Error,
+		Template:  cloneTemplate(m.Template),
+		Thread:    ses.Thread,
 	}, now)
 	s.schedule(m.Delivery, &msg, now)
 	remember(s, ik, m.Idempotency, msg, now, cloneMessage)
@@ -442,7 +459,9 @@ func (s *Store) appendInbound(in store.InboundMessage) (store.IngestResult, idem
 		Status:    store.StatusReceived,
 		Metadata:  in.Metadata,
 		Raw:       in.Raw,
+		Thread:    in.Thread,
 	}, now)
+	ses.LastInboundAt, ses.Thread = now, in.Thread
 	s.queueForBot(ses, &res.Message, in.Bots, now)
 	res.Session = cloneSession(&ses.Session)
 	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)
@@ -1039,7 +1058,17 @@ func cloneMessage(m *store.Message) store.Message {
 		e := *m.Error
 		c.Error = &e
 	}
+	c.Template = cloneTemplate(m.Template)
 	return c
+}
+
+func cloneTemplate(t *store.Template) *store.Template {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	c.Parameters = slices.Clone(t.Parameters)
+	return &c
 }
 
 func cloneIngestResult(r *store.IngestResult) store.IngestResult {

@@ -44,6 +44,7 @@ func (s *Store) AppendOutbound(ctx context.Context, m store.OutboundMessage) (st
 func (s *Store) postCall(m store.OutboundMessage, now int64) (*batchReq, error) {
 	suffix, err := messageSuffix(&store.Message{
 		Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser, Status: m.Status, Metadata: m.Metadata, Error: m.Error,
+		Template: m.Template,
 	})
 	if err != nil {
 		return nil, err
@@ -88,20 +89,21 @@ func postAnswer(v any, err error, m store.OutboundMessage, now int64) (store.Mes
 }
 
 // postedMessage is m as posted, from postScript's "<id> <seq> <platform>
-// <channel>" (ids, platforms and channels hold no spaces; the channel, last,
-// is taken whole).
+// <thread> <channel>" (ids, platforms, threads and channels hold no spaces;
+// the thread may be empty; the channel, last, is taken whole).
 func postedMessage(posted string, m store.OutboundMessage, now int64) (store.Message, bool, error) {
 	id, rest, ok1 := strings.Cut(posted, " ")
 	seqs, rest, ok2 := strings.Cut(rest, " ")
-	platform, channel, ok3 := strings.Cut(rest, " ")
+	platform, rest, ok3 := strings.Cut(rest, " ")
+	thread, channel, ok4 := strings.Cut(rest, " ")
 	seq, err := strconv.ParseUint(seqs, 10, 64)
-	if !ok1 || !ok2 || !ok3 || err != nil {
+	if !ok1 || !ok2 || !ok3 || !ok4 || err != nil {
 		return store.Message{}, false, fmt.Errorf("redisstore: unexpected post reply %q", posted)
 	}
 	return store.Message{
 		ID: id, Seq: seq, SessionID: m.SessionID, Direction: store.Outbound, Text: m.Text, FromUser: m.FromUser,
 		Platform: platform, Channel: channel, CreatedAt: time.UnixMilli(now).UTC(), StatusAt: time.UnixMilli(now).UTC(),
-		Status: m.Status, Metadata: m.Metadata, Error: m.Error,
+		Status: m.Status, Metadata: m.Metadata, Error: m.Error, Template: m.Template, Thread: thread,
 	}, false, nil
 }
 
@@ -128,7 +130,7 @@ func postedMessage(posted string, m store.OutboundMessage, now int64) (store.Mes
 func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.IngestResult, error) {
 	// The script writes the sender: the session's user.
 	suffix, err := messageSuffix(&store.Message{
-		Direction: store.Inbound, Text: in.Text, Status: store.StatusReceived, Metadata: in.Metadata, Raw: in.Raw,
+		Direction: store.Inbound, Text: in.Text, Status: store.StatusReceived, Metadata: in.Metadata, Raw: in.Raw, Thread: in.Thread,
 	})
 	if err != nil {
 		return store.IngestResult{}, err
@@ -147,7 +149,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	idemKey := s.idemKey(slotp, in.Tenant, "ingest", target, in.Idempotency)
 	args := []any{now.UnixMilli(), in.Tenant, in.Platform, in.Channel, in.User, in.SessionID, newSID,
 		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix, slotp,
-		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), s.scriptActivityKey(in.Tenant), botsArg(in.Bots)}
+		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), s.scriptActivityKey(in.Tenant), botsArg(in.Bots), in.Thread}
 
 	pipe := s.c.Pipeline()
 	answer := s.inPipe(ctx, pipe, ingestScript, []string{key}, args...)

@@ -419,6 +419,8 @@ func sessionFromMap(m map[string]string, now time.Time) (store.Session, error) {
 		ExpiresAt:      fromMs(m["ex"]),
 		LastSeq:        seq,
 		LastMessageID:  m["lid"],
+		LastInboundAt:  fromMs(m["li"]),
+		Thread:         m["th"],
 	}
 	if md := m["md"]; md != "" && md != "{}" {
 		if err := json.Unmarshal([]byte(md), &ses.Metadata); err != nil {
@@ -474,6 +476,15 @@ type wireBody struct {
 	Raw       json.RawMessage   `json:"raw,omitempty"`
 	ErrCode   string            `json:"ec,omitempty"`
 	ErrMsg    string            `json:"em,omitempty"`
+	Template  *wireTemplate     `json:"tpl,omitempty"`
+	Thread    string            `json:"th,omitempty"`
+}
+
+// wireTemplate is a store.Template in a stored message.
+type wireTemplate struct {
+	Name       string   `json:"n"`
+	Language   string   `json:"l"`
+	Parameters []string `json:"p,omitempty"`
 }
 
 func decodeMessage(raw string) (store.Message, error) {
@@ -485,10 +496,14 @@ func decodeMessage(raw string) (store.Message, error) {
 		ID: w.ID, Seq: w.Seq, SessionID: w.SessionID, Platform: w.Platform, Channel: w.Channel,
 		CreatedAt: time.UnixMilli(w.At).UTC(), Direction: store.Direction(w.Direction), Text: w.Text,
 		FromUser: w.FromUser, Status: store.MessageStatus(w.Status), Metadata: w.Metadata, Raw: w.Raw,
+		Thread: w.Thread,
 	}
 	m.StatusAt = m.CreatedAt
 	if w.ErrCode != "" || w.ErrMsg != "" {
 		m.Error = &store.PlatformError{Code: w.ErrCode, Message: w.ErrMsg}
+	}
+	if t := w.Template; t != nil {
+		m.Template = &store.Template{Name: t.Name, Language: t.Language, Parameters: t.Parameters}
 	}
 	return m, nil
 }

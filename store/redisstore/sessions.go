@@ -46,6 +46,19 @@ func (s *Store) GetSession(ctx context.Context, tenant, id string) (store.Sessio
 	return sessionFromMap(m, s.o.Clock.Now())
 }
 
+// GetContact costs 1 round trip.
+func (s *Store) GetContact(ctx context.Context, tenant, platform, user string) (store.Contact, error) {
+	key := s.slot(userTag(tenant, user)) + "c:" + tenant + ":" + platform + ":" + user
+	m, err := s.c.HGetAll(ctx, key).Result()
+	if err != nil {
+		return store.Contact{}, unavailable(err)
+	}
+	if len(m) == 0 {
+		return store.Contact{Tenant: tenant, Platform: platform, User: user}, nil
+	}
+	return contactFromMap(m, tenant, platform, user)
+}
+
 // UpdateSession costs 1 round trip.
 func (s *Store) UpdateSession(ctx context.Context, tenant, id string, u store.SessionUpdate) (store.Session, error) {
 	remove, _ := json.Marshal(u.RemoveMetadata)
@@ -151,7 +164,7 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 				}
 			}
 		}
-		greeting := ""
+		var greeting store.Outgoing
 		if action != "skip" && c.Greeting != nil {
 			// Render from the state the write will commit: merged
 			// metadata on the reused session, or a fresh one.
@@ -165,8 +178,13 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 			ct.Metadata = mergeMaps(contact.Metadata, c.ContactMetadata)
 			greeting = c.Greeting(base, ct)
 		}
+		status, perr, delivery := c.GreetingStatus, c.GreetingError, c.GreetingDelivery
+		if greeting.Refused != nil {
+			status, perr, delivery = store.StatusFailed, greeting.Refused, nil
+		}
 		suffix, err := messageSuffix(&store.Message{
-			Direction: store.Outbound, Text: greeting, FromUser: c.ChatbotID, Status: c.GreetingStatus, Error: c.GreetingError,
+			Direction: store.Outbound, Text: greeting.Text, FromUser: c.ChatbotID, Status: status, Error: perr,
+			Template: greeting.Template,
 		})
 		if err != nil {
 			return store.ChatbotResult{}, err
@@ -174,15 +192,15 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 		// The session the greeting goes to: its delivery is recorded
 		// before the greeting is (delivery.go).
 		newSID, did := ids.TaggedSession(tag), ""
-		if action != "skip" && c.GreetingDelivery != nil {
+		if action != "skip" && delivery != nil {
 			target := newSID
 			if action == "reuse" {
 				target = subject
 			}
-			if err := s.enqueue(ctx, c.Tenant, target, c.GreetingDelivery); err != nil {
+			if err := s.enqueue(ctx, c.Tenant, target, delivery); err != nil {
 				return store.ChatbotResult{}, err
 			}
-			did = c.GreetingDelivery.ID
+			did = delivery.ID
 		}
 		code, out2, err := s.reply(ctx, chatbotWriteScript, []string{pointer},
 			now.UnixMilli(), c.Tenant, c.Platform, c.Channel, c.User, action, out[2], subject, version, contactRec["v"],

@@ -28,6 +28,8 @@ func TestMessageSuffixIsEncodingJSON(t *testing.T) {
 			{Direction: store.Outbound, Text: text, Status: store.StatusFailed, Error: &store.PlatformError{}},
 			{Direction: store.Outbound, Text: text, Metadata: map[string]string{"b": text, "a": "1", text: "k", "<": ">"}},
 			{Direction: store.Outbound, Text: text, Metadata: map[string]string{}},
+			{Direction: store.Inbound, Text: text, Status: store.StatusReceived, Thread: "1715000000.000100", Error: &store.PlatformError{Code: "c"}},
+			{Direction: store.Outbound, Text: text, Status: store.StatusPending, Template: &store.Template{Name: "order_ready", Language: "en_US", Parameters: []string{text, "2"}}},
 		} {
 			checkSuffix(t, &m)
 		}
@@ -36,8 +38,8 @@ func TestMessageSuffixIsEncodingJSON(t *testing.T) {
 
 // A field added to wireBody must be added to messageSuffix too.
 func TestMessageSuffixWritesEveryWireField(t *testing.T) {
-	if n := reflect.TypeFor[wireBody]().NumField(); n != 8 {
-		t.Fatalf("wireBody has %d fields; messageSuffix writes 8 (dir, text, from, st, md, raw, ec, em): teach it the new ones", n)
+	if n := reflect.TypeFor[wireBody]().NumField(); n != 10 {
+		t.Fatalf("wireBody has %d fields; messageSuffix writes 9 (dir, text, from, st, md, raw, ec, em, th) and leaves tpl to encoding/json: teach it the new ones", n)
 	}
 }
 

@@ -133,10 +133,15 @@ func faultPost(e *faultEnv, fault Fault) {
 
 func faultIngest(e *faultEnv, fault Fault) {
 	l := e.listen(store.Filter{Users: []string{"u1"}}, time.Hour)
-	in := store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Text: "yes",
+	in := store.InboundMessage{Tenant: "t1", Platform: "api", Channel: "api", User: "u1", Text: "yes", Thread: "1715000000.000100",
 		Idempotency: store.Idempotency{Key: "wh-1", Fingerprint: "f"}}
 	e.broken("ingest", fault, func() error { _, err := e.s.Ingest(e.ctx, in); return err })
 	e.checkIngestRetry(in, l)
+	// The session records the user's last word and thread, once.
+	list, _, err := e.s.ListSessions(e.ctx, "t1", store.SessionFilter{User: "u1"}, store.SessionCursor{}, 10)
+	if err != nil || len(list) != 1 || !list[0].LastInboundAt.Equal(e.clk.Now()) || list[0].Thread != in.Thread {
+		e.t.Fatalf("sessions after a retried ingest: %+v, %v", list, err)
+	}
 }
 
 // A failed compare-and-set after the append left the listener pending:

@@ -104,6 +104,11 @@ func Run(t *testing.T, f Factory) {
 		{"DeliveryIsRecordedOnce", testDeliveryIdempotent},
 		{"ReceiptsMoveStatusForwardOnly", testReceipts},
 		{"ChatbotGreetingIsDelivered", testChatbotGreetingDelivery},
+		{"IngestRecordsWhenTheUserLastWrote", testLastInbound},
+		{"ARefusedGreetingIsFailedWithoutADelivery", testChatbotGreetingRefused},
+		{"TemplatesAreKept", testTemplatesAreKept},
+		{"ChatbotTemplateAndContact", testChatbotTemplateAndContact},
+		{"OutboundMessagesFollowTheUsersThread", testThreads},
 		{"BotQueueDeliversInOrder", testBotQueueInOrder},
 		{"BotQueueOnlyForItsChatbot", testBotQueueScope},
 		{"UpdateIfChatbot", testUpdateIfChatbot},
@@ -1008,8 +1013,8 @@ func testEvents(e *env) {
 
 // ---- chatbot ----
 
-func greet(s store.Session, c store.Contact) string {
-	return fmt.Sprintf("hi %s from %s", c.Metadata["name"], s.Metadata["team"])
+func greet(s store.Session, c store.Contact) store.Outgoing {
+	return store.Outgoing{Text: fmt.Sprintf("hi %s from %s", c.Metadata["name"], s.Metadata["team"])}
 }
 
 func (e *env) chatbot(c store.ChatbotStart) store.ChatbotResult {
@@ -1020,7 +1025,9 @@ func (e *env) chatbot(c store.ChatbotStart) store.ChatbotResult {
 	if c.ChatbotID == "" {
 		c.ChatbotID = "bot1"
 	}
-	c.Greeting = greet
+	if c.Greeting == nil {
+		c.Greeting = greet
+	}
 	if c.GreetingStatus == 0 {
 		c.GreetingStatus = store.StatusDelivered
 	}

@@ -273,7 +273,13 @@ type PostMessageRequest struct {
 	// and posts nothing. Reusing a key with a different request is an error.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Metadata stored with the message.
-	Metadata      map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// WhatsApp: send the message as this template, whether or not the
+	// customer's 24-hour window is open. Without it, a post outside the
+	// window goes as the channel's fallback template, if one is configured,
+	// or fails (`reply_window_closed`) without calling Meta. Other platforms
+	// send `message` and ignore it.
+	Template      *Template `protobuf:"bytes,5,opt,name=template,proto3" json:"template,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -336,6 +342,13 @@ func (x *PostMessageRequest) GetMetadata() map[string]string {
 	return nil
 }
 
+func (x *PostMessageRequest) GetTemplate() *Template {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
 // The response of PostMessage.
 type PostMessageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -358,8 +371,13 @@ type PostMessageResponse struct {
 	Error *PlatformError `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	// The platform's id of the message, once it accepted it.
 	PlatformMessageId string `protobuf:"bytes,8,opt,name=platform_message_id,json=platformMessageId,proto3" json:"platform_message_id,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// How the message went: as its text, or as a template (`template`).
+	SentAs SentAs `protobuf:"varint,9,opt,name=sent_as,json=sentAs,proto3,enum=chatrelay.v1.SentAs" json:"sent_as,omitempty"`
+	// The template sent, with its parameters as sent, when `sent_as` is
+	// TEMPLATE.
+	Template      *Template `protobuf:"bytes,10,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PostMessageResponse) Reset() {
@@ -448,6 +466,20 @@ func (x *PostMessageResponse) GetPlatformMessageId() string {
 	return ""
 }
 
+func (x *PostMessageResponse) GetSentAs() SentAs {
+	if x != nil {
+		return x.SentAs
+	}
+	return SentAs_SENT_AS_UNSPECIFIED
+}
+
+func (x *PostMessageResponse) GetTemplate() *Template {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
 // The request of SendChatbotMessage.
 type SendChatbotMessageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -473,8 +505,12 @@ type SendChatbotMessageRequest struct {
 	ContactMetadata map[string]string `protobuf:"bytes,9,rep,name=contact_metadata,json=contactMetadata,proto3" json:"contact_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Makes retries safe: the same key within 24 h returns the first response.
 	IdempotencyKey string `protobuf:"bytes,10,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// WhatsApp: send the greeting as this template, as PostMessage's
+	// `template`. Without it, a greeting outside the customer's window goes
+	// as the chatbot's fallback template, else the channel's, else fails.
+	Template      *Template `protobuf:"bytes,11,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendChatbotMessageRequest) Reset() {
@@ -577,6 +613,13 @@ func (x *SendChatbotMessageRequest) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *SendChatbotMessageRequest) GetTemplate() *Template {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
 // The response of SendChatbotMessage: everything a caller branches on.
 type SendChatbotMessageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -605,8 +648,12 @@ type SendChatbotMessageResponse struct {
 	// The greeting's delivery status, as PostMessage's `status`; unset when
 	// skipped.
 	GreetingStatus MessageStatus `protobuf:"varint,12,opt,name=greeting_status,json=greetingStatus,proto3,enum=chatrelay.v1.MessageStatus" json:"greeting_status,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// How the greeting went, as PostMessage's `sent_as`; unset when skipped.
+	SentAs SentAs `protobuf:"varint,13,opt,name=sent_as,json=sentAs,proto3,enum=chatrelay.v1.SentAs" json:"sent_as,omitempty"`
+	// The template the greeting went as, when `sent_as` is TEMPLATE.
+	Template      *Template `protobuf:"bytes,14,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendChatbotMessageResponse) Reset() {
@@ -721,6 +768,20 @@ func (x *SendChatbotMessageResponse) GetGreetingStatus() MessageStatus {
 		return x.GreetingStatus
 	}
 	return MessageStatus_MESSAGE_STATUS_UNSPECIFIED
+}
+
+func (x *SendChatbotMessageResponse) GetSentAs() SentAs {
+	if x != nil {
+		return x.SentAs
+	}
+	return SentAs_SENT_AS_UNSPECIFIED
+}
+
+func (x *SendChatbotMessageResponse) GetTemplate() *Template {
+	if x != nil {
+		return x.Template
+	}
+	return nil
 }
 
 // The request of ChatReceive. Filters combine with AND; with none set, any
@@ -1951,16 +2012,17 @@ var File_chatrelay_v1_chat_service_proto protoreflect.FileDescriptor
 
 const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fchatrelay/v1/chat_service.proto\x12\fchatrelay.v1\x1a\x1cchatrelay/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x89\x02\n" +
+	"\x1fchatrelay/v1/chat_service.proto\x12\fchatrelay.v1\x1a\x1cchatrelay/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xbd\x02\n" +
 	"\x12PostMessageRequest\x12\"\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tB\x03\xe0A\x02R\tsessionId\x12\x1d\n" +
 	"\amessage\x18\x02 \x01(\tB\x03\xe0A\x02R\amessage\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12J\n" +
-	"\bmetadata\x18\x04 \x03(\v2..chatrelay.v1.PostMessageRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x04 \x03(\v2..chatrelay.v1.PostMessageRequest.MetadataEntryR\bmetadata\x122\n" +
+	"\btemplate\x18\x05 \x01(\v2\x16.chatrelay.v1.TemplateR\btemplate\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe0\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x03\n" +
 	"\x13PostMessageResponse\x123\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x06status\x12\x1d\n" +
 	"\n" +
@@ -1971,7 +2033,10 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\bplatform\x18\x05 \x01(\tR\bplatform\x12\x18\n" +
 	"\achannel\x18\x06 \x01(\tR\achannel\x121\n" +
 	"\x05error\x18\a \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x12.\n" +
-	"\x13platform_message_id\x18\b \x01(\tR\x11platformMessageId\"\xa1\x05\n" +
+	"\x13platform_message_id\x18\b \x01(\tR\x11platformMessageId\x12-\n" +
+	"\asent_as\x18\t \x01(\x0e2\x14.chatrelay.v1.SentAsR\x06sentAs\x122\n" +
+	"\btemplate\x18\n" +
+	" \x01(\v2\x16.chatrelay.v1.TemplateR\btemplate\"\xd5\x05\n" +
 	"\x19SendChatbotMessageRequest\x12\x1d\n" +
 	"\achatbot\x18\x01 \x01(\tB\x03\xe0A\x02R\achatbot\x12\x17\n" +
 	"\x04from\x18\x02 \x01(\tB\x03\xe0A\x02R\x04from\x12\x13\n" +
@@ -1984,13 +2049,14 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\x10session_metadata\x18\b \x03(\v2<.chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntryR\x0fsessionMetadata\x12g\n" +
 	"\x10contact_metadata\x18\t \x03(\v2<.chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntryR\x0fcontactMetadata\x12'\n" +
 	"\x0fidempotency_key\x18\n" +
-	" \x01(\tR\x0eidempotencyKey\x1aB\n" +
+	" \x01(\tR\x0eidempotencyKey\x122\n" +
+	"\btemplate\x18\v \x01(\v2\x16.chatrelay.v1.TemplateR\btemplate\x1aB\n" +
 	"\x14SessionMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aB\n" +
 	"\x14ContactMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x05\n" +
 	"\x1aSendChatbotMessageResponse\x12:\n" +
 	"\x06status\x18\x01 \x01(\x0e2\".chatrelay.v1.ChatbotMessageStatusR\x06status\x129\n" +
 	"\vskip_reason\x18\x02 \x01(\x0e2\x18.chatrelay.v1.SkipReasonR\n" +
@@ -2008,7 +2074,9 @@ const file_chatrelay_v1_chat_service_proto_rawDesc = "" +
 	"\asession\x18\n" +
 	" \x01(\v2\x15.chatrelay.v1.SessionR\asession\x121\n" +
 	"\x05error\x18\v \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x12D\n" +
-	"\x0fgreeting_status\x18\f \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x0egreetingStatus\"\x90\x03\n" +
+	"\x0fgreeting_status\x18\f \x01(\x0e2\x1b.chatrelay.v1.MessageStatusR\x0egreetingStatus\x12-\n" +
+	"\asent_as\x18\r \x01(\x0e2\x14.chatrelay.v1.SentAsR\x06sentAs\x122\n" +
+	"\btemplate\x18\x0e \x01(\v2\x16.chatrelay.v1.TemplateR\btemplate\"\x90\x03\n" +
 	"\x12ChatReceiveRequest\x12\x18\n" +
 	"\achannel\x18\x01 \x01(\tR\achannel\x12\x1b\n" +
 	"\tfrom_user\x18\x02 \x01(\tR\bfromUser\x12\x1d\n" +
@@ -2196,71 +2264,79 @@ var file_chatrelay_v1_chat_service_proto_goTypes = []any{
 	nil,                                // 23: chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntry
 	nil,                                // 24: chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntry
 	nil,                                // 25: chatrelay.v1.IngestMessageRequest.MetadataEntry
-	(MessageStatus)(0),                 // 26: chatrelay.v1.MessageStatus
-	(*timestamppb.Timestamp)(nil),      // 27: google.protobuf.Timestamp
-	(*PlatformError)(nil),              // 28: chatrelay.v1.PlatformError
-	(*Contact)(nil),                    // 29: chatrelay.v1.Contact
-	(*Session)(nil),                    // 30: chatrelay.v1.Session
-	(*durationpb.Duration)(nil),        // 31: google.protobuf.Duration
-	(*structpb.Struct)(nil),            // 32: google.protobuf.Struct
-	(*Message)(nil),                    // 33: chatrelay.v1.Message
+	(*Template)(nil),                   // 26: chatrelay.v1.Template
+	(MessageStatus)(0),                 // 27: chatrelay.v1.MessageStatus
+	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
+	(*PlatformError)(nil),              // 29: chatrelay.v1.PlatformError
+	(SentAs)(0),                        // 30: chatrelay.v1.SentAs
+	(*Contact)(nil),                    // 31: chatrelay.v1.Contact
+	(*Session)(nil),                    // 32: chatrelay.v1.Session
+	(*durationpb.Duration)(nil),        // 33: google.protobuf.Duration
+	(*structpb.Struct)(nil),            // 34: google.protobuf.Struct
+	(*Message)(nil),                    // 35: chatrelay.v1.Message
 }
 var file_chatrelay_v1_chat_service_proto_depIdxs = []int32{
 	22, // 0: chatrelay.v1.PostMessageRequest.metadata:type_name -> chatrelay.v1.PostMessageRequest.MetadataEntry
-	26, // 1: chatrelay.v1.PostMessageResponse.status:type_name -> chatrelay.v1.MessageStatus
-	27, // 2: chatrelay.v1.PostMessageResponse.delivered_at:type_name -> google.protobuf.Timestamp
-	28, // 3: chatrelay.v1.PostMessageResponse.error:type_name -> chatrelay.v1.PlatformError
-	23, // 4: chatrelay.v1.SendChatbotMessageRequest.session_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntry
-	24, // 5: chatrelay.v1.SendChatbotMessageRequest.contact_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntry
-	0,  // 6: chatrelay.v1.SendChatbotMessageResponse.status:type_name -> chatrelay.v1.ChatbotMessageStatus
-	1,  // 7: chatrelay.v1.SendChatbotMessageResponse.skip_reason:type_name -> chatrelay.v1.SkipReason
-	29, // 8: chatrelay.v1.SendChatbotMessageResponse.contact:type_name -> chatrelay.v1.Contact
-	30, // 9: chatrelay.v1.SendChatbotMessageResponse.session:type_name -> chatrelay.v1.Session
-	28, // 10: chatrelay.v1.SendChatbotMessageResponse.error:type_name -> chatrelay.v1.PlatformError
-	26, // 11: chatrelay.v1.SendChatbotMessageResponse.greeting_status:type_name -> chatrelay.v1.MessageStatus
-	2,  // 12: chatrelay.v1.ChatReceiveRequest.match:type_name -> chatrelay.v1.MatchMode
-	31, // 13: chatrelay.v1.ChatReceiveRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 14: chatrelay.v1.ChatReceiveResponse.waiting:type_name -> chatrelay.v1.ChatReceiveWaiting
-	11, // 15: chatrelay.v1.ChatReceiveResponse.success:type_name -> chatrelay.v1.ChatReceiveSuccess
-	12, // 16: chatrelay.v1.ChatReceiveResponse.error:type_name -> chatrelay.v1.ChatReceiveError
-	27, // 17: chatrelay.v1.ChatReceiveWaiting.timeout_at:type_name -> google.protobuf.Timestamp
-	2,  // 18: chatrelay.v1.ChatReceiveWaiting.match:type_name -> chatrelay.v1.MatchMode
-	27, // 19: chatrelay.v1.ChatReceiveSuccess.received_at:type_name -> google.protobuf.Timestamp
-	32, // 20: chatrelay.v1.ChatReceiveSuccess.raw_message:type_name -> google.protobuf.Struct
-	31, // 21: chatrelay.v1.ChatReceiveError.waited:type_name -> google.protobuf.Duration
-	32, // 22: chatrelay.v1.IngestMessageRequest.raw:type_name -> google.protobuf.Struct
-	25, // 23: chatrelay.v1.IngestMessageRequest.metadata:type_name -> chatrelay.v1.IngestMessageRequest.MetadataEntry
-	33, // 24: chatrelay.v1.IngestMessageResponse.message:type_name -> chatrelay.v1.Message
-	30, // 25: chatrelay.v1.IngestMessageResponse.session:type_name -> chatrelay.v1.Session
-	3,  // 26: chatrelay.v1.Listener.state:type_name -> chatrelay.v1.ListenerState
-	2,  // 27: chatrelay.v1.Listener.match:type_name -> chatrelay.v1.MatchMode
-	27, // 28: chatrelay.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
-	27, // 29: chatrelay.v1.Listener.timeout_at:type_name -> google.protobuf.Timestamp
-	27, // 30: chatrelay.v1.Listener.decided_at:type_name -> google.protobuf.Timestamp
-	33, // 31: chatrelay.v1.Listener.message:type_name -> chatrelay.v1.Message
-	15, // 32: chatrelay.v1.GetListenerResponse.listener:type_name -> chatrelay.v1.Listener
-	3,  // 33: chatrelay.v1.ListListenersRequest.state:type_name -> chatrelay.v1.ListenerState
-	15, // 34: chatrelay.v1.ListListenersResponse.listeners:type_name -> chatrelay.v1.Listener
-	15, // 35: chatrelay.v1.CancelListenerResponse.listener:type_name -> chatrelay.v1.Listener
-	4,  // 36: chatrelay.v1.ChatService.PostMessage:input_type -> chatrelay.v1.PostMessageRequest
-	6,  // 37: chatrelay.v1.ChatService.SendChatbotMessage:input_type -> chatrelay.v1.SendChatbotMessageRequest
-	8,  // 38: chatrelay.v1.ChatService.ChatReceive:input_type -> chatrelay.v1.ChatReceiveRequest
-	13, // 39: chatrelay.v1.ChatService.IngestMessage:input_type -> chatrelay.v1.IngestMessageRequest
-	16, // 40: chatrelay.v1.ChatService.GetListener:input_type -> chatrelay.v1.GetListenerRequest
-	18, // 41: chatrelay.v1.ChatService.ListListeners:input_type -> chatrelay.v1.ListListenersRequest
-	20, // 42: chatrelay.v1.ChatService.CancelListener:input_type -> chatrelay.v1.CancelListenerRequest
-	5,  // 43: chatrelay.v1.ChatService.PostMessage:output_type -> chatrelay.v1.PostMessageResponse
-	7,  // 44: chatrelay.v1.ChatService.SendChatbotMessage:output_type -> chatrelay.v1.SendChatbotMessageResponse
-	9,  // 45: chatrelay.v1.ChatService.ChatReceive:output_type -> chatrelay.v1.ChatReceiveResponse
-	14, // 46: chatrelay.v1.ChatService.IngestMessage:output_type -> chatrelay.v1.IngestMessageResponse
-	17, // 47: chatrelay.v1.ChatService.GetListener:output_type -> chatrelay.v1.GetListenerResponse
-	19, // 48: chatrelay.v1.ChatService.ListListeners:output_type -> chatrelay.v1.ListListenersResponse
-	21, // 49: chatrelay.v1.ChatService.CancelListener:output_type -> chatrelay.v1.CancelListenerResponse
-	43, // [43:50] is the sub-list for method output_type
-	36, // [36:43] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	26, // 1: chatrelay.v1.PostMessageRequest.template:type_name -> chatrelay.v1.Template
+	27, // 2: chatrelay.v1.PostMessageResponse.status:type_name -> chatrelay.v1.MessageStatus
+	28, // 3: chatrelay.v1.PostMessageResponse.delivered_at:type_name -> google.protobuf.Timestamp
+	29, // 4: chatrelay.v1.PostMessageResponse.error:type_name -> chatrelay.v1.PlatformError
+	30, // 5: chatrelay.v1.PostMessageResponse.sent_as:type_name -> chatrelay.v1.SentAs
+	26, // 6: chatrelay.v1.PostMessageResponse.template:type_name -> chatrelay.v1.Template
+	23, // 7: chatrelay.v1.SendChatbotMessageRequest.session_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.SessionMetadataEntry
+	24, // 8: chatrelay.v1.SendChatbotMessageRequest.contact_metadata:type_name -> chatrelay.v1.SendChatbotMessageRequest.ContactMetadataEntry
+	26, // 9: chatrelay.v1.SendChatbotMessageRequest.template:type_name -> chatrelay.v1.Template
+	0,  // 10: chatrelay.v1.SendChatbotMessageResponse.status:type_name -> chatrelay.v1.ChatbotMessageStatus
+	1,  // 11: chatrelay.v1.SendChatbotMessageResponse.skip_reason:type_name -> chatrelay.v1.SkipReason
+	31, // 12: chatrelay.v1.SendChatbotMessageResponse.contact:type_name -> chatrelay.v1.Contact
+	32, // 13: chatrelay.v1.SendChatbotMessageResponse.session:type_name -> chatrelay.v1.Session
+	29, // 14: chatrelay.v1.SendChatbotMessageResponse.error:type_name -> chatrelay.v1.PlatformError
+	27, // 15: chatrelay.v1.SendChatbotMessageResponse.greeting_status:type_name -> chatrelay.v1.MessageStatus
+	30, // 16: chatrelay.v1.SendChatbotMessageResponse.sent_as:type_name -> chatrelay.v1.SentAs
+	26, // 17: chatrelay.v1.SendChatbotMessageResponse.template:type_name -> chatrelay.v1.Template
+	2,  // 18: chatrelay.v1.ChatReceiveRequest.match:type_name -> chatrelay.v1.MatchMode
+	33, // 19: chatrelay.v1.ChatReceiveRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 20: chatrelay.v1.ChatReceiveResponse.waiting:type_name -> chatrelay.v1.ChatReceiveWaiting
+	11, // 21: chatrelay.v1.ChatReceiveResponse.success:type_name -> chatrelay.v1.ChatReceiveSuccess
+	12, // 22: chatrelay.v1.ChatReceiveResponse.error:type_name -> chatrelay.v1.ChatReceiveError
+	28, // 23: chatrelay.v1.ChatReceiveWaiting.timeout_at:type_name -> google.protobuf.Timestamp
+	2,  // 24: chatrelay.v1.ChatReceiveWaiting.match:type_name -> chatrelay.v1.MatchMode
+	28, // 25: chatrelay.v1.ChatReceiveSuccess.received_at:type_name -> google.protobuf.Timestamp
+	34, // 26: chatrelay.v1.ChatReceiveSuccess.raw_message:type_name -> google.protobuf.Struct
+	33, // 27: chatrelay.v1.ChatReceiveError.waited:type_name -> google.protobuf.Duration
+	34, // 28: chatrelay.v1.IngestMessageRequest.raw:type_name -> google.protobuf.Struct
+	25, // 29: chatrelay.v1.IngestMessageRequest.metadata:type_name -> chatrelay.v1.IngestMessageRequest.MetadataEntry
+	35, // 30: chatrelay.v1.IngestMessageResponse.message:type_name -> chatrelay.v1.Message
+	32, // 31: chatrelay.v1.IngestMessageResponse.session:type_name -> chatrelay.v1.Session
+	3,  // 32: chatrelay.v1.Listener.state:type_name -> chatrelay.v1.ListenerState
+	2,  // 33: chatrelay.v1.Listener.match:type_name -> chatrelay.v1.MatchMode
+	28, // 34: chatrelay.v1.Listener.created_at:type_name -> google.protobuf.Timestamp
+	28, // 35: chatrelay.v1.Listener.timeout_at:type_name -> google.protobuf.Timestamp
+	28, // 36: chatrelay.v1.Listener.decided_at:type_name -> google.protobuf.Timestamp
+	35, // 37: chatrelay.v1.Listener.message:type_name -> chatrelay.v1.Message
+	15, // 38: chatrelay.v1.GetListenerResponse.listener:type_name -> chatrelay.v1.Listener
+	3,  // 39: chatrelay.v1.ListListenersRequest.state:type_name -> chatrelay.v1.ListenerState
+	15, // 40: chatrelay.v1.ListListenersResponse.listeners:type_name -> chatrelay.v1.Listener
+	15, // 41: chatrelay.v1.CancelListenerResponse.listener:type_name -> chatrelay.v1.Listener
+	4,  // 42: chatrelay.v1.ChatService.PostMessage:input_type -> chatrelay.v1.PostMessageRequest
+	6,  // 43: chatrelay.v1.ChatService.SendChatbotMessage:input_type -> chatrelay.v1.SendChatbotMessageRequest
+	8,  // 44: chatrelay.v1.ChatService.ChatReceive:input_type -> chatrelay.v1.ChatReceiveRequest
+	13, // 45: chatrelay.v1.ChatService.IngestMessage:input_type -> chatrelay.v1.IngestMessageRequest
+	16, // 46: chatrelay.v1.ChatService.GetListener:input_type -> chatrelay.v1.GetListenerRequest
+	18, // 47: chatrelay.v1.ChatService.ListListeners:input_type -> chatrelay.v1.ListListenersRequest
+	20, // 48: chatrelay.v1.ChatService.CancelListener:input_type -> chatrelay.v1.CancelListenerRequest
+	5,  // 49: chatrelay.v1.ChatService.PostMessage:output_type -> chatrelay.v1.PostMessageResponse
+	7,  // 50: chatrelay.v1.ChatService.SendChatbotMessage:output_type -> chatrelay.v1.SendChatbotMessageResponse
+	9,  // 51: chatrelay.v1.ChatService.ChatReceive:output_type -> chatrelay.v1.ChatReceiveResponse
+	14, // 52: chatrelay.v1.ChatService.IngestMessage:output_type -> chatrelay.v1.IngestMessageResponse
+	17, // 53: chatrelay.v1.ChatService.GetListener:output_type -> chatrelay.v1.GetListenerResponse
+	19, // 54: chatrelay.v1.ChatService.ListListeners:output_type -> chatrelay.v1.ListListenersResponse
+	21, // 55: chatrelay.v1.ChatService.CancelListener:output_type -> chatrelay.v1.CancelListenerResponse
+	49, // [49:56] is the sub-list for method output_type
+	42, // [42:49] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_chatrelay_v1_chat_service_proto_init() }

@@ -217,6 +217,59 @@ func (MessageStatus) EnumDescriptor() ([]byte, []int) {
 	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{2}
 }
 
+// How an outbound message went, or goes, to its platform.
+type SentAs int32
+
+const (
+	// Never set by the server.
+	SentAs_SENT_AS_UNSPECIFIED SentAs = 0
+	// As the message's text.
+	SentAs_SENT_AS_TEXT SentAs = 1
+	// As a WhatsApp template; the message's `template` says which.
+	SentAs_SENT_AS_TEMPLATE SentAs = 2
+)
+
+// Enum value maps for SentAs.
+var (
+	SentAs_name = map[int32]string{
+		0: "SENT_AS_UNSPECIFIED",
+		1: "SENT_AS_TEXT",
+		2: "SENT_AS_TEMPLATE",
+	}
+	SentAs_value = map[string]int32{
+		"SENT_AS_UNSPECIFIED": 0,
+		"SENT_AS_TEXT":        1,
+		"SENT_AS_TEMPLATE":    2,
+	}
+)
+
+func (x SentAs) Enum() *SentAs {
+	p := new(SentAs)
+	*p = x
+	return p
+}
+
+func (x SentAs) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SentAs) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatrelay_v1_resources_proto_enumTypes[3].Descriptor()
+}
+
+func (SentAs) Type() protoreflect.EnumType {
+	return &file_chatrelay_v1_resources_proto_enumTypes[3]
+}
+
+func (x SentAs) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SentAs.Descriptor instead.
+func (SentAs) EnumDescriptor() ([]byte, []int) {
+	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{3}
+}
+
 // A platform's refusal of a message. This is an outcome, not an RPC error.
 type PlatformError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -225,7 +278,12 @@ type PlatformError struct {
 	// own (`platform_not_configured`).
 	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
 	// A human-readable explanation from the platform.
-	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The hub's name for a refusal a workflow may branch on, when it knows
+	// one: `reply_window_closed` (WhatsApp `131047`: the customer has not
+	// written in 24 hours, so only a template is delivered) or
+	// `undeliverable` (WhatsApp `131026`). Empty otherwise.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -274,6 +332,81 @@ func (x *PlatformError) GetMessage() string {
 	return ""
 }
 
+func (x *PlatformError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// A WhatsApp message template: a message Meta approved in advance, the
+// only kind it delivers outside the customer's 24-hour service window.
+type Template struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The template's name as approved: lowercase letters, digits and
+	// underscores, up to 512 bytes.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The language of the approved translation: `en`, `en_US`, `pt_BR`.
+	Language string `protobuf:"bytes,2,opt,name=language,proto3" json:"language,omitempty"`
+	// The body's parameters, `{{1}}`, `{{2}}`… in order: at most 32, each
+	// up to 1 KiB, without new lines, tabs or more than four spaces in a row
+	// (Meta refuses those).
+	Parameters    []string `protobuf:"bytes,3,rep,name=parameters,proto3" json:"parameters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Template) Reset() {
+	*x = Template{}
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Template) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Template) ProtoMessage() {}
+
+func (x *Template) ProtoReflect() protoreflect.Message {
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Template.ProtoReflect.Descriptor instead.
+func (*Template) Descriptor() ([]byte, []int) {
+	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Template) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Template) GetLanguage() string {
+	if x != nil {
+		return x.Language
+	}
+	return ""
+}
+
+func (x *Template) GetParameters() []string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
 // One conversation between a contact and the tenant on one channel. At most
 // one session per (platform, channel, user) is active (OPEN, BOT or
 // IN_PROGRESS) at a time.
@@ -304,14 +437,23 @@ type Session struct {
 	LastActivityAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_activity_at,json=lastActivityAt,proto3" json:"last_activity_at,omitempty"`
 	// When the session expires unless another message arrives first. For an
 	// ended session, when it ended.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// WhatsApp: when the customer-service window closes, 24 h after the
+	// customer's last message. Until then a post goes as text; after it,
+	// only as a template. Unset while the customer has never written (the
+	// window is closed), and on other platforms.
+	ReplyWindowClosesAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=reply_window_closes_at,json=replyWindowClosesAt,proto3" json:"reply_window_closes_at,omitempty"`
+	// Slack: the thread (its parent's `ts`) the user's last message was in;
+	// posts into the session go to that thread. Empty when the user last
+	// wrote outside a thread.
+	Thread        string `protobuf:"bytes,13,opt,name=thread,proto3" json:"thread,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Session) Reset() {
 	*x = Session{}
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[1]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +465,7 @@ func (x *Session) String() string {
 func (*Session) ProtoMessage() {}
 
 func (x *Session) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[1]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +478,7 @@ func (x *Session) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Session.ProtoReflect.Descriptor instead.
 func (*Session) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{1}
+	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Session) GetSessionId() string {
@@ -416,6 +558,20 @@ func (x *Session) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Session) GetReplyWindowClosesAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReplyWindowClosesAt
+	}
+	return nil
+}
+
+func (x *Session) GetThread() string {
+	if x != nil {
+		return x.Thread
+	}
+	return ""
+}
+
 // The tenant's record of a user on a platform.
 type Contact struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -435,7 +591,7 @@ type Contact struct {
 
 func (x *Contact) Reset() {
 	*x = Contact{}
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[2]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +603,7 @@ func (x *Contact) String() string {
 func (*Contact) ProtoMessage() {}
 
 func (x *Contact) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[2]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +616,7 @@ func (x *Contact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Contact.ProtoReflect.Descriptor instead.
 func (*Contact) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Contact) GetPlatform() string {
@@ -532,13 +688,18 @@ type Message struct {
 	PlatformMessageId string `protobuf:"bytes,13,opt,name=platform_message_id,json=platformMessageId,proto3" json:"platform_message_id,omitempty"`
 	// When `status` last changed.
 	StatusUpdatedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=status_updated_at,json=statusUpdatedAt,proto3" json:"status_updated_at,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// An outbound message sent as a WhatsApp template: the template, with
+	// its parameters as sent.
+	Template *Template `protobuf:"bytes,15,opt,name=template,proto3" json:"template,omitempty"`
+	// Slack: the thread the message is in (its parent's `ts`), if any.
+	Thread        string `protobuf:"bytes,16,opt,name=thread,proto3" json:"thread,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[3]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +711,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[3]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +724,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{3}
+	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Message) GetMessageId() string {
@@ -664,6 +825,20 @@ func (x *Message) GetStatusUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Message) GetTemplate() *Template {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+func (x *Message) GetThread() string {
+	if x != nil {
+		return x.Thread
+	}
+	return ""
+}
+
 // A change of an outbound message's delivery status.
 type MessageStatusChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -683,7 +858,7 @@ type MessageStatusChange struct {
 
 func (x *MessageStatusChange) Reset() {
 	*x = MessageStatusChange{}
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[4]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +870,7 @@ func (x *MessageStatusChange) String() string {
 func (*MessageStatusChange) ProtoMessage() {}
 
 func (x *MessageStatusChange) ProtoReflect() protoreflect.Message {
-	mi := &file_chatrelay_v1_resources_proto_msgTypes[4]
+	mi := &file_chatrelay_v1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +883,7 @@ func (x *MessageStatusChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MessageStatusChange.ProtoReflect.Descriptor instead.
 func (*MessageStatusChange) Descriptor() ([]byte, []int) {
-	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{4}
+	return file_chatrelay_v1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MessageStatusChange) GetMessageId() string {
@@ -750,10 +925,17 @@ var File_chatrelay_v1_resources_proto protoreflect.FileDescriptor
 
 const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"\x1cchatrelay/v1/resources.proto\x12\fchatrelay.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1cchatrelay/v1/resources.proto\x12\fchatrelay.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n" +
 	"\rPlatformError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xdb\x04\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"d\n" +
+	"\bTemplate\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\x02R\x04name\x12\x1f\n" +
+	"\blanguage\x18\x02 \x01(\tB\x03\xe0A\x02R\blanguage\x12\x1e\n" +
+	"\n" +
+	"parameters\x18\x03 \x03(\tR\n" +
+	"parameters\"\xce\x05\n" +
 	"\aSession\x12\"\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tB\x03\xe0A\x03R\tsessionId\x12\x1a\n" +
@@ -771,7 +953,9 @@ const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"\x10last_activity_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x0elastActivityAt\x12>\n" +
 	"\n" +
-	"expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\texpiresAt\x1a;\n" +
+	"expires_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\texpiresAt\x12T\n" +
+	"\x16reply_window_closes_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x13replyWindowClosesAt\x12\x1b\n" +
+	"\x06thread\x18\r \x01(\tB\x03\xe0A\x03R\x06thread\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xad\x02\n" +
@@ -785,7 +969,7 @@ const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"updated_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf5\x05\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1d\n" +
@@ -804,7 +988,9 @@ const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"\x03raw\x18\v \x01(\v2\x17.google.protobuf.StructR\x03raw\x121\n" +
 	"\x05error\x18\f \x01(\v2\x1b.chatrelay.v1.PlatformErrorR\x05error\x12.\n" +
 	"\x13platform_message_id\x18\r \x01(\tR\x11platformMessageId\x12F\n" +
-	"\x11status_updated_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0fstatusUpdatedAt\x1a;\n" +
+	"\x11status_updated_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x0fstatusUpdatedAt\x122\n" +
+	"\btemplate\x18\x0f \x01(\v2\x16.chatrelay.v1.TemplateR\btemplate\x12\x16\n" +
+	"\x06thread\x18\x10 \x01(\tR\x06thread\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x02\n" +
@@ -833,7 +1019,11 @@ const file_chatrelay_v1_resources_proto_rawDesc = "" +
 	"\x15MESSAGE_STATUS_FAILED\x10\x03\x12\x1a\n" +
 	"\x16MESSAGE_STATUS_PENDING\x10\x04\x12\x17\n" +
 	"\x13MESSAGE_STATUS_SENT\x10\x05\x12\x17\n" +
-	"\x13MESSAGE_STATUS_READ\x10\x06B=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
+	"\x13MESSAGE_STATUS_READ\x10\x06*I\n" +
+	"\x06SentAs\x12\x17\n" +
+	"\x13SENT_AS_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fSENT_AS_TEXT\x10\x01\x12\x14\n" +
+	"\x10SENT_AS_TEMPLATE\x10\x02B=Z;github.com/chatrelay/chatrelay/gen/chatrelay/v1;chatrelayv1b\x06proto3"
 
 var (
 	file_chatrelay_v1_resources_proto_rawDescOnce sync.Once
@@ -847,48 +1037,52 @@ func file_chatrelay_v1_resources_proto_rawDescGZIP() []byte {
 	return file_chatrelay_v1_resources_proto_rawDescData
 }
 
-var file_chatrelay_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_chatrelay_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_chatrelay_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_chatrelay_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_chatrelay_v1_resources_proto_goTypes = []any{
 	(SessionState)(0),             // 0: chatrelay.v1.SessionState
 	(Direction)(0),                // 1: chatrelay.v1.Direction
 	(MessageStatus)(0),            // 2: chatrelay.v1.MessageStatus
-	(*PlatformError)(nil),         // 3: chatrelay.v1.PlatformError
-	(*Session)(nil),               // 4: chatrelay.v1.Session
-	(*Contact)(nil),               // 5: chatrelay.v1.Contact
-	(*Message)(nil),               // 6: chatrelay.v1.Message
-	(*MessageStatusChange)(nil),   // 7: chatrelay.v1.MessageStatusChange
-	nil,                           // 8: chatrelay.v1.Session.MetadataEntry
-	nil,                           // 9: chatrelay.v1.Contact.MetadataEntry
-	nil,                           // 10: chatrelay.v1.Message.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),       // 12: google.protobuf.Struct
+	(SentAs)(0),                   // 3: chatrelay.v1.SentAs
+	(*PlatformError)(nil),         // 4: chatrelay.v1.PlatformError
+	(*Template)(nil),              // 5: chatrelay.v1.Template
+	(*Session)(nil),               // 6: chatrelay.v1.Session
+	(*Contact)(nil),               // 7: chatrelay.v1.Contact
+	(*Message)(nil),               // 8: chatrelay.v1.Message
+	(*MessageStatusChange)(nil),   // 9: chatrelay.v1.MessageStatusChange
+	nil,                           // 10: chatrelay.v1.Session.MetadataEntry
+	nil,                           // 11: chatrelay.v1.Contact.MetadataEntry
+	nil,                           // 12: chatrelay.v1.Message.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),       // 14: google.protobuf.Struct
 }
 var file_chatrelay_v1_resources_proto_depIdxs = []int32{
 	0,  // 0: chatrelay.v1.Session.state:type_name -> chatrelay.v1.SessionState
-	8,  // 1: chatrelay.v1.Session.metadata:type_name -> chatrelay.v1.Session.MetadataEntry
-	11, // 2: chatrelay.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	11, // 3: chatrelay.v1.Session.updated_at:type_name -> google.protobuf.Timestamp
-	11, // 4: chatrelay.v1.Session.last_activity_at:type_name -> google.protobuf.Timestamp
-	11, // 5: chatrelay.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
-	9,  // 6: chatrelay.v1.Contact.metadata:type_name -> chatrelay.v1.Contact.MetadataEntry
-	11, // 7: chatrelay.v1.Contact.created_at:type_name -> google.protobuf.Timestamp
-	11, // 8: chatrelay.v1.Contact.updated_at:type_name -> google.protobuf.Timestamp
-	1,  // 9: chatrelay.v1.Message.direction:type_name -> chatrelay.v1.Direction
-	11, // 10: chatrelay.v1.Message.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 11: chatrelay.v1.Message.status:type_name -> chatrelay.v1.MessageStatus
-	10, // 12: chatrelay.v1.Message.metadata:type_name -> chatrelay.v1.Message.MetadataEntry
-	12, // 13: chatrelay.v1.Message.raw:type_name -> google.protobuf.Struct
-	3,  // 14: chatrelay.v1.Message.error:type_name -> chatrelay.v1.PlatformError
-	11, // 15: chatrelay.v1.Message.status_updated_at:type_name -> google.protobuf.Timestamp
-	2,  // 16: chatrelay.v1.MessageStatusChange.status:type_name -> chatrelay.v1.MessageStatus
-	11, // 17: chatrelay.v1.MessageStatusChange.status_updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 18: chatrelay.v1.MessageStatusChange.error:type_name -> chatrelay.v1.PlatformError
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	10, // 1: chatrelay.v1.Session.metadata:type_name -> chatrelay.v1.Session.MetadataEntry
+	13, // 2: chatrelay.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	13, // 3: chatrelay.v1.Session.updated_at:type_name -> google.protobuf.Timestamp
+	13, // 4: chatrelay.v1.Session.last_activity_at:type_name -> google.protobuf.Timestamp
+	13, // 5: chatrelay.v1.Session.expires_at:type_name -> google.protobuf.Timestamp
+	13, // 6: chatrelay.v1.Session.reply_window_closes_at:type_name -> google.protobuf.Timestamp
+	11, // 7: chatrelay.v1.Contact.metadata:type_name -> chatrelay.v1.Contact.MetadataEntry
+	13, // 8: chatrelay.v1.Contact.created_at:type_name -> google.protobuf.Timestamp
+	13, // 9: chatrelay.v1.Contact.updated_at:type_name -> google.protobuf.Timestamp
+	1,  // 10: chatrelay.v1.Message.direction:type_name -> chatrelay.v1.Direction
+	13, // 11: chatrelay.v1.Message.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 12: chatrelay.v1.Message.status:type_name -> chatrelay.v1.MessageStatus
+	12, // 13: chatrelay.v1.Message.metadata:type_name -> chatrelay.v1.Message.MetadataEntry
+	14, // 14: chatrelay.v1.Message.raw:type_name -> google.protobuf.Struct
+	4,  // 15: chatrelay.v1.Message.error:type_name -> chatrelay.v1.PlatformError
+	13, // 16: chatrelay.v1.Message.status_updated_at:type_name -> google.protobuf.Timestamp
+	5,  // 17: chatrelay.v1.Message.template:type_name -> chatrelay.v1.Template
+	2,  // 18: chatrelay.v1.MessageStatusChange.status:type_name -> chatrelay.v1.MessageStatus
+	13, // 19: chatrelay.v1.MessageStatusChange.status_updated_at:type_name -> google.protobuf.Timestamp
+	4,  // 20: chatrelay.v1.MessageStatusChange.error:type_name -> chatrelay.v1.PlatformError
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_chatrelay_v1_resources_proto_init() }
@@ -901,8 +1095,8 @@ func file_chatrelay_v1_resources_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatrelay_v1_resources_proto_rawDesc), len(file_chatrelay_v1_resources_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   8,
+			NumEnums:      4,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

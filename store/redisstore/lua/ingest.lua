@@ -4,9 +4,10 @@
 -- tuple pointer. ARGV now, tenant, platform, channel, user, named sid ('' for
 -- none), new sid, ttl, ret, limit, rnd, suffix, slotp, event prefix,
 -- idempotency key, fingerprint, idempotency ttl, the tenant's activity index
--- ('' on Cluster), the chatbots that run on webhooks (' a b ', or '').
--- A message of a session such a chatbot runs is queued for it: bq:<sid>, a
--- list of "<message id> <seq> <chatbot id>" (docs/design.md §9).
+-- ('' on Cluster), the chatbots that run on webhooks (' a b ', or ''), the
+-- message's thread ('' for none). A message of a session such a chatbot
+-- runs is queued for it: bq:<sid>, a list of "<message id> <seq> <chatbot
+-- id>" (docs/design.md §9).
 local now, slotp = tonumber(ARGV[1]), ARGV[13]
 local prev = idem(ARGV[15], ARGV[16], now)
 if prev then return prev end
@@ -35,6 +36,9 @@ if num(rec.st) == 2 and rec.bot ~= '' and string.find(ARGV[19], ' ' .. rec.bot .
   redis.call('RPUSH', bq, rec.lid .. ' ' .. itoa(num(rec.seq)) .. ' ' .. rec.bot)
   expire(bq, ttl + ret)
 end
+-- The user's last word: WhatsApp's reply window runs from it, and replies
+-- go to its thread.
+set(slotp .. 's:' .. rec.id, rec, 'li', ARGV[1], 'th', ARGV[20])
 local res = '{"m":' .. m .. ',"s":' .. cjson.encode(rec) .. ',"started":' .. tostring(started) .. '}'
 remember(ARGV[15], ARGV[16], now, tonumber(ARGV[17]), res)
 local out = {'OK', res}

@@ -6,7 +6,7 @@
 -- 9 per post: slotp, now, tenant, rnd, suffix, idempotency key (''
 -- for none), fingerprint, delivery id ('' for none: see scheduled), the
 -- tenant's activity index ('' on Cluster). The answer holds one reply per post, in order:
--- for a posted message the string "<id> <seq> <platform> <channel>" (one
+-- for a posted message the string "<id> <seq> <platform> <thread> <channel>" (one
 -- string, because Redis converts each table in a reply field by field),
 -- for anything else a table {code, payload...}.
 -- ret and the idempotency ttl stay strings: they are only added to, and
@@ -14,7 +14,7 @@
 local ttl, ret, limit, evp, ittl = num(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 -- The record fields entry and save use: HGETALL would bring the metadata
 -- too, on every call.
-local fields = {'id', 'tn', 'pf', 'ch', 'us', 'st', 'ex', 'seq', 'lms', 'v', 'gx'}
+local fields = {'id', 'tn', 'pf', 'ch', 'us', 'st', 'ex', 'seq', 'lms', 'v', 'gx', 'th'}
 local recs, out = {}, {}
 local function post(key, slotp, nows, tn, rnd, suffix, ik, fp, did, ak)
   local now = num(nows)
@@ -34,7 +34,7 @@ local function post(key, slotp, nows, tn, rnd, suffix, ik, fp, did, ak)
   scheduled(slotp, rec, did, ttl, ret)
   remember(ik, fp, now, ittl, m)
   -- Only what the caller does not have, as one string (see postAnswer).
-  return rec.lid .. ' ' .. seqs .. ' ' .. rec.pf .. ' ' .. rec.ch
+  return rec.lid .. ' ' .. seqs .. ' ' .. rec.pf .. ' ' .. (rec.th or '') .. ' ' .. rec.ch
 end
 for i, key in ipairs(KEYS) do
   local a = 5 + (i - 1) * 9

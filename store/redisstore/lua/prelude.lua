@@ -148,7 +148,8 @@ end
 -- now is the time as a number and nows as the caller's string of it (one
 -- string.format fewer). suffix is the message's JSON after the fields the
 -- script assigns (a field list ending with '}'); from, when given, is written
--- as the sender. ret may be a string: it is only added to. It returns the
+-- as the sender of an inbound message, and otherwise the session's thread
+-- (rec.th), if any, as the outbound message's. ret may be a string: it is only added to. It returns the
 -- message and its seq as a string.
 --
 -- work[rec] is this call's working state for a record, kept out of rec
@@ -177,7 +178,12 @@ local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, f
   local id = msgid(lms, seq, rnd)
   local seqs = itoa(seq)
   local m = '{"id":"' .. id .. '","seq":' .. seqs .. w.head .. ',"at":' .. nows .. ','
-  if from then m = m .. '"from":' .. cjson.encode(from) .. ',' end
+  if from then
+    m = m .. '"from":' .. cjson.encode(from) .. ','
+  elseif rec.th and rec.th ~= '' then
+    -- An outbound message goes to the session's thread.
+    m = m .. '"th":' .. cjson.encode(rec.th) .. ','
+  end
   m = m .. suffix
   local v = num(rec.v) + 1
   -- The Redis TTLs only reclaim memory and carry the ended-session
