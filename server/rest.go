@@ -119,12 +119,16 @@ func routingError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshale
 		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
 		return
 	}
-	if info := infoFrom(ctx); info != nil {
-		info.route = routeTemplate(r.URL.Path)
-	}
 	allow := strings.Join(allowed, ", ")
 	st := withDetails(codes.Unimplemented, "METHOD_NOT_ALLOWED",
 		fmt.Sprintf("%s is not served at %s; it allows %s", r.Method, r.URL.Path, allow), map[string]string{"allow": allow})
+	if info := infoFrom(ctx); info != nil {
+		info.route = routeTemplate(r.URL.Path)
+		// Like every other error body, it names the request.
+		if with, err := st.WithDetails(&errdetails.RequestInfo{RequestId: info.id}); err == nil {
+			st = with
+		}
+	}
 	buf, err := m.Marshal(st.Proto())
 	if err != nil {
 		runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)

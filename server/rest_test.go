@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -31,6 +32,14 @@ func TestRESTWrongMethodIs405WithAllow(t *testing.T) {
 			continue
 		}
 		wantREST(t, r, 405, "METHOD_NOT_ALLOWED")
+		var body struct{ Details []map[string]any }
+		_ = json.Unmarshal(r.body, &body)
+		named := slices.ContainsFunc(body.Details, func(d map[string]any) bool {
+			return d["@type"] == "type.googleapis.com/google.rpc.RequestInfo" && d["request_id"] == r.header.Get("X-Request-Id")
+		})
+		if id := r.header.Get("X-Request-Id"); id == "" || !named {
+			t.Errorf("%s %s: the body names no request, or not %q: %s", c.method, c.path, id, r.body)
+		}
 	}
 	if r := ts.rest("GET", "/v1/nothing-here", nil); r.code != 404 {
 		t.Errorf("an unknown path: HTTP %d", r.code)
