@@ -70,3 +70,65 @@ func TestHubUnsubscribesOnlyIdleChannels(t *testing.T) {
 	}
 	kept.Close()
 }
+
+// On a Cluster, Redis unsubscribes a channel whose slot moves to another
+// shard (SUNSUBSCRIBE); the hub subscribes it on its new shard, tells its
+// subscribers to resync, and events published there reach them.
+func TestHubFollowsASlotToItsNewShard(t *testing.T) {
+	rc := redistest.StartCluster(t)
+	c := rc.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := newHub(c, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Minute, time.Minute)
+	t.Cleanup(h.close)
+	const name = "{moving}:ev:s:t:x"
+	sub, err := h.subscribe(ctx, name, store.Topic{Tenant: "t", SessionID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	from, err := rc.Master(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	masters, err := rc.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := masters[0]
+	if to == from {
+		to = masters[1]
+	}
+	slot, err := c.ClusterKeySlot(ctx, name).Result()
+	if err != nil || keySlot(name) != int(slot) {
+		t.Fatalf("CLUSTER KEYSLOT %s = %d, %v; keySlot says %d", name, slot, err, keySlot(name))
+	}
+	if err := rc.MoveSlot(ctx, int(slot), from, to); err != nil {
+		t.Fatal(err)
+	}
+	next := func() ([]store.Event, bool) {
+		t.Helper()
+		select {
+		case <-sub.Ready():
+			return sub.Next()
+		case <-ctx.Done():
+			t.Fatal("nothing reached the subscriber")
+			return nil, false
+		}
+	}
+	if _, resync := next(); !resync {
+		t.Fatal("the subscriber was not told to resync after its slot moved")
+	}
+	if err := c.SPublish(ctx, name, "end").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if evs, _ := next(); len(evs) != 1 || evs[0].Kind != store.EventSessionEnded {
+		t.Fatalf("events = %+v", evs)
+	}
+	h.cmdMu.Lock()
+	_, onNew := h.links[to.Addr]
+	h.cmdMu.Unlock()
+	if !onNew {
+		t.Fatalf("no link to the slot's new master %s", to.Addr)
+	}
+}
