@@ -69,8 +69,22 @@ func TestSentinelFailoverLosesNoOutcomeAndNoMessage(t *testing.T) {
 			if err := redistest.WaitReplicated(ctx, old); err != nil {
 				t.Fatal(err)
 			}
-			if next, err := d.Failover(ctx); err != nil || next == old {
+			next, err := d.Failover(ctx)
+			if err != nil || next == old {
 				t.Fatalf("failover: %v (master %v, was %v)", err, next, old)
+			}
+			// The demoted master would relay what it gets from the new
+			// one, but not what was published before it followed it.
+			// Sentinel disconnects its pub/sub clients (CLIENT KILL TYPE
+			// pubsub), so replica A's connection breaks and A subscribes
+			// again, on the new master, and its streams resync.
+			nc := next.Client(t)
+			for pubsubConnsOn(t, nc, cl.prefix+"-replica0") != 1 {
+				select {
+				case <-ctx.Done():
+					t.Fatal("replica A's pub/sub connection never moved to the new master")
+				case <-time.After(10 * time.Millisecond): // polling CLIENT LIST, with the test's deadline
+				}
 			}
 		},
 	})

@@ -339,11 +339,18 @@ func (cl *cluster) sessionChannel(t *testing.T, sid string) string {
 // name its connections carry.
 func pubsubConns(t *testing.T, cl *cluster, replica int) int {
 	t.Helper()
-	list, err := cl.redis.Client(t).ClientList(context.Background()).Result()
+	return pubsubConnsOn(t, cl.redis.Client(t), fmt.Sprintf("%s-replica%d", cl.prefix, replica))
+}
+
+// pubsubConnsOn counts the pub/sub connections named name that c's server
+// holds.
+func pubsubConnsOn(t *testing.T, c *redis.Client, name string) int {
+	t.Helper()
+	list, err := c.ClientList(context.Background()).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("name=%s-replica%d ", cl.prefix, replica)
+	name = "name=" + name + " "
 	n := 0
 	for _, line := range strings.Split(list, "\n") {
 		if strings.Contains(line, name) && strings.Contains(line, " flags=P ") {

@@ -111,6 +111,8 @@ const (
 	defaultIdleAfter  = 30 * time.Second
 	defaultSweepEvery = 10 * time.Second
 	confirmTimeout    = 3 * time.Second
+	// touchEvery is how often the hub pings the master (touchMaster).
+	touchEvery = time.Second
 )
 
 func newHub(c redis.UniversalClient, log *slog.Logger, idleAfter, sweepEvery time.Duration) *hub {
@@ -404,16 +406,33 @@ func (h *hub) sweeper() {
 	defer h.wg.Done()
 	t := time.NewTicker(h.sweepEvery)
 	defer t.Stop()
+	touch := time.NewTicker(touchEvery)
+	defer touch.Stop()
 	for {
 		select {
 		case <-h.ctx.Done():
 			return
 		case <-t.C:
 			h.sweep()
+		case <-touch.C:
+			h.touchMaster()
 		case node := <-h.master:
 			h.followMaster(node)
 		}
 	}
+}
+
+// touchMaster pings through the client's pool, elsewhere than on a
+// Cluster: after a Sentinel failover, a replica too idle to call Redis
+// would otherwise never dial the new master, and its links would not learn
+// that the master moved (see DialHook).
+func (h *hub) touchMaster() {
+	if h.sharded() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, 2*time.Second)
+	defer cancel()
+	_ = h.c.Ping(ctx).Err() // a failure is the calls' to report
 }
 
 // sweep unsubscribes channels that have been idle a while.
