@@ -2,10 +2,15 @@ package redisstore
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/chatrelay/chatrelay/internal/redistest"
 	"github.com/chatrelay/chatrelay/store"
@@ -130,5 +135,47 @@ func TestHubFollowsASlotToItsNewShard(t *testing.T) {
 	h.cmdMu.Unlock()
 	if !onNew {
 		t.Fatalf("no link to the slot's new master %s", to.Addr)
+	}
+}
+
+// On a Cluster the hub holds one pub/sub connection per shard, however
+// many channels it subscribes, each on the master serving its slot.
+func TestHubHoldsOneConnectionPerShard(t *testing.T) {
+	rc := redistest.SharedCluster(t)
+	ctx := context.Background()
+	name := fmt.Sprintf("hub-shards-%d", time.Now().UnixNano())
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: rc.Addrs(), ClientName: name})
+	t.Cleanup(func() { _ = c.Close() })
+	h := newHub(c, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Minute, time.Minute)
+	t.Cleanup(h.close)
+	const channels = 300
+	for i := range channels {
+		ch := fmt.Sprintf("%s:{%d}:ev:s:t:x", name, i)
+		sub, err := h.subscribe(ctx, ch, store.Topic{Tenant: "t", SessionID: fmt.Sprint(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Close()
+	}
+	masters, err := rc.Masters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range masters {
+		list, err := m.Client(t).ClientList(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns, ssub := 0, 0
+		for _, line := range strings.Split(list, "\n") {
+			if strings.Contains(line, "name="+name+" ") && strings.Contains(line, " flags=P ") {
+				conns++
+				f := strings.Fields(line[strings.Index(line, " ssub="):])
+				ssub, _ = strconv.Atoi(strings.TrimPrefix(f[0], "ssub="))
+			}
+		}
+		if conns != 1 || ssub < channels/6 {
+			t.Errorf("master %s: %d pub/sub connections of ours, the last with %d shard channels; want 1 with about a third of %d", m.Addr, conns, ssub, channels)
+		}
 	}
 }
