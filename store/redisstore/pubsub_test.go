@@ -80,6 +80,7 @@ func TestHubUnsubscribesOnlyIdleChannels(t *testing.T) {
 // shard (SUNSUBSCRIBE); the hub subscribes it on its new shard, tells its
 // subscribers to resync, and events published there reach them.
 func TestHubFollowsASlotToItsNewShard(t *testing.T) {
+	t.Parallel()
 	rc := redistest.StartCluster(t)
 	c := rc.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -141,6 +142,7 @@ func TestHubFollowsASlotToItsNewShard(t *testing.T) {
 // On a Cluster the hub holds one pub/sub connection per shard, however
 // many channels it subscribes, each on the master serving its slot.
 func TestHubHoldsOneConnectionPerShard(t *testing.T) {
+	t.Parallel()
 	rc := redistest.SharedCluster(t)
 	ctx := context.Background()
 	name := fmt.Sprintf("hub-shards-%d", time.Now().UnixNano())

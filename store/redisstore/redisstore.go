@@ -112,7 +112,9 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// New returns a Store on c and starts its pub/sub connection.
+// New returns a Store on c and starts its pub/sub connection. It adds a
+// hook to c, through which the pub/sub side follows failovers (see hub's
+// DialHook and ProcessHook): give each Store a client of its own.
 func New(c redis.UniversalClient, o Options) (*Store, error) {
 	if c == nil {
 		return nil, errors.New("redisstore: client is required")

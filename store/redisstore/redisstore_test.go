@@ -87,6 +87,7 @@ func TestMain(m *testing.M) {
 
 // The suite again, on a Redis Cluster of three masters with a replica each.
 func TestConformanceOnCluster(t *testing.T) {
+	t.Parallel()
 	rc := redistest.SharedCluster(t)
 	storetest.Run(t, func(t testing.TB, o store.Options) store.Store {
 		c, err := redisstore.NewClient(rc.URL())
@@ -108,6 +109,7 @@ func TestConformanceOnCluster(t *testing.T) {
 // Sessions' hash tags spread evenly over the Cluster's shards: of 10,000
 // sessions, each of the three masters holds a third, within ±10 %.
 func TestSessionsSpreadEvenlyOverShards(t *testing.T) {
+	t.Parallel()
 	rc := redistest.SharedCluster(t)
 	ctx := context.Background()
 	c, err := redisstore.NewClient(rc.URL())
