@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -179,5 +181,55 @@ func TestHubHoldsOneConnectionPerShard(t *testing.T) {
 		if conns != 1 || ssub < channels/6 {
 			t.Errorf("master %s: %d pub/sub connections of ours, the last with %d shard channels; want 1 with about a third of %d", m.Addr, conns, ssub, channels)
 		}
+	}
+}
+
+// When the client's new connections go to another node (a Sentinel
+// failover moved the master), the hub's link, still on the old node, moves
+// there too, and its subscribers resync: the old node may keep its pub/sub
+// clients and never relay what the new master publishes.
+func TestHubFollowsTheMasterToAnotherNode(t *testing.T) {
+	t.Parallel()
+	oldMaster, newMaster := redistest.Start(t), redistest.Start(t)
+	var master atomic.Pointer[string]
+	master.Store(&oldMaster.Addr)
+	c := redis.NewClient(&redis.Options{
+		Addr: "the master", // the dialer decides, as a Sentinel client's does
+		Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, *master.Load())
+		},
+		ConnMaxIdleTime: time.Millisecond, // every ping dials anew
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := newHub(c, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Minute, time.Minute)
+	t.Cleanup(h.close)
+	const name = "{moving}:ev:s:t:x"
+	sub, err := h.subscribe(ctx, name, store.Topic{Tenant: "t", SessionID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	master.Store(&newMaster.Addr)
+	next := func() ([]store.Event, bool) {
+		t.Helper()
+		select {
+		case <-sub.Ready():
+			return sub.Next()
+		case <-ctx.Done():
+			t.Fatal("nothing reached the subscriber")
+			return nil, false
+		}
+	}
+	if _, resync := next(); !resync {
+		t.Fatal("the subscriber was not told to resync after the master moved")
+	}
+	if err := newMaster.Client(t).Publish(ctx, name, "end").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if evs, _ := next(); len(evs) != 1 || evs[0].Kind != store.EventSessionEnded {
+		t.Fatalf("events = %+v", evs)
 	}
 }
