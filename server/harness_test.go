@@ -26,6 +26,7 @@ import (
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/clock"
+	"github.com/chatrelay/chatrelay/internal/redistest"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
 	"github.com/chatrelay/chatrelay/store/memory"
@@ -39,7 +40,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func TestMain(m *testing.M) {
 	// go-redis logs its reconnect attempts while a test has Redis down.
 	redis.SetLogger(discardLogger{})
-	os.Exit(m.Run())
+	code := m.Run()
+	redistest.StopShared()
+	os.Exit(code)
 }
 
 type discardLogger struct{}

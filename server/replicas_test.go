@@ -18,6 +18,7 @@ import (
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/clock"
+	"github.com/chatrelay/chatrelay/internal/ids"
 	"github.com/chatrelay/chatrelay/internal/redistest"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
@@ -47,27 +48,78 @@ func startClusterVia(t *testing.T, n int, via func(i int, redisAddr string) stri
 	return startClusterWith(t, n, clusterOptions{via: via, redis: opts})
 }
 
+// The Redis deployments the replica tests run on: one server, and a
+// Redis Cluster of three masters with a replica each (shared by the tests
+// of this package, each under its own key prefix).
+const (
+	standalone   = "standalone"
+	redisCluster = "redis-cluster"
+)
+
+// onEachTopology runs test as parallel subtests, once per Redis topology.
+func onEachTopology(t *testing.T, test func(t *testing.T, topology string)) {
+	for _, topology := range []string{standalone, redisCluster} {
+		t.Run(topology, func(t *testing.T) {
+			t.Parallel()
+			test(t, topology)
+		})
+	}
+}
+
+// startClusterOn is startCluster on the given Redis topology.
+func startClusterOn(t *testing.T, topology string, n int) *cluster {
+	t.Helper()
+	return startClusterWith(t, n, clusterOptions{topology: topology})
+}
+
 type clusterOptions struct {
 	via    func(i int, redisAddr string) string
 	redis  []redistest.Option
 	server []option // for every replica
+	// topology is standalone (the default), redisCluster or sentinel;
+	// elsewhere than standalone, cluster.redis is nil. redisCluster and
+	// sentinelled are the deployments to use, when not the shared Cluster.
+	topology     string
+	redisCluster *redistest.Cluster
+	sentinelled  *redistest.Sentinel
 }
 
 func startClusterWith(t *testing.T, n int, o clusterOptions) *cluster {
 	t.Helper()
 	via := o.via
-	srv := redistest.Start(t, o.redis...)
-	cl := &cluster{redis: srv, prefix: fmt.Sprintf("rs%d", replicaSets.Add(1))}
+	cl := &cluster{prefix: fmt.Sprintf("rs%d", replicaSets.Add(1))}
+	rc := o.redisCluster
+	switch {
+	case o.topology == redisCluster && rc == nil:
+		rc = redistest.SharedCluster(t)
+	case o.topology == standalone || o.topology == "":
+		cl.redis = redistest.Start(t, o.redis...)
+	}
 	clk := clock.NewFake(epoch)
 	for i := range n {
-		addr := srv.Addr
-		if via != nil {
-			addr = via(i, srv.Addr)
+		name := fmt.Sprintf("%s-replica%d", cl.prefix, i)
+		var c redis.UniversalClient
+		switch {
+		case rc != nil:
+			c = redis.NewClusterClient(&redis.ClusterOptions{
+				Addrs: rc.Addrs(), ClientName: name,
+				DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1,
+			})
+		case o.sentinelled != nil:
+			c = redis.NewFailoverClient(&redis.FailoverOptions{
+				MasterName: redistest.MasterName, SentinelAddrs: o.sentinelled.SentinelAddrs(), ClientName: name,
+				DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1,
+			})
+		default:
+			addr := cl.redis.Addr
+			if via != nil {
+				addr = via(i, cl.redis.Addr)
+			}
+			c = redis.NewClient(&redis.Options{
+				Addr: addr, ClientName: name,
+				DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1,
+			})
 		}
-		c := redis.NewClient(&redis.Options{
-			Addr: addr, ClientName: fmt.Sprintf("%s-replica%d", cl.prefix, i),
-			DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, MaxRetries: -1,
-		})
 		trips := &redistest.RoundTrips{}
 		c.AddHook(trips)
 		cl.trips = append(cl.trips, trips)
@@ -83,121 +135,131 @@ func startClusterWith(t *testing.T, n int, o clusterOptions) *cluster {
 
 func TestReplicasChatReceiveOnAIsResolvedByIngestOnB(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 2)
-	a, b := cl.replicas[0], cl.replicas[1]
-	st, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "+15550001", KeywordFilter: "yes", TimeoutMinutes: 10})
-	// Over REST on B, as an integration's webhook would.
-	r := b.rest("POST", "/v1/inbound-messages", map[string]any{"from_user": "+15550001", "text": "yes!"})
-	if r.code != 200 || path(r.json(t), "listeners_matched") != float64(1) {
-		t.Fatalf("ingest on B: %d %s", r.code, r.body)
-	}
-	s := recvOrFail(t, st.Recv).GetSuccess()
-	if s.GetMessageText() != "yes!" || s.ConversationId != w.ConversationId {
-		t.Fatalf("A's stream got %v", s)
-	}
-	wantEOF(t, st.Recv)
+	onEachTopology(t, func(t *testing.T, topology string) {
+		cl := startClusterOn(t, topology, 2)
+		a, b := cl.replicas[0], cl.replicas[1]
+		st, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "+15550001", KeywordFilter: "yes", TimeoutMinutes: 10})
+		// Over REST on B, as an integration's webhook would.
+		r := b.rest("POST", "/v1/inbound-messages", map[string]any{"from_user": "+15550001", "text": "yes!"})
+		if r.code != 200 || path(r.json(t), "listeners_matched") != float64(1) {
+			t.Fatalf("ingest on B: %d %s", r.code, r.body)
+		}
+		s := recvOrFail(t, st.Recv).GetSuccess()
+		if s.GetMessageText() != "yes!" || s.ConversationId != w.ConversationId {
+			t.Fatalf("A's stream got %v", s)
+		}
+		wantEOF(t, st.Recv)
+	})
 }
 
 func TestReplicasPostOnBReachesWatchOnA(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 3)
-	a, b, c := cl.replicas[0], cl.replicas[1], cl.replicas[2]
-	ses := c.createSession("visitor")
-	watchA, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId})
-	if err != nil {
-		t.Fatal(err)
-	}
-	restA := a.restStream("GET", "/v1/sessions/"+ses.SessionId+":watch", nil)
-	if _, err := watchA.Header(); err != nil {
-		t.Fatal(err)
-	}
-	var want []string
-	for i := range 20 {
-		want = append(want, b.post(ses.SessionId, fmt.Sprint("m", i)))
-	}
-	for i, id := range want {
-		if got := recvOrFail(t, watchA.Recv).GetMessage().GetMessageId(); got != id {
-			t.Fatalf("gRPC watcher, message %d: %s, want %s", i, got, id)
+	onEachTopology(t, func(t *testing.T, topology string) {
+		cl := startClusterOn(t, topology, 3)
+		a, b, c := cl.replicas[0], cl.replicas[1], cl.replicas[2]
+		ses := c.createSession("visitor")
+		watchA, err := a.sessions.WatchSession(a.ctx(), &pb.WatchSessionRequest{SessionId: ses.SessionId})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if got := str(restA.next(), "result", "message", "message_id"); got != id {
-			t.Fatalf("REST watcher, message %d: %s, want %s", i, got, id)
+		restA := a.restStream("GET", "/v1/sessions/"+ses.SessionId+":watch", nil)
+		if _, err := watchA.Header(); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if _, err := c.sessions.CloseSession(c.ctx(), &pb.CloseSessionRequest{SessionId: ses.SessionId}); err != nil {
-		t.Fatal(err)
-	}
-	if got := recvOrFail(t, watchA.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_CLOSED {
-		t.Fatalf("watcher on A got %v, want the end", got)
-	}
+		var want []string
+		for i := range 20 {
+			want = append(want, b.post(ses.SessionId, fmt.Sprint("m", i)))
+		}
+		for i, id := range want {
+			if got := recvOrFail(t, watchA.Recv).GetMessage().GetMessageId(); got != id {
+				t.Fatalf("gRPC watcher, message %d: %s, want %s", i, got, id)
+			}
+			if got := str(restA.next(), "result", "message", "message_id"); got != id {
+				t.Fatalf("REST watcher, message %d: %s, want %s", i, got, id)
+			}
+		}
+		if _, err := c.sessions.CloseSession(c.ctx(), &pb.CloseSessionRequest{SessionId: ses.SessionId}); err != nil {
+			t.Fatal(err)
+		}
+		if got := recvOrFail(t, watchA.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_CLOSED {
+			t.Fatalf("watcher on A got %v, want the end", got)
+		}
+	})
 }
 
 func TestReplicasResumeOnAnotherReplicaAfterADrop(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 2)
-	a, b := cl.replicas[0], cl.replicas[1]
-	ctx, cancel := context.WithCancel(a.ctx())
-	_, w := a.receive(ctx, &pb.ChatReceiveRequest{FromUser: "u1", KeywordFilter: "ok"})
-	cancel()
-	if r := b.ingest("u1", "ok then"); r.ListenersMatched != 1 {
-		t.Fatalf("the detached listener did not match: %v", r)
-	}
-	st, again := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
-	if !again.Resumed {
-		t.Fatalf("waiting = %v", again)
-	}
-	if got := recvOrFail(t, st.Recv).GetSuccess().GetMessageText(); got != "ok then" {
-		t.Fatalf("resumed on B: %q", got)
-	}
+	onEachTopology(t, func(t *testing.T, topology string) {
+		cl := startClusterOn(t, topology, 2)
+		a, b := cl.replicas[0], cl.replicas[1]
+		ctx, cancel := context.WithCancel(a.ctx())
+		_, w := a.receive(ctx, &pb.ChatReceiveRequest{FromUser: "u1", KeywordFilter: "ok"})
+		cancel()
+		if r := b.ingest("u1", "ok then"); r.ListenersMatched != 1 {
+			t.Fatalf("the detached listener did not match: %v", r)
+		}
+		st, again := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
+		if !again.Resumed {
+			t.Fatalf("waiting = %v", again)
+		}
+		if got := recvOrFail(t, st.Recv).GetSuccess().GetMessageText(); got != "ok then" {
+			t.Fatalf("resumed on B: %q", got)
+		}
+	})
 }
 
 func TestReplicasResumeOnAnotherReplicaAfterTheFirstStops(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 2)
-	a, b := cl.replicas[0], cl.replicas[1]
-	st, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u1", TimeoutMinutes: 30})
-	a.stop() // a rolling deploy takes A away
-	_, err := st.Recv()
-	wantStatus(t, err, codes.Unavailable, "SERVER_SHUTTING_DOWN", "")
-	b.ingest("u1", "are you there")
-	st2, again := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
-	if !again.TimeoutAt.AsTime().Equal(w.TimeoutAt.AsTime()) {
-		t.Fatalf("deadline moved: %v -> %v", w.TimeoutAt.AsTime(), again.TimeoutAt.AsTime())
-	}
-	if got := recvOrFail(t, st2.Recv).GetSuccess().GetMessageText(); got != "are you there" {
-		t.Fatalf("resumed on B: %q", got)
-	}
+	onEachTopology(t, func(t *testing.T, topology string) {
+		cl := startClusterOn(t, topology, 2)
+		a, b := cl.replicas[0], cl.replicas[1]
+		st, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: "u1", TimeoutMinutes: 30})
+		a.stop() // a rolling deploy takes A away
+		_, err := st.Recv()
+		wantStatus(t, err, codes.Unavailable, "SERVER_SHUTTING_DOWN", "")
+		b.ingest("u1", "are you there")
+		st2, again := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
+		if !again.TimeoutAt.AsTime().Equal(w.TimeoutAt.AsTime()) {
+			t.Fatalf("deadline moved: %v -> %v", w.TimeoutAt.AsTime(), again.TimeoutAt.AsTime())
+		}
+		if got := recvOrFail(t, st2.Recv).GetSuccess().GetMessageText(); got != "are you there" {
+			t.Fatalf("resumed on B: %q", got)
+		}
+	})
 }
 
 func TestReplicasShareIdempotency(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 2)
-	a, b := cl.replicas[0], cl.replicas[1]
-	ses := a.createSession("u1")
-	req := &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "pay", IdempotencyKey: "run-9"}
-	var wg sync.WaitGroup
-	ids := make([]string, 8)
-	for i := range ids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := cl.replicas[i%2]
-			resp, err := r.chat.PostMessage(r.ctx(), req)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			ids[i] = resp.MessageId
-		}()
-	}
-	wg.Wait()
-	for _, id := range ids {
-		if id != ids[0] {
-			t.Fatalf("replicas answered different messages: %v", ids)
+	onEachTopology(t, func(t *testing.T, topology string) {
+		cl := startClusterOn(t, topology, 2)
+		a, b := cl.replicas[0], cl.replicas[1]
+		ses := a.createSession("u1")
+		req := &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "pay", IdempotencyKey: "run-9"}
+		var wg sync.WaitGroup
+		ids := make([]string, 8)
+		for i := range ids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := cl.replicas[i%2]
+				resp, err := r.chat.PostMessage(r.ctx(), req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ids[i] = resp.MessageId
+			}()
 		}
-	}
-	if h := b.history(ses.SessionId); len(h) != 1 {
-		t.Fatalf("history has %d messages, want 1", len(h))
-	}
+		wg.Wait()
+		for _, id := range ids {
+			if id != ids[0] {
+				t.Fatalf("replicas answered different messages: %v", ids)
+			}
+		}
+		if h := b.history(ses.SessionId); len(h) != 1 {
+			t.Fatalf("history has %d messages, want 1", len(h))
+		}
+	})
 }
 
 // A match and a deadline race on two replicas, many times: each listener
@@ -205,12 +267,14 @@ func TestReplicasShareIdempotency(t *testing.T) {
 // replica) sees that same outcome.
 func TestReplicasExactlyOneOutcomeWhenMatchRacesTimeout(t *testing.T) {
 	t.Parallel()
-	cl := startCluster(t, 2)
-	a, b := cl.replicas[0], cl.replicas[1]
-	raceMatchAndDeadline(t, b, func(user string) (receiveStream, receiveStream) {
-		sa, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: user, TimeoutMinutes: 1})
-		sb, _ := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
-		return sa, sb
+	onEachTopology(t, func(t *testing.T, topology string) {
+		cl := startClusterOn(t, topology, 2)
+		a, b := cl.replicas[0], cl.replicas[1]
+		raceMatchAndDeadline(t, b, func(user string) (receiveStream, receiveStream) {
+			sa, w := a.receive(a.ctx(), &pb.ChatReceiveRequest{FromUser: user, TimeoutMinutes: 1})
+			sb, _ := b.receive(b.ctx(), &pb.ChatReceiveRequest{ConversationId: w.ConversationId})
+			return sa, sb
+		})
 	})
 }
 
@@ -261,15 +325,32 @@ func outcomeOf(f *pb.ChatReceiveResponse) string {
 	return f.GetError().GetErrorCode()
 }
 
+// sessionChannel is the pub/sub channel of a session of the default
+// tenant: in the slot of the session's hash tag.
+func (cl *cluster) sessionChannel(t *testing.T, sid string) string {
+	tag, ok := ids.TagOf(sid)
+	if !ok {
+		t.Fatalf("session id %q carries no tag", sid)
+	}
+	return fmt.Sprintf("%s:{%s}:ev:s:default:%s", cl.prefix, tag, sid)
+}
+
 // pubsubConns counts the pub/sub connections a replica holds, by the client
 // name its connections carry.
 func pubsubConns(t *testing.T, cl *cluster, replica int) int {
 	t.Helper()
-	list, err := cl.redis.Client(t).ClientList(context.Background()).Result()
+	return pubsubConnsOn(t, cl.redis.Client(t), fmt.Sprintf("%s-replica%d", cl.prefix, replica))
+}
+
+// pubsubConnsOn counts the pub/sub connections named name that c's server
+// holds.
+func pubsubConnsOn(t *testing.T, c *redis.Client, name string) int {
+	t.Helper()
+	list, err := c.ClientList(context.Background()).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("name=%s-replica%d ", cl.prefix, replica)
+	name = "name=" + name + " "
 	n := 0
 	for _, line := range strings.Split(list, "\n") {
 		if strings.Contains(line, name) && strings.Contains(line, " flags=P ") {
@@ -309,8 +390,8 @@ func TestReplicaMultiplexesStreamsOverOnePubSubConnection(t *testing.T) {
 	if n := pubsubConns(t, cl, 0); n != 1 {
 		t.Fatalf("replica A holds %d pub/sub connections for %d streams, want 1", n, sessions+listeners)
 	}
-	numsub, err := cl.redis.Client(t).PubSubNumSub(context.Background(), fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, sesIDs[0])).Result()
-	if err != nil || numsub[fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, sesIDs[0])] != 1 {
+	numsub, err := cl.redis.Client(t).PubSubNumSub(context.Background(), cl.sessionChannel(t, sesIDs[0])).Result()
+	if err != nil || numsub[cl.sessionChannel(t, sesIDs[0])] != 1 {
 		t.Fatalf("PUBSUB NUMSUB = %v, %v; want one subscriber (the shared connection)", numsub, err)
 	}
 	// And the multiplexed streams still all work.
@@ -371,8 +452,8 @@ func TestPartitionedReplicaResyncsWhatItMissed(t *testing.T) {
 
 	proxy.Cut()
 	waitFor(t, "A's pub/sub subscribers to be gone", func() bool {
-		n, err := cl.redis.Client(t).PubSubNumSub(context.Background(), fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, ses.SessionId)).Result()
-		return err == nil && n[fmt.Sprintf("%s:ev:s:default:%s", cl.prefix, ses.SessionId)] == 0
+		n, err := cl.redis.Client(t).PubSubNumSub(context.Background(), cl.sessionChannel(t, ses.SessionId)).Result()
+		return err == nil && n[cl.sessionChannel(t, ses.SessionId)] == 0
 	})
 	want := []string{b.post(ses.SessionId, "while cut 1"), b.post(ses.SessionId, "while cut 2")}
 	b.ingest("u2", "reply while cut")

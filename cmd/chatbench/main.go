@@ -10,7 +10,8 @@
 //
 // The servers under test run as child processes (chatbench re-executes
 // itself with -serve) on loopback ports; Redis scenarios start a private
-// redis-server. Load generator and servers share the machine's cores.
+// redis-server, and the cluster scenario a private Redis Cluster. Load
+// generator and servers share the machine's cores.
 package main
 
 import (
@@ -42,10 +43,11 @@ type config struct {
 	eventNs     []int  // idle listeners in the slack-events scenario
 	widgetNs    []int  // idle widget connections in the widget scenario
 	redisURL    string // -use-redis, or a private redis-server's
+	aofURL      string // a private redis-server's with appendfsync always
 }
 
-var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-rest", "post-slack", "metrics-off", "idle", "match", "fanout",
-	"cancel", "slack-slow", "slack-events", "webhooks", "widget"}
+var allScenarios = []string{"echo", "post-grpc-memory", "post-grpc-redis", "post-grpc-redis-aof", "post-rest", "post-slack", "metrics-off", "idle", "match", "fanout",
+	"cancel", "slack-slow", "slack-events", "webhooks", "widget", "cluster"}
 
 func main() {
 	serve := flag.Bool("serve", false, "internal: run as the server under test")
@@ -162,6 +164,21 @@ func run(cfg config, scenarios []string) error {
 		defer srv.Kill()
 		cfg.redisURL = "redis://" + srv.Addr
 	}
+	if slices.Contains(scenarios, "post-grpc-redis-aof") {
+		// What durability on the master's disk costs a post
+		// (docs/design.md §7): every write fsynced before Redis answers.
+		dir, err := os.MkdirTemp("", "chatbench-redis-aof")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		srv, err := redistest.Launch(dir, redistest.WithAppendOnly())
+		if err != nil {
+			return err
+		}
+		defer srv.Kill()
+		cfg.aofURL = "redis://" + srv.Addr
+	}
 
 	var errs int
 	report := func(title string, rows []row, err error) error {
@@ -198,6 +215,8 @@ func run(cfg config, scenarios []string) error {
 			rows, err = benchWebhooks(ctx, cfg)
 		case "widget":
 			rows, err = benchWidget(ctx, cfg)
+		case "cluster":
+			rows, err = benchCluster(ctx, cfg)
 		default:
 			continue
 		}
@@ -218,6 +237,7 @@ var throughputCases = []struct{ name, baseline, label string }{
 	{"echo", "", ""},
 	{"post-grpc-memory", "echo", "/ echo"},
 	{"post-grpc-redis", "echo", "/ echo"},
+	{"post-grpc-redis-aof", "post-grpc-redis", "/ post-grpc (redis)"},
 	{"post-rest", "post-grpc-memory", "/ post-grpc (memory)"},
 	{"post-slack", "post-grpc-memory", "/ post-grpc (memory)"},
 	// Metrics are on in every other case, as in cmd/chatrelay; this one
@@ -239,6 +259,12 @@ func runThroughput(ctx context.Context, cfg config, scenarios []string, report f
 				rows, err = benchEcho(ctx, cfg)
 			case "post-grpc-memory", "post-grpc-redis":
 				rows, err = benchPostGRPC(ctx, cfg, strings.TrimPrefix(c.name, "post-grpc-"), true)
+			case "post-grpc-redis-aof":
+				aof := cfg
+				aof.redisURL = cfg.aofURL
+				if rows, err = benchPostGRPC(ctx, aof, "redis", true); err == nil {
+					rows[0].name += ", appendfsync always"
+				}
 			case "metrics-off":
 				rows, err = benchPostGRPC(ctx, cfg, "memory", false)
 			case "post-rest":

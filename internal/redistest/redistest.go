@@ -21,12 +21,20 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Server is a running (or stopped) private redis-server.
+// Server is a running (or stopped) private redis-server, or a
+// redis-sentinel (see StartSentinel).
 type Server struct {
 	Addr string
 	port int
 	dir  string
 	aof  bool
+	// extra are more redis-server arguments: cluster mode, replicaof.
+	extra []string
+	// sentinel, when set, makes this a redis-sentinel whose config file
+	// holds these lines after its port, directory and log.
+	sentinel []string
+	// pickPort finds a port to try; freePort unless set.
+	pickPort func() (int, error)
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -42,12 +50,7 @@ func WithAppendOnly() Option { return func(s *Server) { s.aof = true } }
 // Start starts a redis-server and registers its teardown.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("CHATRELAY_REQUIRE_REDIS") == "1" {
-			t.Fatalf("redis-server is required (CHATRELAY_REQUIRE_REDIS=1) but not installed: %v", err)
-		}
-		t.Skip("redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests")
-	}
+	requireRedis(t)
 	s, err := Launch(t.TempDir(), opts...)
 	if err != nil {
 		t.Fatalf("starting redis-server: %v", err)
@@ -56,16 +59,28 @@ func Start(t testing.TB, opts ...Option) *Server {
 	return s
 }
 
+// requireRedis skips t when redis-server is not installed, or fails it
+// under CHATRELAY_REQUIRE_REDIS=1 (as in CI).
+func requireRedis(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CHATRELAY_REQUIRE_REDIS") == "1" {
+			t.Fatalf("redis-server is required (CHATRELAY_REQUIRE_REDIS=1) but not installed: %v", err)
+		}
+		t.Skip("redis-server is not installed; install it (apt-get install redis-server) to run the Redis tests")
+	}
+}
+
 // Launch starts a redis-server keeping its files in dir. The caller kills
 // it.
 func Launch(dir string, opts ...Option) (*Server, error) {
-	s := &Server{dir: dir}
+	s := &Server{dir: dir, pickPort: freePort}
 	for _, o := range opts {
 		o(s)
 	}
 	var err error
 	for range 5 { // a free port can be taken between finding and binding it
-		if s.port, err = freePort(); err != nil {
+		if s.port, err = s.pickPort(); err != nil {
 			continue
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
@@ -86,16 +101,10 @@ func freePort() (int, error) {
 }
 
 func (s *Server) start() error {
-	args := []string{
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "",
-		"--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"),
+	cmd, err := s.command()
+	if err != nil {
+		return err
 	}
-	if s.aof {
-		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
-	} else {
-		args = append(args, "--appendonly", "no")
-	}
-	cmd := exec.Command("redis-server", args...)
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -133,11 +142,54 @@ func (s *Server) start() error {
 	return nil
 }
 
+// command is the redis-server (or redis-sentinel) to run.
+func (s *Server) command() (*exec.Cmd, error) {
+	logfile := filepath.Join(s.dir, "redis.log")
+	if s.sentinel != nil {
+		// Sentinel rewrites its config file as it learns the deployment;
+		// a restart keeps what it learnt.
+		conf := filepath.Join(s.dir, "sentinel.conf")
+		if _, err := os.Stat(conf); err != nil {
+			lines := append([]string{"port " + strconv.Itoa(s.port), "bind 127.0.0.1", "dir " + s.dir, "logfile " + logfile}, s.sentinel...)
+			if err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := exec.LookPath("redis-sentinel"); err == nil {
+			return exec.Command("redis-sentinel", conf), nil
+		}
+		return exec.Command("redis-server", conf, "--sentinel"), nil
+	}
+	args := []string{
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "",
+		"--dir", s.dir, "--logfile", logfile,
+	}
+	if s.aof {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	return exec.Command("redis-server", append(args, s.extra...)...), nil
+}
+
 // Client returns a client of this server, closed at cleanup.
 func (s *Server) Client(t testing.TB) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// dial is a client of this server for the helpers' own checks: no
+// retries, short timeouts. The caller closes it.
+func (s *Server) dial() *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+}
+
+// alive reports whether the server runs (was not killed).
+func (s *Server) alive() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
 }
 
 // Kill stops the server at once (SIGKILL). It is safe to call twice.

@@ -40,9 +40,11 @@
 // the record decides (a Lua compare-and-set), and stale members are removed
 // lazily.
 //
-// Pub/sub channels: "<prefix>:ev:s:<tenant>:<sid>" carries each appended
-// message (as JSON), "s" and a status change's JSON, and "end";
-// "<prefix>:ev:l:<tenant>:<lid>" carries "r" when a listener is decided.
+// Pub/sub channels, in their record's slot: "<prefix>:{<tag>}:ev:s:<tenant>:<sid>"
+// carries each appended message (as JSON), "s" and a status change's JSON,
+// and "end"; "<prefix>:{<tag>}:ev:l:<tenant>:<lid>" carries "r" when a
+// listener is decided. On a Cluster they are shard channels (SPUBLISH,
+// SSUBSCRIBE), elsewhere plain ones.
 //
 // # Memory
 //
@@ -110,7 +112,9 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// New returns a Store on c and starts its pub/sub connection.
+// New returns a Store on c and starts its pub/sub connection. It adds a
+// hook to c, through which the pub/sub side follows failovers (see hub's
+// DialHook and ProcessHook): give each Store a client of its own.
 func New(c redis.UniversalClient, o Options) (*Store, error) {
 	if c == nil {
 		return nil, errors.New("redisstore: client is required")
@@ -199,16 +203,18 @@ func (s *Store) sessionKey(sid string) string { return s.sessionSlot(sid) + "s:"
 func (s *Store) listenerKey(lid string) string { return s.slot(ids.Tag(lid)) + "l:" + lid }
 
 // sessionChannel is where a session's events are published; the scripts
-// build it from sessionEventPrefix.
+// build it from the session's slot prefix and sessionEventPrefix. Channels
+// carry their record's hash tag: on a Cluster a script publishes (SPUBLISH)
+// only to a channel of its own slot.
 func (s *Store) sessionChannel(tenant, sid string) string {
-	return s.sessionEventPrefix() + tenant + ":" + sid
+	return s.sessionSlot(sid) + s.sessionEventPrefix() + tenant + ":" + sid
 }
 
 func (s *Store) listenerChannel(tenant, lid string) string {
-	return s.o.Prefix + ":ev:l:" + tenant + ":" + lid
+	return s.slot(ids.Tag(lid)) + "ev:l:" + tenant + ":" + lid
 }
 
-func (s *Store) sessionEventPrefix() string { return s.o.Prefix + ":ev:s:" }
+func (s *Store) sessionEventPrefix() string { return "ev:s:" }
 
 // bucketKey is the index set a listener with filter f lives in (the memory
 // store's buckets, one Redis set each).
@@ -315,6 +321,7 @@ func unavailable(err error) error {
 // after the pipeline ran, gives the script's answer, running the script
 // through c if Redis had lost its script cache (a restart).
 func piped(ctx context.Context, c redis.Scripter, pipe redis.Pipeliner, sc *redis.Script, keys []string, args ...any) func() *redis.Cmd {
+	sc = forClient(c, sc)
 	cmd := sc.EvalSha(ctx, pipe, keys, args...)
 	return func() *redis.Cmd {
 		if isNoScript(cmd.Err()) {

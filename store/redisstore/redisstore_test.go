@@ -3,6 +3,8 @@ package redisstore_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -76,3 +78,92 @@ func TestFaults(t *testing.T) {
 }
 
 func BenchmarkIngest(b *testing.B) { storetest.BenchmarkIngest(b, newFactory(redistest.Start(b))) }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	redistest.StopShared()
+	os.Exit(code)
+}
+
+// The suite again, on a Redis Cluster of three masters with a replica each.
+func TestConformanceOnCluster(t *testing.T) {
+	t.Parallel()
+	rc := redistest.SharedCluster(t)
+	storetest.Run(t, func(t testing.TB, o store.Options) store.Store {
+		c, err := redisstore.NewClient(rc.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := redisstore.New(c, redisstore.Options{Options: o, Prefix: fmt.Sprintf("c%d", prefixes.Add(1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = s.Close()
+			_ = c.Close()
+		})
+		return s
+	})
+}
+
+// Sessions' hash tags spread evenly over the Cluster's shards: of 10,000
+// sessions, each of the three masters holds a third, within ±10 %.
+func TestSessionsSpreadEvenlyOverShards(t *testing.T) {
+	t.Parallel()
+	rc := redistest.SharedCluster(t)
+	ctx := context.Background()
+	c, err := redisstore.NewClient(rc.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	prefix := fmt.Sprintf("spread%d", prefixes.Add(1))
+	s, err := redisstore.New(c, redisstore.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const sessions, workers = 10_000, 32
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < sessions; i += workers {
+				if _, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: fmt.Sprint("user", i)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	masters, err := rc.Masters(ctx)
+	if err != nil || len(masters) != 3 {
+		t.Fatalf("masters: %v, %v", masters, err)
+	}
+	total := 0
+	for _, m := range masters {
+		n := 0
+		iter := m.Client(t).Scan(ctx, 0, prefix+":{*}:s:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			n++
+		}
+		if err := iter.Err(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("master %s holds %d sessions", m.Addr, n)
+		if third := sessions / 3.0; float64(n) < 0.9*third || float64(n) > 1.1*third {
+			t.Errorf("master %s holds %d of %d sessions, beyond a third ±10%%", m.Addr, n, sessions)
+		}
+		total += n
+	}
+	if total != sessions {
+		t.Fatalf("the masters hold %d sessions, want %d", total, sessions)
+	}
+}

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"embed"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -21,7 +22,24 @@ var luaFiles embed.FS
 
 // script loads lua/<name>.lua, after the prelude every script shares.
 func script(name string) *redis.Script {
-	return redis.NewScript(lua("prelude") + lua(name))
+	src := lua("prelude") + lua(name)
+	sc := redis.NewScript(src)
+	shardedScripts[sc] = redis.NewScript(strings.ReplaceAll(src, "redis.call('PUBLISH',", "redis.call('SPUBLISH',"))
+	return sc
+}
+
+// shardedScripts are the scripts as a Cluster runs them: publishing with
+// SPUBLISH, so that an event reaches only the nodes of its channel's shard
+// (the script's own, since channels carry their record's hash tag), where
+// PUBLISH would reach every node.
+var shardedScripts = map[*redis.Script]*redis.Script{}
+
+// forClient is sc as c runs it: sharded on a Cluster.
+func forClient(c redis.Scripter, sc *redis.Script) *redis.Script {
+	if _, ok := c.(*redis.ClusterClient); ok {
+		return shardedScripts[sc]
+	}
+	return sc
 }
 
 func lua(name string) string {

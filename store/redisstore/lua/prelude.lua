@@ -138,7 +138,7 @@ local function close(slotp, evp, rec, now, ret)
   expire(slotp .. 'h:' .. rec.id, ret)
   local pk = pointer(slotp, rec)
   if redis.call('GET', pk) == rec.id then redis.call('DEL', pk) end
-  redis.call('PUBLISH', evp .. rec.tn .. ':' .. rec.id, 'end')
+  redis.call('PUBLISH', slotp .. evp .. rec.tn .. ':' .. rec.id, 'end')
 end
 -- entry adds a message to a session's history and publishes it, updating
 -- rec but not writing it: save does, and trims the history to its limit,
@@ -166,7 +166,7 @@ local function entry(slotp, evp, rec, now, nows, suffix, rnd, ttl, ret, limit, f
     w = {
       -- The session's fields of a message, encoded.
       head = ',"sid":' .. cjson.encode(rec.id) .. ',"pf":' .. cjson.encode(rec.pf) .. ',"ch":' .. cjson.encode(rec.ch),
-      events = evp .. rec.tn .. ':' .. rec.id,
+      events = slotp .. evp .. rec.tn .. ':' .. rec.id,
       history = slotp .. 'h:' .. rec.id,
       gx = num(rec.gx or 0),
       ak = ak,
