@@ -307,67 +307,81 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 		return w.ended(&ses)
 	}
 
-	expiry := newAlarm(s.cfg.Clock)
+	return w.live(sub, ses, newAlarm(s.cfg.Clock), s.stopping)
+}
+
+// live follows the session from the cursor on until it ends: events from
+// sub while they join the cursor exactly, history whenever they do not (a
+// gap, a resync, the end), and the session's expiry on its alarm.
+func (w *watcher) live(sub *store.Subscription, ses store.Session, expiry *alarm, stopping <-chan struct{}) error {
 	expiry.set(ses.ExpiresAt, 0)
 	defer expiry.stop()
 	for {
+		var catchUp bool
 		select {
 		case <-sub.Ready():
 			evs, resync := sub.Next()
-			for _, ev := range evs {
-				switch {
-				case resync:
-				case ev.Kind == store.EventMessageStatus:
-					// Only for a message the stream has sent; a later one
-					// comes from history with its status.
-					if ev.Status.Seq <= w.lastSeq {
-						if err := w.status(ev.Status); err != nil {
-							return err
-						}
-					}
-				case ev.Kind == store.EventMessage && ev.Message.Seq <= w.lastSeq:
-					// Already sent, from history.
-				case ev.Kind == store.EventMessage && ev.Message.Seq == w.lastSeq+1:
-					if err := w.send(ev.Message); err != nil {
-						return err
-					}
-				case ev.Kind == store.EventMessage:
-					resync = true // a gap: read it from history
-				case ev.Kind == store.EventSessionEnded:
-					resync = true // flush what is in flight, then read the end
-				}
-			}
-			if resync {
-				if err := w.catchUp(); err != nil {
-					return err
-				}
-				if ses, err = st.GetSession(ctx, tenant, req.SessionId); err != nil {
-					return err
-				}
-				if !ses.State.Active() {
-					return w.ended(&ses)
-				}
-			}
-		case <-expiry.C:
-			if ses, err = st.GetSession(ctx, tenant, req.SessionId); err != nil {
+			var err error
+			if catchUp, err = w.apply(evs, resync); err != nil {
 				return err
 			}
-			if !ses.State.Active() {
-				if err := w.catchUp(); err != nil {
-					return err
-				}
-				return w.ended(&ses)
-			}
-			// A message moved the expiry, or the store's clock lags.
-			expiry.set(ses.ExpiresAt, rearmFloor)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.stopping:
+		case <-expiry.C:
+			catchUp = true
+		case <-w.ctx.Done():
+			return w.ctx.Err()
+		case <-stopping:
 			return &codedError{code: codes.Unavailable, reason: reasonShuttingDown,
 				msg:  "the server is shutting down; watch again with after_message_id set to the last message received",
 				meta: map[string]string{"last_message_id": w.lastID}}
 		}
+		if !catchUp {
+			continue
+		}
+		// The session first, then its history: when it has ended, nothing
+		// is appended after it, so the history read next is all of it.
+		var err error
+		if ses, err = w.st.GetSession(w.ctx, w.tenant, w.id); err != nil {
+			return err
+		}
+		if err := w.catchUp(); err != nil {
+			return err
+		}
+		if !ses.State.Active() {
+			return w.ended(&ses)
+		}
+		// A message moved the expiry, or the store's clock lags.
+		expiry.set(ses.ExpiresAt, rearmFloor)
 	}
+}
+
+// apply sends the live events that continue the cursor, and reports
+// whether the stream must catch up from history instead: the events were
+// a resync, left a gap, or ended the session.
+func (w *watcher) apply(evs []store.Event, resync bool) (bool, error) {
+	for _, ev := range evs {
+		switch {
+		case resync:
+		case ev.Kind == store.EventMessageStatus:
+			// Only for a message the stream has sent; a later one comes
+			// from history with its status.
+			if ev.Status.Seq <= w.lastSeq {
+				if err := w.status(ev.Status); err != nil {
+					return false, err
+				}
+			}
+		case ev.Kind == store.EventMessage && ev.Message.Seq <= w.lastSeq:
+			// Already sent, from history.
+		case ev.Kind == store.EventMessage && ev.Message.Seq == w.lastSeq+1:
+			if err := w.send(ev.Message); err != nil {
+				return false, err
+			}
+		case ev.Kind == store.EventMessage:
+			resync = true // a gap: read it from history
+		case ev.Kind == store.EventSessionEnded:
+			resync = true // flush what is in flight, then read the end
+		}
+	}
+	return resync, nil
 }
 
 // watcher tracks what one WatchSession stream has sent. Message IDs increase
