@@ -317,16 +317,16 @@ func (w *watcher) live(sub *store.Subscription, ses store.Session, expiry *alarm
 	expiry.set(ses.ExpiresAt, 0)
 	defer expiry.stop()
 	for {
-		var catchUp bool
+		var resync, expired bool
 		select {
 		case <-sub.Ready():
-			evs, resync := sub.Next()
+			evs, lost := sub.Next()
 			var err error
-			if catchUp, err = w.apply(evs, resync); err != nil {
+			if resync, err = w.apply(evs, lost); err != nil {
 				return err
 			}
 		case <-expiry.C:
-			catchUp = true
+			expired = true
 		case <-w.ctx.Done():
 			return w.ctx.Err()
 		case <-stopping:
@@ -334,23 +334,33 @@ func (w *watcher) live(sub *store.Subscription, ses store.Session, expiry *alarm
 				msg:  "the server is shutting down; watch again with after_message_id set to the last message received",
 				meta: map[string]string{"last_message_id": w.lastID}}
 		}
-		if !catchUp {
-			continue
+		switch {
+		case resync:
+			// Read what the events left out, then whether it was the end.
+			if err := w.catchUp(); err != nil {
+				return err
+			}
+			var err error
+			if ses, err = w.st.GetSession(w.ctx, w.tenant, w.id); err != nil {
+				return err
+			}
+			if !ses.State.Active() {
+				return w.ended(&ses)
+			}
+		case expired:
+			var err error
+			if ses, err = w.st.GetSession(w.ctx, w.tenant, w.id); err != nil {
+				return err
+			}
+			if !ses.State.Active() {
+				if err := w.catchUp(); err != nil {
+					return err
+				}
+				return w.ended(&ses)
+			}
+			// A message moved the expiry, or the store's clock lags.
+			expiry.set(ses.ExpiresAt, rearmFloor)
 		}
-		// The session first, then its history: when it has ended, nothing
-		// is appended after it, so the history read next is all of it.
-		var err error
-		if ses, err = w.st.GetSession(w.ctx, w.tenant, w.id); err != nil {
-			return err
-		}
-		if err := w.catchUp(); err != nil {
-			return err
-		}
-		if !ses.State.Active() {
-			return w.ended(&ses)
-		}
-		// A message moved the expiry, or the store's clock lags.
-		expiry.set(ses.ExpiresAt, rearmFloor)
 	}
 }
 
