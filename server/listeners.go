@@ -13,29 +13,34 @@ import (
 // decides one, by the store's compare-and-set.
 
 func (c *chatService) GetListener(ctx context.Context, req *pb.GetListenerRequest) (*pb.GetListenerResponse, error) {
-	chk := c.checker()
-	chk.id("conversation_id", req.ConversationId, true)
-	if err := chk.err(); err != nil {
-		return nil, err
-	}
-	l, err := c.cfg.Store.GetListener(ctx, tenantFrom(ctx), req.ConversationId)
+	l, err := c.listener(ctx, req.ConversationId, c.cfg.Store.GetListener)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetListenerResponse{Listener: listenerPB(&l)}, nil
+	return &pb.GetListenerResponse{Listener: l}, nil
 }
 
 func (c *chatService) CancelListener(ctx context.Context, req *pb.CancelListenerRequest) (*pb.CancelListenerResponse, error) {
-	chk := c.checker()
-	chk.id("conversation_id", req.ConversationId, true)
-	if err := chk.err(); err != nil {
-		return nil, err
-	}
-	l, err := c.cfg.Store.CancelListener(ctx, tenantFrom(ctx), req.ConversationId)
+	l, err := c.listener(ctx, req.ConversationId, c.cfg.Store.CancelListener)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.CancelListenerResponse{Listener: listenerPB(&l)}, nil
+	return &pb.CancelListenerResponse{Listener: l}, nil
+}
+
+// listener checks a conversation id and answers what op (the store's
+// GetListener or CancelListener) makes of the tenant's listener by it.
+func (c *chatService) listener(ctx context.Context, id string, op func(ctx context.Context, tenant, id string) (store.Listener, error)) (*pb.Listener, error) {
+	chk := c.checker()
+	chk.id("conversation_id", id, true)
+	if err := chk.err(); err != nil {
+		return nil, err
+	}
+	l, err := op(ctx, tenantFrom(ctx), id)
+	if err != nil {
+		return nil, err
+	}
+	return listenerPB(&l), nil
 }
 
 // ListListeners pages through the tenant's listeners in id order. The page
