@@ -147,24 +147,6 @@ func (c *child) stop() {
 }
 
 // rss is the server's resident set size, from /proc.
-// cpu is the CPU time (user and system) the child has used so far.
-func (c *child) cpu() time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command's closing parenthesis; utime and stime are
-	// the stat file's 14th and 15th, in clock ticks of 1/100 s.
-	_, rest, _ := strings.Cut(string(data), ") ")
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
-}
-
 func (c *child) rss() int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
 	if err != nil {
@@ -314,7 +296,7 @@ func closedLoopOn(ctx context.Context, c *child, n int, d time.Duration, call fu
 	measureFrom, end := begin.Add(warm), begin.Add(warm+d)
 	var cpuFrom time.Duration
 	if c != nil {
-		snap := time.AfterFunc(warm, func() { cpuFrom = c.cpu() })
+		snap := time.AfterFunc(warm, func() { cpuFrom = c.cpuTime() })
 		defer snap.Stop()
 	}
 	rec := &recorder{}
@@ -339,7 +321,7 @@ func closedLoopOn(ctx context.Context, c *child, n int, d time.Duration, call fu
 	elapsed := time.Since(measureFrom)
 	var cpu time.Duration
 	if c != nil {
-		cpu = c.cpu() - cpuFrom // the AfterFunc ran: calls went on past it
+		cpu = c.cpuTime() - cpuFrom // the AfterFunc ran: calls went on past it
 	}
 	return rec, elapsed, cpu
 }
