@@ -73,8 +73,15 @@ func (s *Server) runBot(ctx context.Context, d store.DeliveryClaim) {
 	const platform = "chatbot"
 	bot := s.bots[d.Bot.ChatbotID]
 	if bot == nil {
-		// Configured without a webhook since it was queued.
-		s.finish(d, store.DeliveryOutcome{Status: store.StatusFailed})
+		// Configured without a webhook since it was queued: end it, or
+		// its session would stay BOT with nobody to answer.
+		gone := &store.PlatformError{Code: "chatbot_not_running", Message: "the chatbot no longer runs on a webhook"}
+		if !s.endBot(ctx, d, gone) {
+			return
+		}
+		o := store.DeliveryOutcome{Status: store.StatusFailed, Error: gone}
+		s.finish(d, o)
+		s.metrics.attempt(platform, o)
 		return
 	}
 	sctx, cancel := context.WithTimeout(ctx, sendTimeout)
@@ -137,7 +144,8 @@ func badAnswer(format string, args ...any) *store.PlatformError {
 }
 
 // carryOut does what the chatbot answered about d's message: its replies,
-// then handoff or end. It reports false when the backend failed it: the
+// then handoff or end. It reports false when it could not (the backend,
+// the server stopping): the
 // delivery is then left to its lease and made again, and what was done
 // already is not done twice.
 func (s *Server) carryOut(ctx context.Context, d store.DeliveryClaim, a *webhook.Answer) bool {
@@ -152,13 +160,15 @@ func (s *Server) carryOut(ctx context.Context, d store.DeliveryClaim, a *webhook
 		_, err := s.chat.post(ctx, at, nil, store.OutboundMessage{Tenant: ses.Tenant, SessionID: ses.ID, Text: r.Text,
 			FromUser: d.Bot.ChatbotID, Idempotency: store.Idempotency{Key: key, Fingerprint: key}}, nil, fallback)
 		switch {
-		case errors.Is(err, store.ErrUnavailable):
-			s.cfg.Logger.Warn("cannot post a chatbot's reply", "session_id", ses.ID, "err", err)
-			return false
-		case err != nil:
+		case sessionGone(err):
 			// The session ended meanwhile: nothing more goes into it.
 			s.cfg.Logger.Debug("a chatbot's reply not posted", "session_id", ses.ID, "err", err)
 			return true
+		case err != nil:
+			// The backend, or the server stopping: the lease ends and the
+			// answer is carried out again (its replies once each).
+			s.cfg.Logger.Warn("cannot post a chatbot's reply", "session_id", ses.ID, "err", err)
+			return false
 		}
 	}
 	var u store.SessionUpdate
@@ -172,7 +182,7 @@ func (s *Server) carryOut(ctx context.Context, d store.DeliveryClaim, a *webhook
 	}
 	u.IfChatbot = d.Bot.ChatbotID
 	_, err := s.cfg.Store.UpdateSession(ctx, ses.Tenant, ses.ID, u)
-	return !errors.Is(err, store.ErrUnavailable)
+	return err == nil || sessionGone(err)
 }
 
 // endBot ends a chatbot that failed d's message, if it still runs the
@@ -187,5 +197,13 @@ func (s *Server) endBot(ctx context.Context, d store.DeliveryClaim, why *store.P
 	msg := cut(why.Code+": "+why.Message, s.cfg.Limits.MetadataValueBytes)
 	_, err := s.cfg.Store.UpdateSession(ctx, ses.Tenant, ses.ID,
 		store.SessionUpdate{EndBot: true, Metadata: map[string]string{chatbotError: msg}, IfChatbot: d.Bot.ChatbotID})
-	return !errors.Is(err, store.ErrUnavailable)
+	return err == nil || sessionGone(err)
+}
+
+// sessionGone reports an error that says the session has ended: what a
+// chatbot's answer would have done to it no longer applies. Any other
+// error (the backend, the server stopping) leaves the delivery to its
+// lease, to be carried out again.
+func sessionGone(err error) bool {
+	return errors.Is(err, store.ErrSessionClosed) || errors.Is(err, store.ErrSessionExpired) || errors.Is(err, store.ErrSessionNotFound)
 }
