@@ -23,6 +23,9 @@ import (
 // (the platform's redelivery, the caller's idempotency key), which
 // schedules it again.
 
+// dropBotTimeout bounds dropBotQueue's steps, which outlive their caller.
+const dropBotTimeout = 5 * time.Second
+
 // botDelivery is a chatbot queue's delivery id in the outbox.
 const botDelivery = "@bot"
 
@@ -105,8 +108,12 @@ func (s *Store) finishBot(ctx context.Context, d store.DeliveryClaim) error {
 // dropBotQueue takes a session's chatbot queue, found empty, out of the
 // outbox, then looks at the queue again: an ingest that queued a message
 // meanwhile found the entry still there and left it alone, so it is put
-// back.
+// back. Once begun it runs to its end whatever becomes of the caller: a
+// caller that went away between the two steps would strand a message
+// queued meanwhile without an outbox entry.
 func (s *Store) dropBotQueue(ctx context.Context, tenant, sid string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropBotTimeout)
+	defer cancel()
 	member := outboxMember(tenant, sid, botDelivery)
 	pipe := s.c.Pipeline()
 	pipe.ZRem(ctx, s.outboxKey(), member)

@@ -257,7 +257,11 @@ func (h *hub) subscribe(ctx context.Context, name string, t store.Topic) (*store
 	h.mu.Unlock()
 	var err error
 	if fresh {
-		if failed := h.place(ctx, []string{name}, ""); len(failed) > 0 {
+		// Bounded: cmdMu is held, and every other subscription waits on it.
+		pctx, cancel := context.WithTimeout(ctx, confirmTimeout)
+		failed := h.place(pctx, []string{name}, "")
+		cancel()
+		if len(failed) > 0 {
 			err = failed[name]
 			h.mu.Lock()
 			delete(h.chans, name) // nobody else joined: cmdMu is held
