@@ -206,8 +206,9 @@ func (ic *interceptors) newCallInfo(ctx context.Context, stream bool) callInfo {
 	if v := metadata.ValueFromIncomingContext(ctx, requestIDHeader); len(v) > 0 {
 		c.id = v[len(v)-1]
 	}
-	c.echo = c.id != "" && c.id == requestID(c.id)
-	c.id = requestID(c.id)
+	id := requestID(c.id)
+	c.echo = c.id != "" && c.id == id
+	c.id = id
 	if stream {
 		if v := metadata.ValueFromIncomingContext(ctx, viaGateway); len(v) == 1 {
 			c.gateway = subtle.ConstantTimeCompare([]byte(v[0]), []byte(ic.gateway)) == 1
