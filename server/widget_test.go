@@ -693,7 +693,7 @@ func TestWidgetPostRetriedAfterAFaultIsTakenOnce(t *testing.T) {
 	ts := cl.replicas[0]
 	ses := ts.webSession("visitor-1")
 	tok := ts.widgetToken(ses.SessionId)
-	for _, fault := range []redistest.Fault{redistest.DropRequest, redistest.DropReply} {
+	for _, fault := range []redistest.Fault{redistest.DropRequest, redistest.DropReply, redistest.StallReply} {
 		t.Run(fault.String(), func(t *testing.T) {
 			key := "w-" + strings.ReplaceAll(fault.String(), " ", "-")
 			tripped := proxy.Break(ses.SessionId, fault)
