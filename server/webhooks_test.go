@@ -225,6 +225,7 @@ func TestWebhookRetryAfterIsHonoured(t *testing.T) {
 	t.Parallel()
 	onEachBackendWithCRM(t, func(t *testing.T, d *deployment, c *crm) {
 		sid := d.a.crmSession("cust-10")
+		c.recv.SetClock(d.a.clk.Now)
 		c.recv.Then(platformtest.WebhookAnswer{Status: 429, RetryAfter: "120"})
 		r, err := d.a.chat.PostMessage(d.a.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: "busy?"})
 		if err != nil || r.Status != pb.MessageStatus_MESSAGE_STATUS_PENDING {
@@ -239,6 +240,11 @@ func TestWebhookRetryAfterIsHonoured(t *testing.T) {
 		}
 		poll(t, d.a.clk, d.replicas(), 2*time.Second)
 		waitFor(t, "the retry", func() bool { return len(c.recv.Hooks()) == 2 })
+		// Whenever the receiver counted, the retry came no sooner than
+		// the Retry-After, on the hub's clock.
+		if hooks := c.recv.Hooks(); hooks[1].At.Sub(hooks[0].At) < 120*time.Second {
+			t.Fatalf("the retry came %s after the first attempt, want at least the Retry-After's 2m0s", hooks[1].At.Sub(hooks[0].At))
+		}
 		waitFor(t, "DELIVERED", func() bool {
 			h := d.b.history(sid)
 			return h[len(h)-1].Status == pb.MessageStatus_MESSAGE_STATUS_DELIVERED

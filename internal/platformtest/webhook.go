@@ -32,6 +32,16 @@ type WebhookReceiver struct {
 	inFlight int
 	// maxInFlight is the most webhooks it was answering at once.
 	maxInFlight int
+	// now, when set (SetClock), stamps each webhook's At.
+	now func() time.Time
+}
+
+// SetClock makes the receiver stamp each webhook it takes with now's time
+// (a test's fake clock, so that when retries came can be checked).
+func (w *WebhookReceiver) SetClock(now func() time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.now = now
 }
 
 // Webhook is one request the receiver took.
@@ -42,6 +52,8 @@ type Webhook struct {
 	Event map[string]any
 	// Refused says why the receiver refused its signature ("" for none).
 	Refused string
+	// At is when it came, on the clock SetClock gave (zero without one).
+	At time.Time
 }
 
 // WebhookAnswer is how the receiver answers a webhook: Status (default
@@ -101,6 +113,9 @@ func (w *WebhookReceiver) serve(rw http.ResponseWriter, r *http.Request) {
 		Signature: r.Header.Get("webhook-signature"), Body: body, Refused: w.check(r, body)}
 	_ = json.Unmarshal(body, &h.Event)
 	w.mu.Lock()
+	if w.now != nil {
+		h.At = w.now()
+	}
 	w.hooks = append(w.hooks, h)
 	w.inFlight++
 	w.maxInFlight = max(w.maxInFlight, w.inFlight)
