@@ -243,7 +243,23 @@ const streamHeader = "x-chatrelay-stream"
 // replayPage is how many history messages a watcher reads per store call.
 const replayPage = 256
 
+// WatchSession is a watcher's life: begin (checks, the subscription, the
+// history), then live until the session ends. A watch is idle nearly all its
+// life, and an idle goroutine costs the stack it blocks on, so begin's large
+// frame is gone by the time live waits (docs/design.md §12).
 func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.ServerStreamingServer[pb.WatchSessionResponse]) error {
+	w, expires, err := s.beginWatch(req, stream)
+	if w == nil {
+		return err
+	}
+	defer w.sub.Close()
+	return w.live(expires, newAlarm(s.cfg.Clock), s.stopping)
+}
+
+// beginWatch checks the request, subscribes and sends the history after
+// the cursor. It answers a watcher ready to go live with the session's
+// expiry, or no watcher once the stream is over (err, or the end sent).
+func (s *sessionService) beginWatch(req *pb.WatchSessionRequest, stream grpc.ServerStreamingServer[pb.WatchSessionResponse]) (_ *watcher, expires time.Time, err error) {
 	ctx := stream.Context()
 	chk := s.checker()
 	chk.id("session_id", req.SessionId, true)
@@ -252,7 +268,7 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 		chk.add("live_only", "cannot be combined with after_message_id")
 	}
 	if err := chk.err(); err != nil {
-		return err
+		return nil, expires, err
 	}
 	tenant, st := tenantFrom(ctx), s.cfg.Store
 
@@ -261,21 +277,26 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 	// drops what is in both.
 	sub, err := st.Subscribe(ctx, store.SessionTopic(tenant, req.SessionId))
 	if err != nil {
-		return err
+		return nil, expires, err
 	}
-	defer sub.Close()
+	live := false
+	defer func() {
+		if !live {
+			sub.Close()
+		}
+	}()
 	ses, err := st.GetSession(ctx, tenant, req.SessionId)
 	if err != nil {
-		return err
+		return nil, expires, err
 	}
-	w := &watcher{ctx: ctx, st: st, tenant: tenant, id: req.SessionId, stream: stream}
+	w := &watcher{ctx: ctx, st: st, sub: sub, tenant: tenant, id: req.SessionId, stream: stream}
 	switch {
 	case req.LiveOnly:
 		w.at(ses.LastMessageID, ses.LastSeq)
 	case req.AfterMessageId != "":
 		seq, err := ids.MessageSeq(req.AfterMessageId)
 		if err != nil {
-			return invalid("after_message_id", "is not a message of this session")
+			return nil, expires, invalid("after_message_id", "is not a message of this session")
 		}
 		w.at(req.AfterMessageId, seq)
 	}
@@ -285,44 +306,44 @@ func (s *sessionService) WatchSession(req *pb.WatchSessionRequest, stream grpc.S
 	var first []store.Message
 	if !req.LiveOnly {
 		if first, err = w.read(); errors.Is(err, store.ErrMessageNotFound) {
-			return invalid("after_message_id", "is not a message of this session")
+			return nil, expires, invalid("after_message_id", "is not a message of this session")
 		} else if err != nil {
-			return err
+			return nil, expires, err
 		}
 	}
 	if err := stream.SendHeader(metadata.Pairs(streamHeader, "watch")); err != nil {
-		return err
+		return nil, expires, err
 	}
 	if !req.LiveOnly {
 		if err := w.sendAll(first); err != nil {
-			return err
+			return nil, expires, err
 		}
 		if len(first) == replayPage {
 			if err := w.catchUp(); err != nil {
-				return err
+				return nil, expires, err
 			}
 		}
 	}
 	if !ses.State.Active() {
-		return w.ended(&ses)
+		return nil, expires, w.ended(&ses)
 	}
-
-	return w.live(sub, ses, newAlarm(s.cfg.Clock), s.stopping)
+	live = true
+	return w, ses.ExpiresAt, nil
 }
 
 // live follows the session from the cursor on until it ends: events from
-// sub while they join the cursor exactly, history whenever they do not (a
-// gap, a resync, the end), and the session's expiry on its alarm.
-func (w *watcher) live(sub *store.Subscription, ses store.Session, expiry *alarm, stopping <-chan struct{}) error {
-	expiry.set(ses.ExpiresAt, 0)
+// the subscription while they join the cursor exactly, history whenever
+// they do not (a gap, a resync, the end), and the session's expiry on its
+// alarm. It is where an idle watch waits, so it keeps a small frame.
+func (w *watcher) live(expires time.Time, expiry *alarm, stopping <-chan struct{}) error {
+	expiry.set(expires, 0)
 	defer expiry.stop()
 	for {
 		var resync, expired bool
 		select {
-		case <-sub.Ready():
-			evs, lost := sub.Next()
+		case <-w.sub.Ready():
 			var err error
-			if resync, err = w.apply(evs, lost); err != nil {
+			if resync, err = w.apply(w.sub.Next()); err != nil {
 				return err
 			}
 		case <-expiry.C:
@@ -330,38 +351,48 @@ func (w *watcher) live(sub *store.Subscription, ses store.Session, expiry *alarm
 		case <-w.ctx.Done():
 			return w.ctx.Err()
 		case <-stopping:
-			return &codedError{code: codes.Unavailable, reason: reasonShuttingDown,
-				msg:  "the server is shutting down; watch again with after_message_id set to the last message received",
-				meta: map[string]string{"last_message_id": w.lastID}}
+			return w.shuttingDown()
 		}
-		switch {
-		case resync:
-			// Read what the events left out, then whether it was the end.
-			if err := w.catchUp(); err != nil {
+		if resync || expired {
+			if over, err := w.recheck(resync, expiry); over {
 				return err
 			}
-			var err error
-			if ses, err = w.st.GetSession(w.ctx, w.tenant, w.id); err != nil {
-				return err
-			}
-			if !ses.State.Active() {
-				return w.ended(&ses)
-			}
-		case expired:
-			var err error
-			if ses, err = w.st.GetSession(w.ctx, w.tenant, w.id); err != nil {
-				return err
-			}
-			if !ses.State.Active() {
-				if err := w.catchUp(); err != nil {
-					return err
-				}
-				return w.ended(&ses)
-			}
+		}
+	}
+}
+
+// recheck asks the store whether the session goes on, after a resync
+// (having read what the events left out) or when the expiry alarm rings.
+// over is whether the stream is done, with err the last send's.
+func (w *watcher) recheck(resync bool, expiry *alarm) (over bool, err error) {
+	if resync {
+		if err := w.catchUp(); err != nil {
+			return true, err
+		}
+	}
+	ses, err := w.st.GetSession(w.ctx, w.tenant, w.id)
+	if err != nil {
+		return true, err
+	}
+	if ses.State.Active() {
+		if !resync {
 			// A message moved the expiry, or the store's clock lags.
 			expiry.set(ses.ExpiresAt, rearmFloor)
 		}
+		return false, nil
 	}
+	if !resync {
+		if err := w.catchUp(); err != nil {
+			return true, err
+		}
+	}
+	return true, w.ended(&ses)
+}
+
+func (w *watcher) shuttingDown() error {
+	return &codedError{code: codes.Unavailable, reason: reasonShuttingDown,
+		msg:  "the server is shutting down; watch again with after_message_id set to the last message received",
+		meta: map[string]string{"last_message_id": w.lastID}}
 }
 
 // apply sends the live events that continue the cursor, and reports
@@ -401,6 +432,7 @@ func (w *watcher) apply(evs []store.Event, resync bool) (bool, error) {
 type watcher struct {
 	ctx     context.Context
 	st      store.Store
+	sub     *store.Subscription
 	tenant  string
 	id      string
 	stream  grpc.ServerStreamingServer[pb.WatchSessionResponse]
