@@ -298,13 +298,17 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), tenantKey{}, c.Tenant))
 	sw := &sseWatch{ctx: ctx, es: web.NewStream(rw, w.s.cfg.Clock, w.s.cfg.Widget.Heartbeat, cancel),
 		detach: context.AfterFunc(r.Context(), cancel), taken: make(chan struct{})}
+	clk := w.s.cfg.Clock
+	expiry := clk.AfterFunc(c.Expires.Sub(clk.Now()), func() { sw.expired.Store(true); cancel() })
+	sw.release = func() {
+		expiry.Stop()
+		sw.detachRequest()
+		cancel()
+		releaseConn()
+		release()
+	}
 	taken, done := sw.taken, make(chan error, 1)
-	go func() {
-		defer release()
-		defer releaseConn()
-		defer cancel()
-		done <- w.stream(c, after, sw, cancel)
-	}()
+	go w.stream(&pb.WatchSessionRequest{SessionId: c.SessionID, AfterMessageId: after}, sw, done)
 	select {
 	case <-taken:
 	case err := <-done:
@@ -314,16 +318,21 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// stream runs WatchSession into sw and ends it: the error of a stream that
+// stream runs WatchSession into sw, on the stream's own goroutine, and
+// ends it. An idle widget costs little more than this goroutine's stack
+// (docs/design.md §12), so the frames it waits on stay small: the work after
+// the watch is in end.
+func (w *widget) stream(req *pb.WatchSessionRequest, sw *sseWatch, done chan<- error) {
+	defer sw.release()
+	done <- w.end(sw, w.s.sessions.WatchSession(req, sw))
+}
+
+// end closes a stream whose watch returned err, saying why where the
+// browser must not just reconnect. It answers the error of a stream that
 // never opened, for the handler to answer with its HTTP status, or nil.
-func (w *widget) stream(c web.Claims, after string, sw *sseWatch, cancel context.CancelFunc) error {
-	defer sw.detachRequest()
-	var expired atomic.Bool
-	clk := w.s.cfg.Clock
-	t := clk.AfterFunc(c.Expires.Sub(clk.Now()), func() { expired.Store(true); cancel() })
-	defer t.Stop()
-	err := w.s.sessions.WatchSession(&pb.WatchSessionRequest{SessionId: c.SessionID, AfterMessageId: after}, sw)
-	if expired.Load() {
+func (w *widget) end(sw *sseWatch, err error) error {
+	expired := sw.expired.Load()
+	if expired {
 		err = errTokenExpired
 	}
 	if !sw.es.Opened() {
@@ -331,7 +340,7 @@ func (w *widget) stream(c web.Claims, after string, sw *sseWatch, cancel context
 	}
 	defer sw.es.Close()
 	switch {
-	case expired.Load():
+	case expired:
 	case err == nil || sw.ctx.Err() != nil:
 		return nil // the session ended (said so), or the client left
 	}
@@ -419,9 +428,11 @@ func wireStatus(s pb.MessageStatus) string {
 // closed (the handler returns) and detach stops the request's context from
 // ending the stream.
 type sseWatch struct {
-	ctx   context.Context
-	es    *web.Stream
-	taken chan struct{}
+	ctx     context.Context
+	es      *web.Stream
+	taken   chan struct{}
+	expired atomic.Bool // the token expired: the stream ends UNAUTHENTICATED
+	release func()      // once the stream is over
 
 	mu     sync.Mutex
 	detach func() bool // nil once called
