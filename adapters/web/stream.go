@@ -20,22 +20,24 @@ import (
 //
 // A widget's stream is idle nearly all its life, and there may be tens of
 // thousands. On HTTP/1.1, Open takes the connection over from net/http
-// (Hijack): an idle stream then costs its own state and one goroutine
-// blocked in a read that notices the client leave, instead of net/http's
-// two goroutines and 10 KiB of buffers per request. Where the connection
-// cannot be taken (HTTP/2), the stream writes through the ResponseWriter.
+// (Hijack): an idle stream then costs its own state, and its connection
+// is watched for the client leaving along with every other one
+// (watchDeparture), instead of net/http's two goroutines and 10 KiB of
+// buffers per request. Where the connection cannot be taken (HTTP/2), the
+// stream writes through the ResponseWriter.
 type Stream struct {
-	mu     sync.Mutex
-	w      http.ResponseWriter // until Open
-	out    sink
-	conn   net.Conn // when taken over
-	gone   func()   // called once when a taken-over client goes away
-	clock  clock.Clock
-	every  time.Duration
-	timer  clock.Timer
-	open   bool
-	closed bool
-	err    error
+	mu      sync.Mutex
+	w       http.ResponseWriter // until Open
+	out     sink
+	conn    net.Conn // when taken over
+	gone    func()   // called once when a taken-over client goes away
+	unwatch func()   // stops watching for that
+	clock   clock.Clock
+	every   time.Duration
+	timer   clock.Timer
+	open    bool
+	closed  bool
+	err     error
 }
 
 // sink is where a stream's bytes go.
@@ -103,7 +105,7 @@ func (s *Stream) Open() error {
 		head.WriteString("\r\n" + retry)
 		s.conn, s.out = conn, connSink{conn}
 		s.write(head.String())
-		go s.watchClose(conn)
+		s.unwatch = watchDeparture(conn, s.gone)
 	} else {
 		s.out = responseSink{w, http.NewResponseController(w)}
 		w.WriteHeader(http.StatusOK)
@@ -113,13 +115,17 @@ func (s *Stream) Open() error {
 	return s.err
 }
 
-// watchClose notices the client go away: it sends nothing more on an
-// event stream, so a read returns only when the connection ends (or the
-// stream closes it).
-func (s *Stream) watchClose(conn net.Conn) {
-	var b [1]byte
-	_, _ = conn.Read(b[:])
-	s.gone()
+// readDeparture calls gone when a read on conn returns: a client sends
+// nothing more on an event stream, so that is when the connection ends (or
+// the stream closes it; then stop, a no-op, has already been called and gone
+// is harmless).
+func readDeparture(conn net.Conn, gone func()) (stop func()) {
+	go func() {
+		var b [1]byte
+		_, _ = conn.Read(b[:])
+		gone()
+	}()
+	return func() {}
 }
 
 // Opened reports whether Open was called: an error before it can still be
@@ -195,6 +201,7 @@ func (s *Stream) Close() {
 	}
 	switch {
 	case s.conn != nil:
+		s.unwatch()
 		_ = s.conn.Close()
 	case s.out != nil:
 		// The connection may be reused for another request: no deadline.
