@@ -98,18 +98,14 @@ func hasFilter(req *pb.ChatReceiveRequest) bool {
 		req.Match != pb.MatchMode_MATCH_MODE_UNSPECIFIED || req.AfterMessageId != ""
 }
 
+// ChatReceive is a receiver's life: begin (checks, the listener, the
+// waiting frame), then wait for the outcome. A wait is idle nearly all its
+// life, on a stack the runtime halves only while less than a quarter of it
+// is in use, so begin's frame is gone by the time wait waits (docs/design.md §4).
 func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.ServerStreamingServer[pb.ChatReceiveResponse]) error {
-	filter, timeout, err := c.receiveFilter(tenantFrom(stream.Context()), req)
+	r, err := c.beginReceive(req, stream)
 	if err != nil {
 		return err
-	}
-	r := &receiver{chatService: c, ctx: stream.Context(), stream: stream, tenant: tenantFrom(stream.Context())}
-	r.id, r.resumed = req.ConversationId, req.ConversationId != ""
-	if !r.resumed {
-		r.id = ids.Listener()
-	}
-	if err := r.attach(req, filter, timeout); err != nil {
-		return r.fail(err)
 	}
 	defer r.sub.Close()
 	defer c.metrics.wait()()
@@ -118,6 +114,24 @@ func (c *chatService) ChatReceive(req *pb.ChatReceiveRequest, stream grpc.Server
 	}
 	c.metrics.outcome(r.l.Outcome.String())
 	return stream.Send(outcomePB(&r.l))
+}
+
+// beginReceive checks req and attaches its receiver: registered (or
+// resumed), subscribed, and `waiting` sent.
+func (c *chatService) beginReceive(req *pb.ChatReceiveRequest, stream grpc.ServerStreamingServer[pb.ChatReceiveResponse]) (*receiver, error) {
+	filter, timeout, err := c.receiveFilter(tenantFrom(stream.Context()), req)
+	if err != nil {
+		return nil, err
+	}
+	r := &receiver{chatService: c, ctx: stream.Context(), stream: stream, tenant: tenantFrom(stream.Context())}
+	r.id, r.resumed = req.ConversationId, req.ConversationId != ""
+	if !r.resumed {
+		r.id = ids.Listener()
+	}
+	if err := r.attach(req, filter, timeout); err != nil {
+		return nil, r.fail(err)
+	}
+	return r, nil
 }
 
 // receiver is one ChatReceive stream: it registers a listener or resumes
@@ -182,61 +196,86 @@ func (r *receiver) attach(req *pb.ChatReceiveRequest, filter store.Filter, timeo
 // renewal of its idle limit, since a listener without a deadline must
 // outlive this stream by the resume window.
 func (r *receiver) wait() error {
-	st, clk := r.cfg.Store, r.cfg.Clock
-	renewEvery := max(r.cfg.ResumeWindow/4, time.Second)
-	alarm := newAlarm(clk)
+	alarm := newAlarm(r.cfg.Clock)
 	defer alarm.stop()
 	if r.l.Deadline.IsZero() {
-		alarm.set(clk.Now().Add(renewEvery), 0)
+		alarm.set(r.cfg.Clock.Now().Add(r.renewEvery()), 0)
 	} else {
 		alarm.set(r.l.Deadline, 0)
 	}
-	var err error
 	for r.l.Outcome == store.Pending {
+		var err error
 		select {
 		case <-r.sub.Ready():
-			evs, resync := r.sub.Next()
-			for _, ev := range evs {
-				if ev.Kind != store.EventListenerResolved {
-					continue
-				}
-				if ev.Listener == nil {
-					resync = true // a hint: read the outcome
-				} else {
-					r.l = *ev.Listener
-				}
-			}
-			if resync {
-				if r.l, err = st.GetListener(r.ctx, r.tenant, r.id); err != nil {
-					return err
-				}
-			}
+			err = r.events()
 		case <-alarm.C:
-			if r.l.Deadline.IsZero() {
-				if err := st.TouchListener(r.ctx, r.tenant, r.id, clk.Now().Add(r.cfg.ResumeWindow)); err != nil {
-					return err
-				}
-				alarm.set(clk.Now().Add(renewEvery), 0)
-				continue
-			}
-			// The store decides: a match that committed first wins.
-			if r.l, err = st.GetListener(r.ctx, r.tenant, r.id); err != nil {
-				return err
-			}
-			if r.l.Outcome == store.Pending {
-				alarm.set(r.l.Deadline, rearmFloor) // its clock lags
-			}
+			err = r.ring(alarm)
 		case <-r.ctx.Done():
 			r.detach()
 			return r.ctx.Err()
 		case <-r.stopping:
 			r.detach()
-			return &codedError{code: codes.Unavailable, reason: reasonShuttingDown,
-				msg:  "the server is shutting down; resume with the same conversation_id",
-				meta: map[string]string{"conversation_id": r.id}}
+			return r.shuttingDown()
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+func (r *receiver) renewEvery() time.Duration { return max(r.cfg.ResumeWindow/4, time.Second) }
+
+// events takes the outcome from the subscription's events, or reads it
+// when they only hint at one.
+func (r *receiver) events() error {
+	evs, resync := r.sub.Next()
+	for _, ev := range evs {
+		if ev.Kind != store.EventListenerResolved {
+			continue
+		}
+		if ev.Listener == nil {
+			resync = true // a hint: read the outcome
+		} else {
+			r.l = *ev.Listener
+		}
+	}
+	if !resync {
+		return nil
+	}
+	l, err := r.cfg.Store.GetListener(r.ctx, r.tenant, r.id)
+	if err == nil {
+		r.l = l
+	}
+	return err
+}
+
+// ring is the alarm: renew a listener with no deadline, or ask the store
+// about one whose deadline has come.
+func (r *receiver) ring(alarm *alarm) error {
+	st, clk := r.cfg.Store, r.cfg.Clock
+	if r.l.Deadline.IsZero() {
+		if err := st.TouchListener(r.ctx, r.tenant, r.id, clk.Now().Add(r.cfg.ResumeWindow)); err != nil {
+			return err
+		}
+		alarm.set(clk.Now().Add(r.renewEvery()), 0)
+		return nil
+	}
+	// The store decides: a match that committed first wins.
+	l, err := st.GetListener(r.ctx, r.tenant, r.id)
+	if err != nil {
+		return err
+	}
+	if r.l = l; r.l.Outcome == store.Pending {
+		alarm.set(r.l.Deadline, rearmFloor) // its clock lags
+	}
+	return nil
+}
+
+func (r *receiver) shuttingDown() error {
+	return &codedError{code: codes.Unavailable, reason: reasonShuttingDown,
+		msg:  "the server is shutting down; resume with the same conversation_id",
+		meta: map[string]string{"conversation_id": r.id}}
 }
 
 // detach starts the resume window of a listener whose stream went away
