@@ -55,11 +55,11 @@ func (s *Server) newDelivery() *store.Delivery {
 // as the platform left it, or still PENDING while the attempt goes on.
 func (s *Server) deliverNow(ctx context.Context, a adapters.Adapter, d store.DeliveryClaim, user string) store.Message {
 	done := make(chan store.Message, 1)
-	go func() {
+	s.workers.Go(func() {
 		// Not the caller's cancellation: the delivery goes on without
 		// it. Its values (a trace) go on.
 		done <- s.attempt(context.WithoutCancel(ctx), a, d, user)
-	}()
+	})
 	deadline := newAlarm(s.cfg.Clock)
 	deadline.set(s.cfg.Clock.Now().Add(s.cfg.DeliveryTimeout), 0)
 	defer deadline.stop()
@@ -176,10 +176,10 @@ func (s *Server) drain(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			}
-			go func() {
+			s.workers.Go(func() {
 				defer func() { <-sem }()
 				s.resume(ctx, d)
-			}()
+			})
 		}
 	}
 }

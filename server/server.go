@@ -56,6 +56,8 @@ type Server struct {
 	bots   map[string]*webhook.Bot
 	botIDs []string
 	nudge  chan struct{}
+	// workers run deliveries (workers.go).
+	workers workers
 	// widget serves the web widget (docs/design.md §12).
 	widget *widget
 }
@@ -91,7 +93,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, dir: dir, health: health.NewServer(), stopping: make(chan struct{}), metrics: newMetrics(cfg.Metrics, cfg.Store),
-		hooks: map[string]bool{}, bots: bots, botIDs: botIDs, nudge: make(chan struct{}, 1)}
+		hooks: map[string]bool{}, bots: bots, botIDs: botIDs, nudge: make(chan struct{}, 1),
+		workers: newWorkers()}
 	for _, a := range cfg.Adapters {
 		s.hooks[hookPath(a)] = true
 	}
