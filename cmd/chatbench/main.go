@@ -111,7 +111,7 @@ func main() {
 	} else {
 		cfg.duration, cfg.idleNs, cfg.matchNs, cfg.matchFor, cfg.fanoutKs, cfg.fanoutFor =
 			4*time.Second, []int{1_000, 10_000, 100_000}, []int{0, 10_000, 100_000}, 5*time.Second, []int{1, 100, 1000}, 3*time.Second
-		cfg.eventNs = []int{10_000}
+		cfg.eventNs = []int{0, 10_000} // 0: the same path with no idle listeners, a baseline for the machine
 		cfg.widgetNs = []int{1_000, 10_000}
 	}
 	if *duration > 0 {
