@@ -2,6 +2,9 @@ package server_test
 
 import (
 	"fmt"
+	"html/template"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"testing"
@@ -13,6 +16,7 @@ import (
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/browsertest"
 	"github.com/chatrelay/chatrelay/internal/redistest"
+	"github.com/chatrelay/chatrelay/server"
 )
 
 // The widget in a real browser: the demo page, served by a real server,
@@ -132,6 +136,81 @@ func TestWidgetInABrowser(t *testing.T) {
 		tab.Screenshot(t.TempDir(), "widget-reconnected")
 	})
 
+	t.Run("with data-token-url the chat goes on past its token's expiry; without, it ends", func(t *testing.T) {
+		// The embedding site: its own origin and strict policy, a page per
+		// session, and the endpoint that answers a fresh token (held until
+		// the test lets it answer).
+		var ts *testServer
+		renewed, answer := make(chan string, 4), make(chan struct{})
+		site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			sid := r.URL.Query().Get("session")
+			switch r.URL.Path {
+			case "/page":
+				w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src "+ts.base+"; connect-src 'self' "+ts.base)
+				_ = sitePage.Execute(w, map[string]any{"Hub": ts.base, "Token": ts.widgetToken(sid),
+					"Renew": r.URL.Query().Get("renew") != "", "Session": sid})
+			case "/chat-token":
+				renewed <- sid
+				<-answer
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprintf(w, `{"token":%q}`, ts.widgetToken(sid))
+			default:
+				http.NotFound(w, r)
+			}
+		}))
+		defer site.Close()
+		defer close(answer) // lets a held answer go before the site closes, on failure
+		ts = start(t, nil, nil, withWidget(func(w *server.Widget) { w.AllowedOrigins = []string{site.URL} }))
+		renewing, plain := ts.webSession("visitor-1"), ts.webSession("visitor-2")
+		for _, ses := range []*pb.Session{renewing, plain} {
+			ts.post(ses.SessionId, "Before the token ran out")
+		}
+		withRenew, without := browser.Tab(t), browsertest.New(t).Tab(t) // a tab is a browser of its own
+		withRenew.Run(chromedp.Navigate(site.URL + "/page?renew=1&session=" + renewing.SessionId))
+		without.Run(chromedp.Navigate(site.URL + "/page?session=" + plain.SessionId))
+		for _, tab := range []*browsertest.Tab{withRenew, without} {
+			tab.WaitFor("the widget to connect", `document.querySelector('.crw')?.dataset.conn === 'live'`)
+			tab.WaitFor("the history", shown("Before the token ran out")+` === 1`)
+		}
+		// The page's answers, as the widget's calls see them.
+		browsertest.Eval[bool](withRenew, `(() => { const f = window.fetch; window.statuses = [];
+			window.fetch = (...a) => f(...a).then(r => { window.statuses.push(r.status); return r; }); return true; })()`)
+
+		ts.clk.Advance(time.Hour + time.Second) // past both tokens' expiry: the streams end
+		select {
+		case sid := <-renewed:
+			if sid != renewing.SessionId {
+				t.Fatalf("a fresh token was asked for session %s", sid)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the widget never asked its site for a fresh token")
+		}
+		without.WaitFor("the chat to end", `document.querySelector('.crw-conn').dataset.state === 'expired'`)
+		// Sent with the expired token while the site has not answered yet:
+		// refused, then sent again with the fresh one.
+		waiting, _ := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{SessionId: renewing.SessionId, TimeoutMinutes: 5})
+		withRenew.Run(chromedp.SendKeys(".crw-form input", "Sent while renewing"+kb.Enter))
+		withRenew.WaitFor("the send refused with the expired token", `window.statuses.includes(401)`)
+		answer <- struct{}{}
+		if s := recvOrFail(t, waiting.Recv).GetSuccess(); s.GetMessageText() != "Sent while renewing" {
+			t.Fatalf("the wait got %v", s)
+		}
+		withRenew.WaitFor("the reply confirmed", stateOf("Sent while renewing")+` === 'confirmed'`)
+		after := "After a fresh token"
+		ts.post(renewing.SessionId, after)
+		withRenew.WaitFor("the post after the expiry", shown(after)+` === 1`)
+		withRenew.WaitFor("the stream live", `document.querySelector('.crw').dataset.conn === 'live'`)
+		if n := browsertest.Eval[int](withRenew, `document.querySelectorAll('.crw-msg').length`); n != 3 {
+			t.Fatalf("%d messages on the renewed page, want 3 (each once)", n)
+		}
+		if n := browsertest.Eval[int](without, `document.querySelectorAll('.crw-msg').length`); n != 1 {
+			t.Fatalf("%d messages on the expired page, want 1", n)
+		}
+		wantNoProblems(t, withRenew)
+		wantNoProblems(t, without)
+		withRenew.Screenshot(t.TempDir(), "widget-renewed")
+	})
+
 	t.Run("on two replicas over Redis, the page on A shows a post made on B", func(t *testing.T) {
 		cl := startCluster(t, 2)
 		a, b := cl.replicas[0], cl.replicas[1]
@@ -152,3 +231,11 @@ func TestWidgetInABrowser(t *testing.T) {
 		tab.Screenshot(t.TempDir(), "widget-replicas")
 	})
 }
+
+// sitePage is a page of a site that embeds the widget, on an origin of its
+// own.
+var sitePage = template.Must(template.New("site").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>A shop</title></head>
+<body><h1>A shop</h1><div id="chat"></div>
+<script src="{{.Hub}}/widget.js" data-token="{{.Token}}" data-target="#chat"{{if .Renew}} data-token-url="/chat-token?session={{.Session}}"{{end}} defer></script>
+</body></html>`))

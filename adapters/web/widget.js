@@ -3,6 +3,10 @@
  *   <script src="https://relay.example.com/widget.js" data-token="TOKEN" defer></script>
  *
  * data-token   a token from CreateWidgetToken, bound to one web session
+ * data-token-url  where the page's own site answers a fresh token for the
+ *              same session when this one expires (GET, with the site's
+ *              cookies; the answer is CreateWidgetToken's JSON, {"token": …});
+ *              without it, an expired token ends the chat
  * data-target  a CSS selector to render into; default a panel fixed at the
  *              bottom right of the page
  * data-title   the panel's heading; default "Chat"
@@ -20,6 +24,8 @@
   var base = opts.base || script.src.replace(/\/widget\.js(?:[?#].*)?$/, '');
   var token = opts.token || '';
   var claims = readClaims(token);
+  var tokenUrl = opts.tokenUrl || '';
+  var renewing = null; // the token renewal in flight
 
   var CSS = [
     '.crw{box-sizing:border-box;display:flex;flex-direction:column;width:22rem;max-width:100%;height:28rem;',
@@ -202,6 +208,43 @@
     setState(li, m.direction === 'inbound' ? 'confirmed' : m.status);
   }
 
+  // renew asks the page's site for a fresh token for the same session
+  // (data-token-url): 'ok' once the widget has one, 'refused' when the site
+  // will not give one (the visitor's chat is over), 'error' when it could
+  // not be asked (try again later).
+  function renew() {
+    if (!tokenUrl) return Promise.resolve('refused');
+    if (!renewing) {
+      renewing = fetch(tokenUrl, { credentials: 'same-origin', cache: 'no-store' }).then(function (r) {
+        if (!r.ok) return r.status < 500 ? 'refused' : 'error';
+        return r.json().then(function (body) {
+          var c = readClaims(String(body.token || ''));
+          if (!c || c.session_id !== claims.session_id) return 'refused';
+          token = body.token;
+          claims = c;
+          return 'ok';
+        });
+      }).catch(function () {
+        return 'error';
+      }).then(function (got) {
+        renewing = null;
+        return got;
+      });
+    }
+    return renewing;
+  }
+
+  // expired is the stream's token running out: go on with a fresh one, from
+  // where the stream stopped, or end the chat.
+  function expired() {
+    renew().then(function (got) {
+      if (got === 'ok') return connect();
+      if (got === 'error') return retryLater(expired); // ask again, slower each time
+      setConn('expired');
+      finish();
+    });
+  }
+
   function send(text) {
     var li = item(true, text, new Date().toISOString());
     setState(li, 'sending');
@@ -211,7 +254,7 @@
 
   // post sends the visitor's text; a retry uses the same idempotency key, so
   // a message the server took before the failure is not taken twice.
-  function post(li, text, key) {
+  function post(li, text, key, renewed) {
     var retry = li.querySelector('button');
     if (retry) retry.remove();
     setState(li, 'sending');
@@ -220,11 +263,19 @@
       headers: { 'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json' },
       body: JSON.stringify({ text: text, idempotency_key: key })
     }).then(function (r) {
+      if (r.status === 401 && !renewed) { // the token expired: once more with a fresh one
+        return renew().then(function (got) {
+          if (got !== 'ok') throw new Error(CONN.expired);
+          post(li, text, key, true);
+          return null;
+        });
+      }
       return r.json().catch(function () { return {}; }).then(function (body) {
         if (!r.ok) throw new Error(body.message || 'HTTP ' + r.status);
         return body;
       });
     }).then(function (m) {
+      if (!m) return; // retried
       var seen = byId[m.id];
       if (seen && seen !== li) { // the stream was first
         li.remove();
@@ -268,11 +319,7 @@
     es.addEventListener('failed', function (e) {
       var f = JSON.parse(e.data);
       es.close();
-      if (f.reason === 'UNAUTHENTICATED') {
-        setConn('expired');
-        finish();
-        return;
-      }
+      if (f.reason === 'UNAUTHENTICATED') return expired();
       if (f.reason === 'HISTORY_TRIMMED') lastId = ''; // read what is retained; the page has the rest
       retryLater();
     });
@@ -283,18 +330,14 @@
         return;
       }
       es.close(); // the browser gave up (an HTTP error): try again, slower each time
-      if (claims.exp && claims.exp <= Date.now()) {
-        setConn('expired');
-        finish();
-        return;
-      }
+      if (claims.exp && claims.exp <= Date.now()) return expired();
       retryLater();
     };
   }
 
-  function retryLater() {
+  function retryLater(then) {
     setConn('reconnecting');
-    setTimeout(connect, backoff);
+    setTimeout(then || connect, backoff);
     backoff = Math.min(backoff * 2, 30000);
   }
 })();
