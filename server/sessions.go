@@ -381,10 +381,10 @@ func (w *watcher) recheck(resync bool, expiry *alarm) (over bool, err error) {
 		}
 		return false, nil
 	}
-	if !resync {
-		if err := w.catchUp(); err != nil {
-			return true, err
-		}
+	// Ended: the history is final now, and may hold messages appended
+	// since the catch-up above (by another replica, just before the end).
+	if err := w.catchUp(); err != nil {
+		return true, err
 	}
 	return true, w.ended(&ses)
 }

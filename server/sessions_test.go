@@ -424,3 +424,75 @@ func TestCursorsOnTrimmedHistoryAreRefused(t *testing.T) {
 		t.Fatalf("history %d messages, want the 3 retained", len(h))
 	}
 }
+
+// racingStore runs hook once, inside the next GetSession: what another
+// replica may do between two of a watcher's reads. It keeps the
+// subscriptions it hands out, so that a test can make one resync.
+type racingStore struct {
+	store.Store
+	mu   sync.Mutex
+	subs map[store.Topic]*store.Subscription
+	hook func()
+}
+
+func (s *racingStore) Subscribe(ctx context.Context, topic store.Topic) (*store.Subscription, error) {
+	sub, err := s.Store.Subscribe(ctx, topic)
+	if err == nil {
+		s.mu.Lock()
+		s.subs[topic] = sub
+		s.mu.Unlock()
+	}
+	return sub, err
+}
+
+func (s *racingStore) GetSession(ctx context.Context, tenant, id string) (store.Session, error) {
+	s.mu.Lock()
+	hook := s.hook
+	s.hook = nil
+	s.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	return s.Store.GetSession(ctx, tenant, id)
+}
+
+// A watcher that resyncs (a pub/sub reconnect) reads the history, then
+// whether the session goes on. A message appended and the session ended
+// between those two reads must still reach it, before the end.
+func TestWatchSessionMissesNothingAppendedJustBeforeTheEnd(t *testing.T) {
+	clk := clock.NewFake(epoch)
+	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	rs := &racingStore{Store: ms, subs: map[store.Topic]*store.Subscription{}}
+	ts := start(t, rs, clk)
+	ses := ts.createSession("u1")
+	st := ts.liveWatch(ses.SessionId)
+
+	last := make(chan string, 1)
+	rs.mu.Lock()
+	rs.hook = func() {
+		r, err := ts.chat.PostMessage(context.Background(), &pb.PostMessageRequest{SessionId: ses.SessionId, Message: "last words"})
+		if err != nil {
+			t.Errorf("PostMessage: %v", err)
+			last <- ""
+			return
+		}
+		last <- r.MessageId
+		if _, err := ms.CloseSession(context.Background(), "default", ses.SessionId); err != nil {
+			t.Errorf("CloseSession: %v", err)
+		}
+	}
+	sub := rs.subs[store.SessionTopic("default", ses.SessionId)]
+	rs.mu.Unlock()
+	sub.Resync()
+
+	if got := recvOrFail(t, st.Recv); got.GetMessage().GetMessageId() != <-last {
+		t.Fatalf("the watcher got %v, want the message appended just before the end", got)
+	}
+	if got := recvOrFail(t, st.Recv).GetEnded(); got.GetState() != pb.SessionState_SESSION_STATE_CLOSED {
+		t.Fatalf("then %v, want the end", got)
+	}
+}
