@@ -210,7 +210,7 @@ func (b *batcher) send(batch []*batchReq) {
 	if len(units) == 1 {
 		u := units[0]
 		keys, args := u.call()
-		u.deliver(forClient(b.c, u[0].sc).Run(ctx, b.c, keys, args...))
+		u.deliver(runScript(ctx, b.c, u[0].sc, keys, args...))
 		return
 	}
 	p := b.c.Pipeline()

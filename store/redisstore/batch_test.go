@@ -216,7 +216,7 @@ func TestMalformedPostAnswersAreErrors(t *testing.T) {
 
 // slowScript holds Redis for ARGV[1] milliseconds, then counts its call in
 // KEYS[1]: a pipeline in flight for as long as a test needs.
-var slowScript = redis.NewScript(`
+var slowScript = newScript(`
 local t = redis.call('TIME')
 local start = t[1] * 1000 + t[2] / 1000
 repeat

@@ -22,17 +22,30 @@ func LoadScripts(ctx context.Context, c redis.Scripter) error {
 }
 
 // ScriptHash is the SHA of the script a store op runs, for tests that
-// break one (storetest.RunFaults).
+// break one (storetest.RunFaults); ClusterScriptHash is its SHA as a
+// Cluster runs it.
 func ScriptHash(op string) string {
-	return map[string]string{
-		"post":      postScript.Hash(),
-		"ingest":    ingestScript.Hash(),
-		"resolve":   resolveScript.Hash(),
-		"chatbot":   chatbotWriteScript.Hash(),
-		"create":    createScript.Hash(),
-		"close":     closeScript.Hash(),
-		"status":    statusScript.Hash(),
-		"cancel":    listenerCancelScript.Hash(),
-		"botfinish": botFinishScript.Hash(),
-	}[op]
+	if sc := opScripts[op]; sc != nil {
+		return sc.Hash()
+	}
+	return ""
+}
+
+func ClusterScriptHash(op string) string {
+	if sc := opScripts[op]; sc != nil {
+		return shardedScripts[sc].Hash()
+	}
+	return ""
+}
+
+var opScripts = map[string]*redis.Script{
+	"post":      postScript,
+	"ingest":    ingestScript,
+	"resolve":   resolveScript,
+	"chatbot":   chatbotWriteScript,
+	"create":    createScript,
+	"close":     closeScript,
+	"status":    statusScript,
+	"cancel":    listenerCancelScript,
+	"botfinish": botFinishScript,
 }

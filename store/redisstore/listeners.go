@@ -154,10 +154,10 @@ func (s *Store) matchEarlier(ctx context.Context, l store.Listener) (store.Liste
 	keys := []string{s.listenerKey(l.ID)}
 	switch {
 	case best != nil:
-		err = forClient(s.c, resolveScript).Run(ctx, s.c, keys, best.CreatedAt.UnixMilli(), "m", bestRaw,
+		err = runScript(ctx, s.c, resolveScript, keys, best.CreatedAt.UnixMilli(), "m", bestRaw,
 			ms(s.o.OutcomeRetention), s.listenerChannel(l.Tenant, l.ID), best.ID, 0).Err()
 	case mismatch:
-		err = forClient(s.c, resolveScript).Run(ctx, s.c, keys, s.now(), "x", "",
+		err = runScript(ctx, s.c, resolveScript, keys, s.now(), "x", "",
 			ms(s.o.OutcomeRetention), s.listenerChannel(l.Tenant, l.ID), "", 0).Err()
 	default:
 		return l, nil

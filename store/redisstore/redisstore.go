@@ -320,14 +320,14 @@ func unavailable(err error) error {
 // piped queues sc on pipe by its SHA. The function it returns, called
 // after the pipeline ran, gives the script's answer, running the script
 // through c if Redis had lost its script cache (a restart).
-func piped(ctx context.Context, c redis.Scripter, pipe redis.Pipeliner, sc *redis.Script, keys []string, args ...any) func() *redis.Cmd {
-	sc = forClient(c, sc)
-	cmd := sc.EvalSha(ctx, pipe, keys, args...)
+func piped(ctx context.Context, c redis.UniversalClient, pipe redis.Pipeliner, sc *redis.Script, keys []string, args ...any) func() *redis.Cmd {
+	cmd := scriptCall(ctx, forClient(c, sc), false, keys, args)
+	_ = pipe.Process(ctx, cmd)
 	return func() *redis.Cmd {
 		if isNoScript(cmd.Err()) {
-			cmd = sc.Run(ctx, c, keys, args...)
+			return runScript(ctx, c, sc, keys, args...)
 		}
-		return cmd
+		return cmd.Cmd
 	}
 }
 

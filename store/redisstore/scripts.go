@@ -1,6 +1,8 @@
 package redisstore
 
 import (
+	"context"
+
 	"embed"
 	"strings"
 
@@ -21,12 +23,21 @@ import (
 var luaFiles embed.FS
 
 // script loads lua/<name>.lua, after the prelude every script shares.
-func script(name string) *redis.Script {
-	src := lua("prelude") + lua(name)
+func script(name string) *redis.Script { return newScript(lua("prelude") + lua(name)) }
+
+// newScript is the script src, registered with its Cluster form and both
+// texts.
+func newScript(src string) *redis.Script {
 	sc := redis.NewScript(src)
-	shardedScripts[sc] = redis.NewScript(strings.ReplaceAll(src, "redis.call('PUBLISH',", "redis.call('SPUBLISH',"))
+	sharded := strings.ReplaceAll(src, "redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+	shardedScripts[sc] = redis.NewScript(sharded)
+	sources[sc.Hash()], sources[shardedScripts[sc].Hash()] = src, sharded
 	return sc
 }
+
+// sources are the scripts' texts by SHA, for Redis that lost its script
+// cache.
+var sources = map[string]string{}
 
 // shardedScripts are the scripts as a Cluster runs them: publishing with
 // SPUBLISH, so that an event reaches only the nodes of its channel's shard
@@ -82,3 +93,42 @@ var (
 // postCommon is the number of ARGV postScript takes once, before the
 // posts' own; postEach, the number each post adds.
 const postCommon, postEach = 5, 9
+
+// scriptCmd is a script call that go-redis must not send twice. On a
+// Cluster it re-sends a command whose connection broke (EOF, a timeout) up
+// to max_redirects times, and a script that ran before its reply was lost
+// would run again: an append without an idempotency key, twice. (A
+// standalone or Sentinel client is made with no retries at all.) A call
+// broken so fails with ErrUnavailable, and its caller retries it with its
+// idempotency key (docs/design.md §7).
+type scriptCmd struct{ *redis.Cmd }
+
+func (scriptCmd) NoRetry() bool { return true }
+
+// scriptCall is EVALSHA of sc, or with eval EVAL of its text.
+func scriptCall(ctx context.Context, sc *redis.Script, eval bool, keys []string, args []any) scriptCmd {
+	a := make([]any, 0, 3+len(keys)+len(args))
+	if eval {
+		a = append(a, "eval", sources[sc.Hash()], len(keys))
+	} else {
+		a = append(a, "evalsha", sc.Hash(), len(keys))
+	}
+	for _, k := range keys {
+		a = append(a, k)
+	}
+	return scriptCmd{redis.NewCmd(ctx, append(a, args...)...)}
+}
+
+// runScript runs sc through c by its SHA, and by its text if Redis had
+// lost its script cache (a restart): a NOSCRIPT answer means it did not
+// run.
+func runScript(ctx context.Context, c redis.UniversalClient, sc *redis.Script, keys []string, args ...any) *redis.Cmd {
+	sc = forClient(c, sc)
+	cmd := scriptCall(ctx, sc, false, keys, args)
+	_ = c.Process(ctx, cmd)
+	if isNoScript(cmd.Err()) {
+		cmd = scriptCall(ctx, sc, true, keys, args)
+		_ = c.Process(ctx, cmd)
+	}
+	return cmd.Cmd
+}

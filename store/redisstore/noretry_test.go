@@ -1,0 +1,156 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatrelay/chatrelay/internal/redistest"
+	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/store/redisstore"
+)
+
+// clusterThroughProxies is the production Cluster client (NewClient's
+// settings) with every node reached through a proxy of its own, and a
+// store on it.
+func clusterThroughProxies(t *testing.T, rc *redistest.Cluster) (*redisstore.Store, map[string]*redistest.Proxy) {
+	t.Helper()
+	prod, err := redisstore.NewClient(rc.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := *prod.(*redis.ClusterClient).Options()
+	_ = prod.Close()
+	proxies := map[string]*redistest.Proxy{}
+	for _, addr := range rc.Addrs() {
+		proxies[addr] = redistest.NewProxy(t, addr)
+	}
+	o.Addrs = []string{proxies[rc.Addrs()[0]].Addr}
+	o.ReadTimeout = 300 * time.Millisecond
+	o.NewClient = func(no *redis.Options) *redis.Client {
+		if p, ok := proxies[no.Addr]; ok { // a node, as CLUSTER SLOTS names it
+			no.Addr = p.Addr
+		}
+		return redis.NewClient(no)
+	}
+	c := redis.NewClusterClient(&o)
+	s, err := redisstore.New(c, redisstore.Options{Prefix: fmt.Sprintf("nr%d", prefixes.Add(1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = s.Close()
+		_ = c.Close()
+	})
+	if err := redisstore.LoadScripts(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	return s, proxies
+}
+
+// On a Cluster, go-redis sends a command again when its connection breaks
+// (up to max_redirects times). A post whose reply is lost ran once in Redis:
+// it must fail (the store cannot know it ran), not run a second time. With
+// no idempotency key, a second run would be a second message.
+func TestClusterRunsAScriptOnceWhenItsReplyIsLost(t *testing.T) {
+	t.Parallel()
+	for _, fault := range []redistest.Fault{redistest.DropReply, redistest.StallReply} {
+		t.Run(fault.String(), func(t *testing.T) {
+			s, proxies := clusterThroughProxies(t, redistest.SharedCluster(t))
+			ctx := context.Background()
+			ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A first post, so the client knows where the session lives.
+			if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "first", Status: store.StatusDelivered}); err != nil {
+				t.Fatal(err)
+			}
+			var tripped []<-chan struct{}
+			for _, p := range proxies { // the session's node's proxy catches it
+				tripped = append(tripped, p.Break(redisstore.ClusterScriptHash("post"), fault))
+			}
+			_, _, err = s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "once", Status: store.StatusDelivered})
+			struck := 0
+			for _, c := range tripped {
+				select {
+				case <-c:
+					struck++
+				default:
+				}
+			}
+			if struck != 1 {
+				t.Fatalf("the fault struck %d times", struck)
+			}
+			if err == nil {
+				t.Fatal("a post whose reply was lost answered no error: go-redis ran it again")
+			}
+			for _, p := range proxies {
+				p.Restore()
+			}
+			msgs, err := s.ListMessages(ctx, "t", ses.ID, "", 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(msgs) != 2 {
+				t.Fatalf("%d messages after two posts, want 2", len(msgs))
+			}
+		})
+	}
+}
+
+// A Redis that lost its script cache (a restart) runs every script by its
+// text, once, on one server and on a Cluster.
+func TestScriptsRunAfterRedisLostItsScriptCache(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rc := redistest.SharedCluster(t)
+	for name, url := range map[string]string{"standalone": "redis://" + srv.Addr, "cluster": rc.URL()} {
+		t.Run(name, func(t *testing.T) {
+			c, err := redisstore.NewClient(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s, err := redisstore.New(c, redisstore.Options{Prefix: fmt.Sprintf("flush%d", prefixes.Add(1))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			flush := func() {
+				t.Helper()
+				var err error
+				if cc, ok := c.(*redis.ClusterClient); ok {
+					err = cc.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error { return n.ScriptFlush(ctx).Err() })
+				} else {
+					err = c.ScriptFlush(ctx).Err()
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			flush()
+			ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			flush()
+			if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "one", Status: store.StatusDelivered}); err != nil {
+				t.Fatal(err)
+			}
+			flush()
+			if _, err := s.Ingest(ctx, store.InboundMessage{Tenant: "t", Platform: "api", Channel: "api", User: "u1", Text: "two"}); err != nil {
+				t.Fatal(err)
+			}
+			flush()
+			msgs, err := s.ListMessages(ctx, "t", ses.ID, "", 10)
+			if err != nil || len(msgs) != 2 {
+				t.Fatalf("history %d messages, %v; want 2", len(msgs), err)
+			}
+		})
+	}
+}
