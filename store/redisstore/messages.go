@@ -150,6 +150,8 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	args := []any{now.UnixMilli(), in.Tenant, in.Platform, in.Channel, in.User, in.SessionID, newSID,
 		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix, slotp,
 		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), s.scriptActivityKey(in.Tenant), botsArg(in.Bots), in.Thread}
+	args = append(args, s.scriptOutboxKeys()...)
+	args = append(args, botDelivery)
 
 	pipe := s.c.Pipeline()
 	answer := s.inPipe(ctx, pipe, ingestScript, []string{key}, args...)
@@ -177,7 +179,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	if err := s.trackActivity(ctx, in.Tenant, res.Session.ID, res.Message.CreatedAt); err != nil {
 		return res, err
 	}
-	if queuedForBot(&res.Session, in.Bots) {
+	if queuedForBot(&res.Session, in.Bots) && !s.single() {
 		if err := s.scheduleBot(ctx, in.Tenant, res.Session.ID); err != nil {
 			return res, err
 		}
@@ -220,8 +222,9 @@ func (s *Store) finishReplay(ctx context.Context, in store.InboundMessage, idemK
 	if err != nil {
 		return res, err
 	}
-	if queuedForBot(&res.Session, in.Bots) {
-		// The first call may have died before it scheduled the queue.
+	if queuedForBot(&res.Session, in.Bots) && !s.single() {
+		// On a Cluster the first call may have died before it scheduled
+		// the queue (on one server its script did).
 		if err := s.scheduleBot(ctx, in.Tenant, res.Session.ID); err != nil {
 			return res, err
 		}

@@ -154,3 +154,40 @@ func TestScriptsRunAfterRedisLostItsScriptCache(t *testing.T) {
 		})
 	}
 }
+
+// On one Redis, an ingest into a session a chatbot runs makes the bot's
+// queue due in the same script as the append: an ingest whose caller never
+// hears back (its reply lost, and no retry) still reaches the bot.
+func TestAnIngestForAChatbotIsDueThoughItsCallerNeverHearsBack(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	proxy := redistest.NewProxy(t, srv.Addr)
+	c := redis.NewClient(&redis.Options{Addr: proxy.Addr, MaxRetries: -1, ReadTimeout: 300 * time.Millisecond})
+	defer c.Close()
+	ctx := context.Background()
+	if err := redisstore.LoadScripts(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	s, err := redisstore.New(c, redisstore.Options{Prefix: fmt.Sprintf("bq%d", prefixes.Add(1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.StartChatbot(ctx, store.ChatbotStart{Tenant: "t", Platform: "api", Channel: "api", User: "u1", ChatbotID: "bot1",
+		Greeting:       func(store.Session, store.Contact) store.Outgoing { return store.Outgoing{Text: "Hi, I'm a bot"} },
+		GreetingStatus: store.StatusDelivered}); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Break(redisstore.ScriptHash("ingest"), redistest.DropReply)
+	in := store.InboundMessage{Tenant: "t", Platform: "api", Channel: "api", User: "u1", Text: "hi bot", Bots: []string{"bot1"}}
+	if _, err := s.Ingest(ctx, in); err == nil {
+		t.Fatal("an ingest whose reply was lost answered no error")
+	}
+	cs, err := s.ClaimDeliveries(ctx, 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 1 || cs[0].Bot == nil || cs[0].Message.Text != "hi bot" {
+		t.Fatalf("claims %+v; want the message, for its chatbot", cs)
+	}
+}

@@ -278,6 +278,16 @@ func (s *Store) scriptActivityKey(tenant string) string {
 	return ""
 }
 
+// scriptOutboxKeys are the outbox and its attempts, for a script that
+// makes a delivery due itself: on one server; on a Cluster (another slot)
+// they are "" and the caller does it.
+func (s *Store) scriptOutboxKeys() []any {
+	if s.single() {
+		return []any{s.outboxKey(), s.attemptsKey()}
+	}
+	return []any{"", ""}
+}
+
 // trackActivity moves a session up the tenant's activity index when a
 // script could not (Cluster): 1 round trip there, none on one server.
 func (s *Store) trackActivity(ctx context.Context, tenant, sid string, at time.Time) error {

@@ -5,9 +5,11 @@
 -- none), new sid, ttl, ret, limit, rnd, suffix, slotp, event prefix,
 -- idempotency key, fingerprint, idempotency ttl, the tenant's activity index
 -- ('' on Cluster), the chatbots that run on webhooks (' a b ', or ''), the
--- message's thread ('' for none). A message of a session such a chatbot
--- runs is queued for it: bq:<sid>, a list of "<message id> <seq> <chatbot
--- id>" (docs/design.md §9).
+-- message's thread ('' for none), the outbox and its attempts ('' on
+-- Cluster), the chatbot queue's delivery id. A message of a session such a
+-- chatbot runs is queued for it: bq:<sid>, a list of "<message id> <seq>
+-- <chatbot id>" (docs/design.md §9); on one server the queue is made due
+-- here too, so an ingest whose caller goes away still reaches the bot.
 local now, slotp = tonumber(ARGV[1]), ARGV[13]
 local prev = idem(ARGV[15], ARGV[16], now)
 if prev then return prev end
@@ -35,6 +37,11 @@ if num(rec.st) == 2 and rec.bot ~= '' and string.find(ARGV[19], ' ' .. rec.bot .
   local bq = slotp .. 'bq:' .. rec.id
   redis.call('RPUSH', bq, rec.lid .. ' ' .. itoa(num(rec.seq)) .. ' ' .. rec.bot)
   expire(bq, ttl + ret)
+  if ARGV[21] ~= '' then
+    local member = ARGV[2] .. ' ' .. rec.id .. ' ' .. ARGV[23]
+    redis.call('ZADD', ARGV[21], 'NX', now, member)
+    redis.call('HSETNX', ARGV[22], member, 0)
+  end
 end
 -- The user's last word: WhatsApp's reply window runs from it, and replies
 -- go to its thread.
