@@ -172,10 +172,11 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	default:
 		return store.IngestResult{}, codeErr(code)
 	}
-	res, rawMsg, err := decodeIngest(out[0], now)
+	res, wire, err := decodeIngest(out[0], now)
 	if err != nil {
 		return res, err
 	}
+	rawMsg := string(wire.Message)
 	if err := s.trackActivity(ctx, in.Tenant, res.Session.ID, res.Message.CreatedAt); err != nil {
 		return res, err
 	}
@@ -208,7 +209,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 		return res, err
 	}
 	if len(res.Matched) > 0 && idemKey != "" {
-		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, out[0], res.Matched)
+		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, wire, res.Matched)
 	}
 	return res, nil
 }
@@ -217,11 +218,12 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 // after deciding, again, every listener the message matches that was
 // registered by the time it was appended.
 func (s *Store) finishReplay(ctx context.Context, in store.InboundMessage, idemKey, raw string, now time.Time) (store.IngestResult, error) {
-	res, rawMsg, err := decodeIngest(raw, now)
+	res, wire, err := decodeIngest(raw, now)
 	res.Replayed = true
 	if err != nil {
 		return res, err
 	}
+	rawMsg := string(wire.Message)
 	if queuedForBot(&res.Session, in.Bots) && !s.single() {
 		// On a Cluster the first call may have died before it scheduled
 		// the queue (on one server its script did).
@@ -243,7 +245,7 @@ func (s *Store) finishReplay(ctx context.Context, in store.InboundMessage, idemK
 	}
 	if all := union(res.Matched, matched); len(all) != len(res.Matched) {
 		res.Matched = all
-		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, raw, all)
+		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, wire, all)
 	}
 	return res, nil
 }
@@ -301,39 +303,47 @@ func union(a, b []string) []string {
 
 // decodeIngest reads the ingest script's result, and returns the message's
 // own JSON too, for the listeners it resolves.
-func decodeIngest(raw string, now time.Time) (store.IngestResult, string, error) {
-	var w struct {
-		Message json.RawMessage `json:"m"`
-		Session json.RawMessage `json:"s"`
-		Started bool            `json:"started"`
-		Matched []string        `json:"matched"`
-	}
+func decodeIngest(raw string, now time.Time) (store.IngestResult, *ingestWire, error) {
+	var w ingestWire
 	if err := json.Unmarshal([]byte(raw), &w); err != nil {
-		return store.IngestResult{}, "", fmt.Errorf("redisstore: ingest result: %w", err)
+		return store.IngestResult{}, nil, fmt.Errorf("redisstore: ingest result: %w", err)
 	}
 	var r store.IngestResult
 	var err error
 	if r.Message, err = decodeMessage(string(w.Message)); err != nil {
-		return r, "", err
+		return r, nil, err
 	}
 	if r.Session, err = decodeSession(string(w.Session), now); err != nil {
-		return r, "", err
+		return r, nil, err
 	}
 	r.SessionStarted, r.Matched = w.Started, w.Matched
-	return r, string(w.Message), nil
+	return r, &w, nil
+}
+
+// ingestWire is the ingest script's answer (ingest.lua), as the
+// idempotency record keeps it: with the listeners the message matched,
+// once they are known.
+type ingestWire struct {
+	Message json.RawMessage `json:"m"`
+	Session json.RawMessage `json:"s"`
+	Started bool            `json:"started"`
+	Matched []string        `json:"matched,omitempty"`
 }
 
 // rememberMatched adds the matched listeners to the idempotency record, so
 // a replay reports them as the first call did. Best effort: the record
 // itself was written atomically with the message.
-func (s *Store) rememberMatched(ctx context.Context, key, fp string, now time.Time, result string, matched []string) {
-	var w map[string]json.RawMessage
-	if json.Unmarshal([]byte(result), &w) != nil {
+func (s *Store) rememberMatched(ctx context.Context, key, fp string, now time.Time, w *ingestWire, matched []string) {
+	w.Matched = matched
+	res, err := json.Marshal(w)
+	if err != nil {
 		return
 	}
-	w["matched"], _ = json.Marshal(matched)
-	res, _ := json.Marshal(w)
-	rec, _ := json.Marshal(map[string]any{"fp": fp, "exp": now.Add(s.o.IdempotencyTTL).UnixMilli(), "res": string(res)})
+	rec, _ := json.Marshal(struct {
+		FP  string `json:"fp"`
+		Exp int64  `json:"exp"`
+		Res string `json:"res"`
+	}{fp, now.Add(s.o.IdempotencyTTL).UnixMilli(), string(res)})
 	if err := s.c.Set(ctx, key, rec, redis.KeepTTL).Err(); err != nil {
 		s.o.Logger.Warn("cannot record matched listeners for an idempotency key", "err", err)
 	}
