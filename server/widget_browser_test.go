@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -211,6 +212,54 @@ func TestWidgetInABrowser(t *testing.T) {
 		withRenew.Screenshot(t.TempDir(), "widget-renewed")
 	})
 
+	t.Run("a site that gives no fresh token, or sends the page to its login, ends the chat after one ask", func(t *testing.T) {
+		var ts *testServer
+		var mu sync.Mutex
+		first, asked := map[string]string{}, map[string]int{} // by session: the page's token, token asks
+		site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			sid := r.URL.Query().Get("session")
+			mu.Lock()
+			defer mu.Unlock()
+			switch r.URL.Path {
+			case "/page":
+				first[sid] = ts.widgetToken(sid)
+				w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src "+ts.base+"; connect-src 'self' "+ts.base)
+				_ = sitePage.Execute(w, map[string]any{"Hub": ts.base, "Token": first[sid], "Renew": true, "Session": sid,
+					"Login": r.URL.Query().Get("login") != ""})
+			case "/chat-token":
+				asked[sid]++
+				if r.URL.Query().Get("login") != "" {
+					http.Redirect(w, r, "/login", http.StatusFound)
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprintf(w, `{"token":%q}`, first[sid]) // the one the page has, expired
+			case "/login":
+				fmt.Fprint(w, "<!doctype html><title>Sign in</title>")
+			}
+		}))
+		defer site.Close()
+		ts = start(t, nil, nil, withWidget(func(w *server.Widget) { w.AllowedOrigins = []string{site.URL} }))
+		same, login := ts.webSession("visitor-1"), ts.webSession("visitor-2")
+		tabs := map[string]*browsertest.Tab{same.SessionId: browser.Tab(t), login.SessionId: browsertest.New(t).Tab(t)}
+		tabs[same.SessionId].Run(chromedp.Navigate(site.URL + "/page?session=" + same.SessionId))
+		// data-token-url is the page's own; this one's site sends it to sign in.
+		tabs[login.SessionId].Run(chromedp.Navigate(site.URL + "/page?session=" + login.SessionId + "&login=1"))
+		for _, tab := range tabs {
+			tab.WaitFor("the widget to connect", `document.querySelector('.crw')?.dataset.conn === 'live'`)
+		}
+		ts.clk.Advance(time.Hour + time.Second)
+		for _, tab := range tabs {
+			tab.WaitFor("the chat to end", `document.querySelector('.crw-conn').dataset.state === 'expired'`)
+			wantNoProblems(t, tab)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if asked[same.SessionId] != 1 || asked[login.SessionId] != 1 {
+			t.Fatalf("the sites were asked for a token %d and %d times, want once each", asked[same.SessionId], asked[login.SessionId])
+		}
+	})
+
 	t.Run("on two replicas over Redis, the page on A shows a post made on B", func(t *testing.T) {
 		cl := startCluster(t, 2)
 		a, b := cl.replicas[0], cl.replicas[1]
@@ -237,5 +286,5 @@ func TestWidgetInABrowser(t *testing.T) {
 var sitePage = template.Must(template.New("site").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>A shop</title></head>
 <body><h1>A shop</h1><div id="chat"></div>
-<script src="{{.Hub}}/widget.js" data-token="{{.Token}}" data-target="#chat"{{if .Renew}} data-token-url="/chat-token?session={{.Session}}"{{end}} defer></script>
+<script src="{{.Hub}}/widget.js" data-token="{{.Token}}" data-target="#chat"{{if .Renew}} data-token-url="/chat-token?session={{.Session}}{{if .Login}}&amp;login=1{{end}}"{{end}} defer></script>
 </body></html>`))

@@ -26,6 +26,7 @@
   var claims = readClaims(token);
   var tokenUrl = opts.tokenUrl || '';
   var renewing = null; // the token renewal in flight
+  var renewals = 0; // tokens renewed since the stream last opened
 
   var CSS = [
     '.crw{box-sizing:border-box;display:flex;flex-direction:column;width:22rem;max-width:100%;height:28rem;',
@@ -210,19 +211,24 @@
 
   // renew asks the page's site for a fresh token for the same session
   // (data-token-url): 'ok' once the widget has one, 'refused' when the site
-  // will not give one (the visitor's chat is over), 'error' when it could
-  // not be asked (try again later).
+  // will not give one (a refusal, a redirect to its login, not a fresh
+  // token of this session: the visitor's chat is over), 'error' when it
+  // could not be asked or was busy (try again later).
   function renew() {
     if (!tokenUrl) return Promise.resolve('refused');
     if (!renewing) {
-      renewing = fetch(tokenUrl, { credentials: 'same-origin', cache: 'no-store' }).then(function (r) {
-        if (!r.ok) return r.status < 500 ? 'refused' : 'error';
+      renewing = fetch(tokenUrl, { credentials: 'same-origin', cache: 'no-store', redirect: 'manual' }).then(function (r) {
+        if (r.status === 408 || r.status === 429 || r.status >= 500) return 'error';
+        if (!r.ok) return 'refused';
         return r.json().then(function (body) {
-          var c = readClaims(String(body.token || ''));
-          if (!c || c.session_id !== claims.session_id) return 'refused';
-          token = body.token;
+          var t = body && typeof body.token === 'string' ? body.token : '';
+          var c = readClaims(t);
+          if (!c || c.session_id !== claims.session_id || t === token) return 'refused';
+          token = t;
           claims = c;
           return 'ok';
+        }, function () {
+          return 'refused';
         });
       }).catch(function () {
         return 'error';
@@ -238,7 +244,9 @@
   // where the stream stopped, or end the chat.
   function expired() {
     renew().then(function (got) {
-      if (got === 'ok') return connect();
+      // A fresh token the stream does not take either, thrice: give up.
+      if (got === 'ok' && ++renewals > 3) got = 'refused';
+      if (got === 'ok') return renewals > 1 ? retryLater() : connect();
       if (got === 'error') return retryLater(expired); // ask again, slower each time
       setConn('expired');
       finish();
@@ -258,13 +266,14 @@
     var retry = li.querySelector('button');
     if (retry) retry.remove();
     setState(li, 'sending');
+    var sent = token;
     fetch(base + '/widget/v1/messages?session_id=' + encodeURIComponent(claims.session_id), {
       method: 'POST',
-      headers: { 'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json' },
+      headers: { 'Authorization': 'Bearer ' + sent, 'Content-Type': 'application/json' },
       body: JSON.stringify({ text: text, idempotency_key: key })
     }).then(function (r) {
       if (r.status === 401 && !renewed) { // the token expired: once more with a fresh one
-        return renew().then(function (got) {
+        return (token !== sent ? Promise.resolve('ok') : renew()).then(function (got) {
           if (got !== 'ok') throw new Error(CONN.expired);
           post(li, text, key, true);
           return null;
@@ -303,6 +312,7 @@
     es.onopen = function () {
       setConn('live');
       backoff = 1000;
+      renewals = 0;
     };
     es.onmessage = function (e) {
       if (e.lastEventId) lastId = e.lastEventId;
