@@ -48,4 +48,5 @@ var opScripts = map[string]*redis.Script{
 	"status":    statusScript,
 	"cancel":    listenerCancelScript,
 	"botfinish": botFinishScript,
+	"list":      listScript,
 }

@@ -224,9 +224,10 @@ func (s *Store) finishReplay(ctx context.Context, in store.InboundMessage, idemK
 		return res, err
 	}
 	rawMsg := string(wire.Message)
-	if queuedForBot(&res.Session, in.Bots) && !s.single() {
-		// On a Cluster the first call may have died before it scheduled
-		// the queue (on one server its script did).
+	if queuedForBot(&res.Session, in.Bots) {
+		// The first call may have died before it scheduled the queue: on
+		// a Cluster, or on one server a replica from before the script
+		// did it itself. Scheduling is idempotent (ZADD NX).
 		if err := s.scheduleBot(ctx, in.Tenant, res.Session.ID); err != nil {
 			return res, err
 		}

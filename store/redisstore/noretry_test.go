@@ -102,6 +102,37 @@ func TestClusterRunsAScriptOnceWhenItsReplyIsLost(t *testing.T) {
 	}
 }
 
+// A script that only reads keeps go-redis's retries on a Cluster: a history
+// read whose reply is lost is answered by the retry.
+func TestClusterRetriesAReadWhoseReplyIsLost(t *testing.T) {
+	t.Parallel()
+	s, proxies := clusterThroughProxies(t, redistest.SharedCluster(t))
+	ctx := context.Background()
+	ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "one", Status: store.StatusDelivered}); err != nil {
+		t.Fatal(err)
+	}
+	var tripped []<-chan struct{}
+	for _, p := range proxies {
+		tripped = append(tripped, p.Break(redisstore.ClusterScriptHash("list"), redistest.DropReply))
+	}
+	msgs, err := s.ListMessages(ctx, "t", ses.ID, "", 10)
+	struck := 0
+	for _, c := range tripped {
+		select {
+		case <-c:
+			struck++
+		default:
+		}
+	}
+	if struck != 1 || err != nil || len(msgs) != 1 {
+		t.Fatalf("with the fault struck %d times: %d messages, %v; want the read retried", struck, len(msgs), err)
+	}
+}
+
 // A Redis that lost its script cache (a restart) runs every script by its
 // text, once, on one server and on a Cluster.
 func TestScriptsRunAfterRedisLostItsScriptCache(t *testing.T) {

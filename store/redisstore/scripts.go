@@ -94,16 +94,29 @@ var (
 // posts' own; postEach, the number each post adds.
 const postCommon, postEach = 5, 9
 
-// scriptCmd is a script call that go-redis must not send twice. On a
-// Cluster it re-sends a command whose connection broke (EOF, a timeout) up
-// to max_redirects times, and a script that ran before its reply was lost
-// would run again: an append without an idempotency key, twice. (A
-// standalone or Sentinel client is made with no retries at all.) A call
-// broken so fails with ErrUnavailable, and its caller retries it with its
-// idempotency key (docs/design.md §7).
-type scriptCmd struct{ *redis.Cmd }
+// scriptCmd is a script call, which go-redis must not send twice if it
+// writes. On a Cluster it re-sends a command whose connection broke (EOF,
+// a timeout) up to max_redirects times, and a script that ran before its
+// reply was lost would run again: an append without an idempotency key,
+// twice. (A standalone or Sentinel client is made with no retries at all.)
+// A write broken so fails with ErrUnavailable, and its caller retries it
+// with its idempotency key (docs/design.md §7). A script that only reads
+// keeps go-redis's retries, through a failover's TRYAGAIN or a dead node.
+type scriptCmd struct {
+	*redis.Cmd
+	reads bool
+}
 
-func (scriptCmd) NoRetry() bool { return true }
+func (c scriptCmd) NoRetry() bool { return !c.reads }
+
+// readOnly are the scripts that write nothing.
+var readOnly = map[*redis.Script]bool{}
+
+func init() {
+	for _, sc := range []*redis.Script{chatbotReadScript, readDeliveryScript, listScript, recentScript} {
+		readOnly[sc], readOnly[shardedScripts[sc]] = true, true
+	}
+}
 
 // scriptCall is EVALSHA of sc, or with eval EVAL of its text.
 func scriptCall(ctx context.Context, sc *redis.Script, eval bool, keys []string, args []any) scriptCmd {
@@ -116,7 +129,7 @@ func scriptCall(ctx context.Context, sc *redis.Script, eval bool, keys []string,
 	for _, k := range keys {
 		a = append(a, k)
 	}
-	return scriptCmd{redis.NewCmd(ctx, append(a, args...)...)}
+	return scriptCmd{redis.NewCmd(ctx, append(a, args...)...), readOnly[sc]}
 }
 
 // runScript runs sc through c by its SHA, and by its text if Redis had
