@@ -38,9 +38,10 @@ var sharedDepartures = sync.OnceValues(func() (*departures, error) {
 })
 
 // watchDeparture calls gone, once, when conn's peer goes away or sends
-// anything. The returned stop must be called before conn is closed; after
-// it, gone is not called. Where conn has no descriptor to watch, it falls
-// back to a goroutine blocked in a read.
+// anything. The returned stop must be called before conn is closed; gone
+// may still run once, just after a stop that raced it, so it must be
+// harmless then (a context's cancel). Where conn has no descriptor to
+// watch, it falls back to a goroutine blocked in a read.
 func watchDeparture(conn net.Conn, gone func()) (stop func()) {
 	d, err := sharedDepartures()
 	sc, ok := conn.(syscall.Conn)
