@@ -51,6 +51,41 @@ func clusterThroughProxies(t *testing.T, rc *redistest.Cluster) (*redisstore.Sto
 	return s, proxies
 }
 
+// postedSession is a session with one post: the client knows where it
+// lives.
+func postedSession(t *testing.T, s *redisstore.Store) string {
+	t.Helper()
+	ctx := context.Background()
+	ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "first", Status: store.StatusDelivered}); err != nil {
+		t.Fatal(err)
+	}
+	return ses.ID
+}
+
+// breakOnce arms fault on every node's proxy for the next call of op (the
+// node that gets it catches it), and returns how many times it struck.
+func breakOnce(proxies map[string]*redistest.Proxy, op string, fault redistest.Fault) (struck func() int) {
+	var tripped []<-chan struct{}
+	for _, p := range proxies {
+		tripped = append(tripped, p.Break(redisstore.ClusterScriptHash(op), fault))
+	}
+	return func() int {
+		n := 0
+		for _, c := range tripped {
+			select {
+			case <-c:
+				n++
+			default:
+			}
+		}
+		return n
+	}
+}
+
 // On a Cluster, go-redis sends a command again when its connection breaks
 // (up to max_redirects times). A post whose reply is lost ran once in Redis:
 // it must fail (the store cannot know it ran), not run a second time. With
@@ -61,29 +96,11 @@ func TestClusterRunsAScriptOnceWhenItsReplyIsLost(t *testing.T) {
 		t.Run(fault.String(), func(t *testing.T) {
 			s, proxies := clusterThroughProxies(t, redistest.SharedCluster(t))
 			ctx := context.Background()
-			ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u1"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			// A first post, so the client knows where the session lives.
-			if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "first", Status: store.StatusDelivered}); err != nil {
-				t.Fatal(err)
-			}
-			var tripped []<-chan struct{}
-			for _, p := range proxies { // the session's node's proxy catches it
-				tripped = append(tripped, p.Break(redisstore.ClusterScriptHash("post"), fault))
-			}
-			_, _, err = s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "once", Status: store.StatusDelivered})
-			struck := 0
-			for _, c := range tripped {
-				select {
-				case <-c:
-					struck++
-				default:
-				}
-			}
-			if struck != 1 {
-				t.Fatalf("the fault struck %d times", struck)
+			sid := postedSession(t, s)
+			struck := breakOnce(proxies, "post", fault)
+			_, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: sid, Text: "once", Status: store.StatusDelivered})
+			if n := struck(); n != 1 {
+				t.Fatalf("the fault struck %d times", n)
 			}
 			if err == nil {
 				t.Fatal("a post whose reply was lost answered no error: go-redis ran it again")
@@ -91,7 +108,7 @@ func TestClusterRunsAScriptOnceWhenItsReplyIsLost(t *testing.T) {
 			for _, p := range proxies {
 				p.Restore()
 			}
-			msgs, err := s.ListMessages(ctx, "t", ses.ID, "", 10)
+			msgs, err := s.ListMessages(ctx, "t", sid, "", 10)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -107,29 +124,11 @@ func TestClusterRunsAScriptOnceWhenItsReplyIsLost(t *testing.T) {
 func TestClusterRetriesAReadWhoseReplyIsLost(t *testing.T) {
 	t.Parallel()
 	s, proxies := clusterThroughProxies(t, redistest.SharedCluster(t))
-	ctx := context.Background()
-	ses, err := s.CreateSession(ctx, store.NewSession{Tenant: "t", Platform: "api", Channel: "api", User: "u1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.AppendOutbound(ctx, store.OutboundMessage{Tenant: "t", SessionID: ses.ID, Text: "one", Status: store.StatusDelivered}); err != nil {
-		t.Fatal(err)
-	}
-	var tripped []<-chan struct{}
-	for _, p := range proxies {
-		tripped = append(tripped, p.Break(redisstore.ClusterScriptHash("list"), redistest.DropReply))
-	}
-	msgs, err := s.ListMessages(ctx, "t", ses.ID, "", 10)
-	struck := 0
-	for _, c := range tripped {
-		select {
-		case <-c:
-			struck++
-		default:
-		}
-	}
-	if struck != 1 || err != nil || len(msgs) != 1 {
-		t.Fatalf("with the fault struck %d times: %d messages, %v; want the read retried", struck, len(msgs), err)
+	sid := postedSession(t, s)
+	struck := breakOnce(proxies, "list", redistest.DropReply)
+	msgs, err := s.ListMessages(context.Background(), "t", sid, "", 10)
+	if n := struck(); n != 1 || err != nil || len(msgs) != 1 {
+		t.Fatalf("with the fault struck %d times: %d messages, %v; want the read retried", n, len(msgs), err)
 	}
 }
 
