@@ -114,16 +114,7 @@ func TestHubFollowsASlotToItsNewShard(t *testing.T) {
 	if err := rc.MoveSlot(ctx, int(slot), from, to); err != nil {
 		t.Fatal(err)
 	}
-	next := func() ([]store.Event, bool) {
-		t.Helper()
-		select {
-		case <-sub.Ready():
-			return sub.Next()
-		case <-ctx.Done():
-			t.Fatal("nothing reached the subscriber")
-			return nil, false
-		}
-	}
+	next := func() ([]store.Event, bool) { t.Helper(); return nextEvents(ctx, t, sub) }
 	if _, resync := next(); !resync {
 		t.Fatal("the subscriber was not told to resync after its slot moved")
 	}
@@ -213,16 +204,7 @@ func TestHubFollowsTheMasterToAnotherNode(t *testing.T) {
 	}
 	defer sub.Close()
 	master.Store(&newMaster.Addr)
-	next := func() ([]store.Event, bool) {
-		t.Helper()
-		select {
-		case <-sub.Ready():
-			return sub.Next()
-		case <-ctx.Done():
-			t.Fatal("nothing reached the subscriber")
-			return nil, false
-		}
-	}
+	next := func() ([]store.Event, bool) { t.Helper(); return nextEvents(ctx, t, sub) }
 	if _, resync := next(); !resync {
 		t.Fatal("the subscriber was not told to resync after the master moved")
 	}
@@ -231,5 +213,17 @@ func TestHubFollowsTheMasterToAnotherNode(t *testing.T) {
 	}
 	if evs, _ := next(); len(evs) != 1 || evs[0].Kind != store.EventSessionEnded {
 		t.Fatalf("events = %+v", evs)
+	}
+}
+
+// nextEvents waits for sub's next events, until ctx ends.
+func nextEvents(ctx context.Context, t *testing.T, sub *store.Subscription) ([]store.Event, bool) {
+	t.Helper()
+	select {
+	case <-sub.Ready():
+		return sub.Next()
+	case <-ctx.Done():
+		t.Fatal("nothing reached the subscriber")
+		return nil, false
 	}
 }
