@@ -309,3 +309,25 @@ func TestRunningChatbotOnWhatsApp(t *testing.T) {
 		t.Fatalf("the bot's reply went as %+v, want text inside the window", s)
 	}
 }
+
+// A fallback whose placeholder names metadata the contact lacks would send
+// Meta an empty parameter, which it refuses: the message fails at once with
+// its own code, and Meta is not called.
+func TestFallbackWithMissingMetadataIsRefusedBeforeMeta(t *testing.T) {
+	p := newPlatforms(t)
+	ts := start(t, nil, nil, p.option(), withFallbacks(&server.FallbackTemplate{Name: "note", Language: "en",
+		Parameters: []string{"{{contact.name}}", "{{message}}"}}, nil))
+	p.whatsapp.Approve("note", "en", 2)
+	ses, err := ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{Channel: "support", User: "+15551240006"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ts.postFull(&pb.PostMessageRequest{SessionId: ses.Session.SessionId, Message: "Your order shipped"})
+	if r.Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || r.Error.GetCode() != "template_parameter_empty" ||
+		!strings.Contains(r.Error.GetMessage(), "{{contact.name}}") {
+		t.Fatalf("answer %v; want FAILED template_parameter_empty naming the placeholder", r)
+	}
+	if n := len(p.whatsapp.Sends()); n != 0 {
+		t.Fatalf("Meta was called %d times", n)
+	}
+}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/chatrelay/chatrelay/store"
@@ -21,6 +22,10 @@ const replyWindow = 24 * time.Hour
 // windowClosedCode is Meta's code for a message outside the window, which
 // the hub answers too when it refuses one itself.
 const windowClosedCode = "131047"
+
+// emptyParameterCode refuses a fallback template whose parameter filled
+// empty (the metadata it names is missing), before Meta is called.
+const emptyParameterCode = "template_parameter_empty"
 
 // windowCloses is when ses's reply window closes: zero when the session
 // has none (another platform) or the user never wrote (it is closed).
@@ -49,6 +54,12 @@ func (s *Server) compose(ses *store.Session, ct *store.Contact, text string, giv
 	for _, fb := range fallbacks {
 		if fb != nil {
 			out.Template = fb.fill(text, ses, ct, s.cfg.Limits.TemplateParameterBytes)
+			if i := slices.Index(out.Template.Parameters, ""); i >= 0 {
+				// Meta refuses an empty parameter, as the API does.
+				out.Refused = &store.PlatformError{Code: emptyParameterCode, Message: fmt.Sprintf(
+					"the fallback template %s's parameter %d (%q) filled empty: the contact or session lacks that metadata, so Meta was not called",
+					fb.Name, i+1, fb.Parameters[i])}
+			}
 			return out
 		}
 	}
