@@ -237,6 +237,11 @@ func (s *Server) shutdown(hs *http.Server) {
 		s.grpc.Stop()
 		<-done
 	}
+	// Widget streams own their connections (net/http's Shutdown does not
+	// wait for them), and end on s.stopping.
+	if err := s.widget.wait(ctx); err != nil {
+		log.Warn("widget streams still open at the shutdown timeout", "err", err)
+	}
 	log.Info("stopped")
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -90,6 +91,9 @@ type widget struct {
 	origins map[string]bool
 	conns   *streamCounts // per tenant and session
 	codec   runtime.Marshaler
+	// streams are the event streams running: once one has taken its
+	// connection over, net/http's Shutdown no longer waits for it.
+	streams sync.WaitGroup
 }
 
 func newWidget(s *Server) (*widget, error) {
@@ -308,6 +312,7 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 		release()
 	}
 	taken, done := sw.taken, make(chan error, 1)
+	w.streams.Add(1)
 	go w.stream(&pb.WatchSessionRequest{SessionId: c.SessionID, AfterMessageId: after}, sw, done)
 	select {
 	case <-taken:
@@ -323,8 +328,35 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 // (docs/design.md §12), so the frames it waits on stay small: the work after
 // the watch is in end.
 func (w *widget) stream(req *pb.WatchSessionRequest, sw *sseWatch, done chan<- error) {
+	defer w.streams.Done()
 	defer sw.release()
-	done <- w.end(sw, w.s.sessions.WatchSession(req, sw))
+	done <- w.end(sw, w.watch(req, sw))
+}
+
+// watch is WatchSession into sw. A panic ends the stream as an error, as
+// interceptors.stream ends a gRPC stream's: this goroutine is not one of
+// net/http's, which would have recovered it.
+func (w *widget) watch(req *pb.WatchSessionRequest, sw *sseWatch) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+			w.s.cfg.Logger.Error("widget stream panicked", "err", err)
+		}
+	}()
+	return w.s.sessions.WatchSession(req, sw)
+}
+
+// wait waits until every event stream has ended (they end when shutdown
+// begins), or ctx does.
+func (w *widget) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { w.streams.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // end closes a stream whose watch returned err, saying why where the
