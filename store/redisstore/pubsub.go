@@ -644,7 +644,11 @@ func (h *hub) rehome(names []string, avoid string) {
 		h.mu.Unlock()
 		var failed map[string]error
 		if len(wanted) > 0 {
-			failed = h.place(h.ctx, wanted, avoid)
+			// Bounded, as subscribe's: cmdMu is held, and every new
+			// subscription waits on it.
+			ctx, cancel := context.WithTimeout(h.ctx, confirmTimeout)
+			failed = h.place(ctx, wanted, avoid)
+			cancel()
 		}
 		h.cmdMu.Unlock()
 		if len(failed) == 0 {
