@@ -23,7 +23,8 @@ import (
 // (the platform's redelivery, the caller's idempotency key), which
 // schedules it again.
 
-// dropBotTimeout bounds dropBotQueue's steps, which outlive their caller.
+// dropBotTimeout bounds the chatbot queue's outbox steps (scheduleBot,
+// dropBotQueue), which outlive their caller.
 const dropBotTimeout = 5 * time.Second
 
 // botDelivery is a chatbot queue's delivery id in the outbox.
@@ -46,8 +47,11 @@ func (s *Store) botQueueKey(sid string) string { return s.sessionSlot(sid) + "bq
 
 // scheduleBot makes a session's chatbot queue due now, unless it is in
 // the outbox already (being delivered, or waiting for a retry): 1 round
-// trip.
+// trip. It follows a write the queue already holds, so it runs whatever
+// becomes of the caller: one that went away would strand the message.
 func (s *Store) scheduleBot(ctx context.Context, tenant, sid string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropBotTimeout)
+	defer cancel()
 	member := outboxMember(tenant, sid, botDelivery)
 	pipe := s.c.Pipeline()
 	pipe.ZAddNX(ctx, s.outboxKey(), redis.Z{Score: float64(s.o.Clock.Now().UnixMilli()), Member: member})
