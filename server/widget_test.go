@@ -482,14 +482,15 @@ func TestWidgetEventsEndWhenTheTokenExpires(t *testing.T) {
 	}
 	id := ts.post(ses.SessionId, "hello")
 	ev := ts.widgetEvents(eventsQuery(ses.SessionId, r.Token))
-	ev.message()
+	if m := ev.message(); m["id"] != id {
+		t.Fatalf("first event %v, want the message %s", m, id)
+	}
 	ts.clk.Advance(10 * time.Minute)
 	end := ev.next()
 	if end.name != "failed" || !strings.Contains(end.data, `"reason":"UNAUTHENTICATED"`) {
 		t.Fatalf("got %+v, want the stream failed for the expired token", end)
 	}
 	ev.end()
-	_ = id
 }
 
 func TestWidgetPostIsAnIngest(t *testing.T) {

@@ -42,7 +42,7 @@ func TestEachDepartureReachesItsOwnStream(t *testing.T) {
 	for i := range n {
 		servers[i], clients[i] = pair(t, ln)
 		defer servers[i].Close()
-		watchDeparture(servers[i], func() { gone <- i })
+		defer watchDeparture(servers[i], func() { gone <- i })() // stopped before the close
 	}
 	seen := make(map[int]bool)
 	for _, i := range []int{7, 0, 39, 12, 3} {
