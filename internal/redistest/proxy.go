@@ -15,16 +15,22 @@ import (
 type Proxy struct {
 	Addr string
 
-	target string
-	ln     net.Listener
-	mu     sync.Mutex
-	cut    bool
-	links  map[*link]struct{}
-	// The armed fault: the next command containing match gets fault.
+	target  string
+	ln      net.Listener
+	mu      sync.Mutex
+	cut     bool
+	links   map[*link]struct{}
+	arm     *armed        // nil until Break
+	stalled chan struct{} // closed by Restore: stalled replies give up
+}
+
+// armed is a fault waiting for its command: the next one containing match,
+// on any of the proxies it is armed on, gets fault.
+type armed struct {
+	mu      sync.Mutex
 	match   []byte
 	fault   Fault
 	tripped chan struct{}
-	stalled chan struct{} // closed by Restore: stalled replies give up
 }
 
 // Fault is what Break does to the command it catches.
@@ -166,24 +172,38 @@ func (p *Proxy) forget(l *link) {
 // catch reports the armed fault, disarming it, when data holds its match.
 func (p *Proxy) catch(data []byte) Fault {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.match == nil || !bytes.Contains(data, p.match) {
+	a := p.arm
+	p.mu.Unlock()
+	if a == nil {
 		return 0
 	}
-	f := p.fault
-	p.match = nil
-	close(p.tripped)
-	return f
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.match == nil || !bytes.Contains(data, a.match) {
+		return 0
+	}
+	a.match = nil
+	close(a.tripped)
+	return a.fault
 }
 
 // Break arms f for the next command whose bytes contain match (a script's
 // SHA, a key), on whichever connection sends it, once. The returned channel
 // is closed when it strikes.
 func (p *Proxy) Break(match string, f Fault) <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.match, p.fault, p.tripped = []byte(match), f, make(chan struct{})
-	return p.tripped
+	return BreakOne([]*Proxy{p}, match, f)
+}
+
+// BreakOne is Break on several proxies (a Cluster's nodes) at once: the
+// first of them to see the command breaks it, and no other does.
+func BreakOne(proxies []*Proxy, match string, f Fault) <-chan struct{} {
+	a := &armed{match: []byte(match), fault: f, tripped: make(chan struct{})}
+	for _, p := range proxies {
+		p.mu.Lock()
+		p.arm = a
+		p.mu.Unlock()
+	}
+	return a.tripped
 }
 
 // Cut drops every relayed connection and refuses new ones until Restore.
