@@ -40,15 +40,20 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, newFactory(redistest.Start(t)))
 }
 
-// proxyFaults breaks a store's Redis calls at a script, through a proxy.
-type proxyFaults struct{ p *redistest.Proxy }
+// proxyFaults breaks a store's Redis calls at a script, through proxies:
+// one in front of a server, or one per node of a Cluster (hash is then
+// ClusterScriptHash), of which the first to see the script breaks it.
+type proxyFaults struct {
+	ps   []*redistest.Proxy
+	hash func(op string) string
+}
 
 func (f proxyFaults) Break(op string, fault storetest.Fault) {
-	sha := redisstore.ScriptHash(op)
+	sha := f.hash(op)
 	if sha == "" {
 		panic("no script for op " + op)
 	}
-	f.p.Break(sha, map[storetest.Fault]redistest.Fault{
+	redistest.BreakOne(f.ps, sha, map[storetest.Fault]redistest.Fault{
 		storetest.RequestLost: redistest.DropRequest,
 		storetest.ReplyLost:   redistest.DropReply,
 		storetest.ReplyLate:   redistest.StallReply,
@@ -73,7 +78,17 @@ func TestFaults(t *testing.T) {
 			_ = s.Close()
 			_ = c.Close()
 		})
-		return s, proxyFaults{proxy}
+		return s, proxyFaults{[]*redistest.Proxy{proxy}, redisstore.ScriptHash}
+	})
+}
+
+// The same faults on a Cluster, whose client would re-send a command after
+// a broken connection if the store let it.
+func TestFaultsOnCluster(t *testing.T) {
+	rc := redistest.SharedCluster(t)
+	storetest.RunFaults(t, func(t testing.TB, o store.Options) (store.Store, storetest.Faults) {
+		s, ps := clusterThroughProxies(t, rc, o)
+		return s, proxyFaults{ps, redisstore.ClusterScriptHash}
 	})
 }
 
