@@ -305,8 +305,9 @@ func TestBatcherCallerCancelledWhileQueuedOrInFlight(t *testing.T) {
 	}
 	waitUntil(t, "both leads are taken", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.leaders == maxLeaders })
 	// The first queued call will lead the next pipeline; the second rides
-	// in it.
-	leaders.Go(func() { _, _ = b.run(ctx, slowScript, []string{"lead"}, 300) })
+	// in it, which stays in flight long enough for the cancel below to
+	// land inside it on a loaded machine.
+	leaders.Go(func() { _, _ = b.run(ctx, slowScript, []string{"lead"}, 2000) })
 	waitUntil(t, "the next leader is queued", func() bool { return b.queued() == 1 })
 	inflight, cancel2 := context.WithCancel(ctx)
 	go func() { _, err := b.run(inflight, slowScript, []string{"inflight"}, 0); res <- err }()
