@@ -14,7 +14,7 @@ func LoadScripts(ctx context.Context, c redis.Scripter) error {
 		chatbotWriteScript, listenerAddScript, indexAddScript, listenerGetScript, listenerTouchScript, resolveScript, pendingAddScript,
 		statusScript, claimScript, readDeliveryScript, listScript, platformRefScript, platformReceiptScript,
 		listenerCancelScript, listingAddScript, recentScript, botReadScript, botFinishScript} {
-		if err := sc.Load(ctx, c).Err(); err != nil {
+		if err := forClient(c, sc).Load(ctx, c).Err(); err != nil {
 			return err
 		}
 	}
