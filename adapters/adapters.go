@@ -146,6 +146,10 @@ type Inbound struct {
 	// Thread is the thread the message was in (a Slack thread_ts), if
 	// any: replies into the session go there.
 	Thread string
+	// SentAt is when the platform says the user sent it (a WhatsApp
+	// message's timestamp), zero when unknown: WhatsApp's reply window
+	// runs from it, not from when the hub heard (docs/design.md §9).
+	SentAt time.Time
 }
 
 // ErrRetry marks a failure the platform should retry on.

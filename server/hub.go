@@ -66,7 +66,7 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	}
 	r, err := h.cfg.Store.Ingest(ctx, store.InboundMessage{
 		Tenant: in.Tenant, Platform: in.Platform, Channel: in.Channel, User: in.User, Text: text, Metadata: md, Raw: raw,
-		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key}, Thread: thread,
+		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key}, Thread: thread, SentAt: in.SentAt,
 		Bots: h.botIDs,
 	})
 	switch {

@@ -103,6 +103,37 @@ func TestWhatsAppReplyWindow(t *testing.T) {
 	})
 }
 
+// The window runs from when the customer wrote, by Meta's timestamp, not
+// from when the webhook came: a message Meta delivers 23 h 58 min late
+// leaves 2 minutes. After them a post fails at once, and Meta is not
+// called.
+func TestWhatsAppWindowRunsFromWhenTheCustomerWrote(t *testing.T) {
+	t.Parallel()
+	onEachBackend(t, func(t *testing.T, d *deployment, p *platforms) {
+		p.whatsapp.EnforceWindow(d.a.clk.Now)
+		const customer = "15551230004"
+		sent := d.a.clk.Now().Add(-24*time.Hour + 2*time.Minute).Truncate(time.Second) // Meta's timestamps are in seconds
+		if r := d.b.whatsAppWebhook(p.whatsapp.MessageSentAt("wamid.L1", customer, "Still open?", sent)); r.code != 200 {
+			t.Fatalf("webhook: %d %s", r.code, r.body)
+		}
+		ses := d.a.sessionOf("whatsapp", "+"+customer)
+		if got := ses.ReplyWindowClosesAt.AsTime(); !got.Equal(sent.Add(24 * time.Hour)) {
+			t.Fatalf("reply_window_closes_at %v, want %v: 24 hours from when the customer wrote", got, sent.Add(24*time.Hour))
+		}
+		if r := d.a.postFull(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "Yes."}); r.Status != pb.MessageStatus_MESSAGE_STATUS_SENT {
+			t.Fatalf("inside what is left of the window: %v, want SENT", r)
+		}
+		d.a.clk.Advance(2 * time.Minute)
+		r := d.b.postFull(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "Still here."})
+		if r.Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || r.Error.GetCode() != "131047" || r.Error.GetReason() != "reply_window_closed" {
+			t.Fatalf("past the window: %v; want FAILED 131047 reply_window_closed", r)
+		}
+		if n := len(p.whatsapp.Sends()); n != 1 {
+			t.Fatalf("Meta got %d sends, want 1: the hub let a post outside the window through", n)
+		}
+	})
+}
+
 // A session nobody has written in has no window: a chatbot's greeting to
 // a new WhatsApp contact fails at once, and a post too, without a call.
 func TestWhatsAppWithoutAWordFromTheCustomer(t *testing.T) {

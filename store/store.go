@@ -97,8 +97,10 @@ type Session struct {
 	LastSeq       uint64
 	LastMessageID string
 
-	// LastInboundAt is when the user's newest message was ingested (zero
-	// before the first): WhatsApp's reply window runs from it.
+	// LastInboundAt is when the user last wrote (zero before the first
+	// message): the newest of its messages' InboundMessage.SentAt, by the
+	// platform's clock, and never later than when the hub took it.
+	// WhatsApp's reply window runs from it.
 	LastInboundAt time.Time
 	// Thread is the thread the user's newest message was in (its
 	// InboundMessage.Thread; "" when none). Outbound messages appended to
@@ -299,12 +301,27 @@ type InboundMessage struct {
 	// Thread is the platform thread the message was in ("" for none): it
 	// becomes the session's Thread.
 	Thread string
+	// SentAt is when the platform says the user sent the message (zero
+	// when it does not say). A message the platform delivers late keeps
+	// its own time: the session's LastInboundAt becomes the later of its
+	// own and SentAt, with SentAt taken as now when zero or later than
+	// now.
+	SentAt time.Time
 	// Bots are the chatbots that run on a webhook (docs/design.md §9).
 	// When the session is BOT with one of them, the message is queued for
 	// it, with the append: the session's queue is delivered in order, one
 	// message at a time, as deliveries whose claims name the chatbot
 	// (DeliveryClaim.Bot).
 	Bots []string
+}
+
+// WroteAt is when the user wrote the message, for its session's
+// LastInboundAt: SentAt, or now when SentAt is zero or later than now.
+func (in *InboundMessage) WroteAt(now time.Time) time.Time {
+	if in.SentAt.IsZero() || in.SentAt.After(now) {
+		return now
+	}
+	return in.SentAt
 }
 
 // IngestResult is what Ingest did.
@@ -443,8 +460,8 @@ type Messages interface {
 	// message carries the session's platform, channel and Thread.
 	AppendOutbound(ctx context.Context, m OutboundMessage) (msg Message, replayed bool, err error)
 	// Ingest appends an inbound message (opening a session when needed),
-	// sets the session's LastInboundAt to now and its Thread to the
-	// message's, resolves every pending
+	// moves the session's LastInboundAt up to the message's SentAt (now,
+	// when it has none) and sets its Thread to the message's, resolves every pending
 	// listener it matches, records the channel/user/session-but-not-keyword
 	// sighting on the others, and publishes the events — all as one atomic
 	// step.

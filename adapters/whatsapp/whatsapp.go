@@ -263,10 +263,11 @@ type notification struct {
 }
 
 type inboundMessage struct {
-	From string `json:"from"`
-	ID   string `json:"id"`
-	Type string `json:"type"`
-	Text struct {
+	From      string `json:"from"`
+	ID        string `json:"id"`
+	Timestamp string `json:"timestamp"`
+	Type      string `json:"type"`
+	Text      struct {
 		Body string `json:"body"`
 	} `json:"text"`
 }
@@ -326,7 +327,7 @@ func (a *Adapter) notification(w http.ResponseWriter, r *http.Request, hub adapt
 					continue
 				}
 				err := hub.Ingest(r.Context(), &adapters.Inbound{Tenant: a.cfg.Tenant, Platform: "whatsapp",
-					Channel: a.cfg.PhoneNumberID, User: "+" + m.From, Text: m.Text.Body, Raw: raw, Key: m.ID})
+					Channel: a.cfg.PhoneNumberID, User: "+" + m.From, Text: m.Text.Body, Raw: raw, Key: m.ID, SentAt: sentAt(m.Timestamp)})
 				failed = firstRetry(failed, err)
 			}
 			for _, s := range v.Statuses {
@@ -334,7 +335,7 @@ func (a *Adapter) notification(w http.ResponseWriter, r *http.Request, hub adapt
 				if !ok || s.ID == "" {
 					continue
 				}
-				rc := store.Receipt{Tenant: a.cfg.Tenant, Platform: "whatsapp", PlatformID: s.ID, Status: st, At: unixTime(s.Timestamp)}
+				rc := store.Receipt{Tenant: a.cfg.Tenant, Platform: "whatsapp", PlatformID: s.ID, Status: st, At: receiptTime(s.Timestamp)}
 				if len(s.Errors) > 0 {
 					e := s.Errors[0]
 					msg := e.Title
@@ -358,12 +359,21 @@ func firstRetry(first, err error) error {
 	return first
 }
 
-func unixTime(s string) time.Time {
+// sentAt is a message's timestamp, zero when it has none that reads.
+func sentAt(s string) time.Time {
 	sec, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		return time.Now()
+	if err != nil || sec <= 0 {
+		return time.Time{}
 	}
 	return time.Unix(sec, 0).UTC()
+}
+
+// receiptTime is a status's timestamp, now when it has none that reads.
+func receiptTime(s string) time.Time {
+	if t := sentAt(s); !t.IsZero() {
+		return t
+	}
+	return time.Now()
 }
 
 // signed checks X-Hub-Signature-256: sha256= and the hex HMAC-SHA256 of the

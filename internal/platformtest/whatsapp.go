@@ -119,11 +119,20 @@ func (w *WhatsApp) EnforceWindow(now func() time.Time) {
 // which opens their window.
 func (w *WhatsApp) Message(id, from, text string) []byte {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	at := time.Now()
 	if w.now != nil {
 		at = w.now()
 	}
+	w.mu.Unlock()
+	return w.MessageSentAt(id, from, text, at)
+}
+
+// MessageSentAt is Message for a text the customer sent at at, by Meta's
+// clock, and Meta delivers only now (it retries a webhook for hours): the
+// customer's window runs from at.
+func (w *WhatsApp) MessageSentAt(id, from, text string, at time.Time) []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.wrote == nil {
 		w.wrote = map[string]time.Time{}
 	}

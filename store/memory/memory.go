@@ -461,7 +461,10 @@ func (s *Store) appendInbound(in store.InboundMessage) (store.IngestResult, idem
 		Raw:       in.Raw,
 		Thread:    in.Thread,
 	}, now)
-	ses.LastInboundAt, ses.Thread = now, in.Thread
+	if wrote := in.WroteAt(now); wrote.After(ses.LastInboundAt) {
+		ses.LastInboundAt = wrote
+	}
+	ses.Thread = in.Thread
 	s.queueForBot(ses, &res.Message, in.Bots, now)
 	res.Session = cloneSession(&ses.Session)
 	remember(s, ik, in.Idempotency, res, now, cloneIngestResult)

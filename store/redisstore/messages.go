@@ -151,7 +151,7 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 		ms(s.o.SessionTTL), ms(s.o.EndedRetention), s.o.HistoryLimit, ids.MessageRandom(), suffix, slotp,
 		s.sessionEventPrefix(), idemKey, in.Idempotency.Fingerprint, ms(s.o.IdempotencyTTL), s.scriptActivityKey(in.Tenant), botsArg(in.Bots), in.Thread}
 	args = append(args, s.scriptOutboxKeys()...)
-	args = append(args, botDelivery)
+	args = append(args, botDelivery, in.WroteAt(now).UnixMilli())
 
 	pipe := s.c.Pipeline()
 	answer := s.inPipe(ctx, pipe, ingestScript, []string{key}, args...)

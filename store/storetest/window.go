@@ -11,7 +11,9 @@ import (
 
 // A session records when its user last wrote: every ingest sets it to the
 // ingest's time, whatever opened the session; outbound messages leave it.
-// Every read of the session shows it.
+// Every read of the session shows it. A message that says when it was sent
+// (SentAt) counts from then, never from later than now, and never moves it
+// back.
 func testLastInbound(e *env) {
 	s := e.create("t1", "u1")
 	if !s.LastInboundAt.IsZero() {
@@ -42,6 +44,25 @@ func testLastInbound(e *env) {
 	opened := e.ingest(store.InboundMessage{User: "u2", Text: "hi"})
 	if !opened.SessionStarted || !opened.Session.LastInboundAt.Equal(e.clk.Now()) {
 		e.t.Fatalf("a session an ingest opened: %+v", opened.Session)
+	}
+
+	// The platform's own time: a message it delivers an hour late...
+	e.clk.Advance(2 * time.Hour)
+	sent := e.clk.Now().Add(-time.Hour)
+	late := e.ingest(store.InboundMessage{User: "u2", Text: "an hour ago", SentAt: sent})
+	if !late.Session.LastInboundAt.Equal(sent) {
+		e.t.Fatalf("a message sent an hour before it came: LastInboundAt %v, want %v", late.Session.LastInboundAt, sent)
+	}
+	// ...one sent before the newest leaves it...
+	older := e.ingest(store.InboundMessage{User: "u2", Text: "two hours ago", SentAt: sent.Add(-time.Hour)})
+	if !older.Session.LastInboundAt.Equal(sent) {
+		e.t.Fatalf("an older message moved LastInboundAt back: %v, want %v", older.Session.LastInboundAt, sent)
+	}
+	// ...and a platform clock ahead of ours counts as now.
+	ahead := e.ingest(store.InboundMessage{User: "u2", Text: "from the future", SentAt: e.clk.Now().Add(time.Hour)})
+	if got, err := e.s.GetSession(e.ctx, "t1", ahead.Session.ID); err != nil || !ahead.Session.LastInboundAt.Equal(e.clk.Now()) ||
+		!got.LastInboundAt.Equal(e.clk.Now()) {
+		e.t.Fatalf("a message sent after now: LastInboundAt %v (read back %v, %v), want %v", ahead.Session.LastInboundAt, got.LastInboundAt, err, e.clk.Now())
 	}
 }
 

@@ -6,7 +6,8 @@
 -- idempotency key, fingerprint, idempotency ttl, the tenant's activity index
 -- ('' on Cluster), the chatbots that run on webhooks (' a b ', or ''), the
 -- message's thread ('' for none), the outbox and its attempts ('' on
--- Cluster), the chatbot queue's delivery id. A message of a session such a
+-- Cluster), the chatbot queue's delivery id, when the user wrote it (ms,
+-- InboundMessage.WroteAt). A message of a session such a
 -- chatbot runs is queued for it: bq:<sid>, a list of "<message id> <seq>
 -- <chatbot id>" (docs/design.md §9); on one server the queue is made due
 -- here too, so an ingest whose caller goes away still reaches the bot.
@@ -43,9 +44,10 @@ if num(rec.st) == 2 and rec.bot ~= '' and string.find(ARGV[19], ' ' .. rec.bot .
     redis.call('HSETNX', ARGV[22], member, 0)
   end
 end
--- The user's last word: WhatsApp's reply window runs from it, and replies
--- go to its thread.
-set(slotp .. 's:' .. rec.id, rec, 'li', ARGV[1], 'th', ARGV[20])
+-- The user's last word: WhatsApp's reply window runs from the newest
+-- (a message delivered late keeps its own time), and replies go to its
+-- thread.
+set(slotp .. 's:' .. rec.id, rec, 'li', itoa(math.max(num(rec.li or 0), tonumber(ARGV[24]))), 'th', ARGV[20])
 local res = '{"m":' .. m .. ',"s":' .. cjson.encode(rec) .. ',"started":' .. tostring(started) .. '}'
 remember(ARGV[15], ARGV[16], now, tonumber(ARGV[17]), res)
 local out = {'OK', res}
