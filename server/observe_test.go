@@ -287,6 +287,12 @@ func (l *logLines) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
+func (l *logLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
 // requests are the request lines logged with id.
 func (l *logLines) requests(id string) []map[string]any {
 	l.mu.Lock()

@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,8 +19,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
+	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/internal/redistest"
 	"github.com/chatrelay/chatrelay/server"
+	"github.com/chatrelay/chatrelay/store"
+	"github.com/chatrelay/chatrelay/store/memory"
 )
 
 // testWidgetSecret signs widget tokens on every test server, so replicas of
@@ -714,6 +719,139 @@ func TestWidgetPostRetriedAfterAFaultIsTakenOnce(t *testing.T) {
 			}
 			if n != 1 || str(again.json(t), "id") == "" {
 				t.Fatalf("%d messages after the retry (%s), want 1", n, again.body)
+			}
+		})
+	}
+}
+
+// trappedStore springs trap on the reads of one session a widget stream
+// makes (its history, and the session on a resync), and keeps the
+// subscriptions it hands out, so that a test can make a stream re-read.
+type trappedStore struct {
+	store.Store
+	mu      sync.Mutex
+	session string
+	trap    func()
+	subs    map[store.Topic]*store.Subscription
+}
+
+func newTrappedStore(t *testing.T, clk *clock.Fake) *trappedStore {
+	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	return &trappedStore{Store: ms, subs: map[store.Topic]*store.Subscription{}}
+}
+
+func (s *trappedStore) set(session string, trap func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.session, s.trap = session, trap
+}
+
+func (s *trappedStore) spring(session string) {
+	s.mu.Lock()
+	trap := s.trap
+	if session != s.session {
+		trap = nil
+	}
+	s.mu.Unlock()
+	if trap != nil {
+		trap()
+	}
+}
+
+func (s *trappedStore) ListMessages(ctx context.Context, tenant, sessionID, afterID string, limit int) ([]store.Message, error) {
+	s.spring(sessionID)
+	return s.Store.ListMessages(ctx, tenant, sessionID, afterID, limit)
+}
+
+func (s *trappedStore) GetSession(ctx context.Context, tenant, id string) (store.Session, error) {
+	s.spring(id)
+	return s.Store.GetSession(ctx, tenant, id)
+}
+
+func (s *trappedStore) Subscribe(ctx context.Context, topic store.Topic) (*store.Subscription, error) {
+	sub, err := s.Store.Subscribe(ctx, topic)
+	if err == nil {
+		s.mu.Lock()
+		s.subs[topic] = sub
+		s.mu.Unlock()
+	}
+	return sub, err
+}
+
+// resync makes the stream watching session re-read it.
+func (s *trappedStore) resync(tenant, session string) {
+	s.mu.Lock()
+	sub := s.subs[store.SessionTopic(tenant, session)]
+	s.mu.Unlock()
+	sub.Resync()
+}
+
+// A widget stream runs on a goroutine of its own, not net/http's: a panic
+// in it ends that stream as an internal error, before it opened or after,
+// and the server and the other streams go on.
+func TestAPanicInAWidgetStreamEndsOnlyIt(t *testing.T) {
+	clk := clock.NewFake(epoch)
+	st := newTrappedStore(t, clk)
+	ts := start(t, st, clk)
+	doomed, live, fine := ts.webSession("visitor-1"), ts.webSession("visitor-2"), ts.webSession("visitor-3")
+	bug := func() { panic("a bug in a read") }
+
+	token := ts.widgetToken(doomed.SessionId)
+	st.set(doomed.SessionId, bug)
+	_, r := ts.openEvents(eventsQuery(doomed.SessionId, token))
+	wantREST(t, r, 500, "INTERNAL")
+
+	ev := ts.widgetEvents(eventsQuery(live.SessionId, ts.widgetToken(live.SessionId)))
+	ev.nextAny() // the retry field: the stream is open
+	st.set(live.SessionId, bug)
+	st.resync("default", live.SessionId)
+	if end := ev.next(); end.name != "failed" || !strings.Contains(end.data, `"reason":"INTERNAL"`) {
+		t.Fatalf("got %+v, want the stream failed as an internal error", end)
+	}
+	ev.end()
+
+	other := ts.widgetEvents(eventsQuery(fine.SessionId, ts.widgetToken(fine.SessionId)))
+	if id := ts.post(fine.SessionId, "still here"); other.message()["id"] != id {
+		t.Fatal("the other stream did not get the post")
+	}
+}
+
+// Shutdown waits for the widget streams, which net/http's Shutdown does
+// not once they own their connections: a stream stuck in a store call
+// holds it to its timeout, which it says; streams that end on shutdown let
+// it finish.
+func TestShutdownWaitsForWidgetStreams(t *testing.T) {
+	for _, stuck := range []bool{true, false} {
+		t.Run(map[bool]string{true: "stuck", false: "ending"}[stuck], func(t *testing.T) {
+			clk := clock.NewFake(epoch)
+			st := newTrappedStore(t, clk)
+			logs := &logLines{}
+			ts := start(t, st, clk, func(c *serverConfig) {
+				c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+				c.ShutdownTimeout = 500 * time.Millisecond
+			})
+			ses := ts.webSession("visitor-1")
+			ev := ts.widgetEvents(eventsQuery(ses.SessionId, ts.widgetToken(ses.SessionId)))
+			ev.nextAny() // the retry field: the stream owns its connection
+			release := make(chan struct{})
+			if stuck {
+				entered := make(chan struct{})
+				st.set(ses.SessionId, func() { close(entered); <-release })
+				st.resync("default", ses.SessionId)
+				<-entered
+			}
+			ts.stop()
+			close(release)
+			warned := strings.Contains(logs.String(), "widget streams still open at the shutdown timeout")
+			if warned != stuck {
+				t.Fatalf("a stream stuck: %v; shutdown said it timed out waiting for one: %v; logs:\n%s", stuck, warned, logs.String())
+			}
+			if !stuck {
+				ev.end()
 			}
 		})
 	}
