@@ -28,8 +28,13 @@ func script(name string) *redis.Script { return newScript(lua("prelude") + lua(n
 // newScript is the script src, registered with its Cluster form and both
 // texts.
 func newScript(src string) *redis.Script {
+	const publish = "redis.call('PUBLISH',"
+	if strings.Count(src, "PUBLISH") != strings.Count(src, publish) {
+		// Written another way, a publish would stay PUBLISH on a Cluster.
+		panic("redisstore: a script publishes other than as " + publish)
+	}
 	sc := redis.NewScript(src)
-	sharded := strings.ReplaceAll(src, "redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+	sharded := strings.ReplaceAll(src, publish, "redis.call('SPUBLISH',")
 	shardedScripts[sc] = redis.NewScript(sharded)
 	sources[sc.Hash()], sources[shardedScripts[sc].Hash()] = src, sharded
 	return sc
