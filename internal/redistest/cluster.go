@@ -226,17 +226,11 @@ func (c *Cluster) live() []*Server {
 // 16384 slots served, and every live replica is in sync with its master:
 // after LaunchCluster, and after a failover has promoted a replica.
 func (c *Cluster) WaitHealthy(ctx context.Context) error {
-	for {
-		err := c.healthy(ctx)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("redis cluster not healthy: %v", err)
-		case <-time.After(20 * time.Millisecond): // polling the nodes' view, with the caller's deadline
-		}
+	var last error
+	if poll(ctx, func() (bool, error) { last = c.healthy(ctx); return last == nil, nil }) != nil {
+		return fmt.Errorf("redis cluster not healthy: %v", last)
 	}
+	return nil
 }
 
 func (c *Cluster) healthy(ctx context.Context) error {
@@ -316,20 +310,14 @@ func StopShared() {
 func WaitReplicated(ctx context.Context, master *Server) error {
 	cl := master.dial()
 	defer cl.Close()
-	for {
+	err := poll(ctx, func() (bool, error) {
 		repl, err := cl.Info(ctx, "replication").Result()
-		if err != nil {
-			return err
-		}
-		if caughtUp(repl) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("replicas of %s did not catch up: %v", master.Addr, ctx.Err())
-		case <-time.After(10 * time.Millisecond): // polling the offsets, with the caller's deadline
-		}
+		return err == nil && caughtUp(repl), err
+	})
+	if err != nil {
+		return fmt.Errorf("replicas of %s did not catch up: %w", master.Addr, err)
 	}
+	return nil
 }
 
 // caughtUp reads INFO replication of a master: is every replica online at
@@ -383,28 +371,24 @@ func (c *Cluster) MoveSlot(ctx context.Context, slot int, from, to *Server) erro
 			return fmt.Errorf("%v: %w", s.args, err)
 		}
 	}
-	for {
-		agreed := true
+	err = poll(ctx, func() (bool, error) {
 		for _, n := range c.live() {
 			cl := n.dial()
 			slots, err := cl.ClusterSlots(ctx).Result()
 			cl.Close()
 			if err != nil {
-				return err
+				return false, err
 			}
 			for _, s := range slots {
 				if s.Start <= slot && slot <= s.End && s.Nodes[0].Addr != to.Addr {
-					agreed = false
+					return false, nil
 				}
 			}
 		}
-		if agreed {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the nodes do not agree slot %d moved: %w", slot, ctx.Err())
-		case <-time.After(20 * time.Millisecond): // polling the nodes' view, with the caller's deadline
-		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the nodes do not agree slot %d moved: %w", slot, err)
 	}
+	return nil
 }

@@ -263,3 +263,19 @@ func (r *RoundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 		return next(ctx, cmds)
 	}
 }
+
+// poll calls check until it says done or fails, or ctx ends: waiting for a
+// server's view (of its cluster, its replicas) to change, which it does
+// not announce.
+func poll(ctx context.Context, check func() (done bool, err error)) error {
+	for {
+		if done, err := check(); done || err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond): // polling, with the caller's deadline
+		}
+	}
+}

@@ -153,17 +153,11 @@ func (d *Sentinel) Failover(ctx context.Context) (*Server, error) {
 // the two other sentinels, master says it is one, and every other live data
 // node is its replica, in sync.
 func (d *Sentinel) WaitHealthy(ctx context.Context, master *Server) error {
-	for {
-		err := d.healthy(ctx, master)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("sentinel deployment not healthy: %v", err)
-		case <-time.After(20 * time.Millisecond): // polling the sentinels' view, with the caller's deadline
-		}
+	var last error
+	if poll(ctx, func() (bool, error) { last = d.healthy(ctx, master); return last == nil, nil }) != nil {
+		return fmt.Errorf("sentinel deployment not healthy: %v", last)
 	}
+	return nil
 }
 
 func (d *Sentinel) healthy(ctx context.Context, master *Server) error {
