@@ -488,7 +488,7 @@ func TestWhatsAppConversation(t *testing.T) {
 	t.Parallel()
 	onEachBackend(t, func(t *testing.T, d *deployment, p *platforms) {
 		st, _ := d.a.receive(d.a.ctx(), &pb.ChatReceiveRequest{Channel: "support", FromUser: "+15551234567"})
-		r := d.b.whatsAppWebhook(platformtest.WhatsAppMessage(waNumber, "wamid.IN1", "15551234567", "Does it come in blue?"))
+		r := d.b.whatsAppWebhook(platformtest.WhatsAppMessage(waNumber, "wamid.IN1", "15551234567", "Does it come in blue?", d.a.clk.Now()))
 		if r.code != 200 {
 			t.Fatalf("webhook: %d %s", r.code, r.body)
 		}
@@ -542,7 +542,7 @@ func TestWhatsAppRefusalsAndForgeries(t *testing.T) {
 	p := newPlatforms(t)
 	ts := start(t, nil, nil, p.option())
 	// The customer writes first: the reply window is open.
-	ts.whatsAppWebhook(platformtest.WhatsAppMessage(waNumber, "wamid.R0", "15557654321", "hi"))
+	ts.whatsAppWebhook(platformtest.WhatsAppMessage(waNumber, "wamid.R0", "15557654321", "hi", ts.clk.Now()))
 	sid := ts.sessionOf("whatsapp", "+15557654321").SessionId
 	p.whatsapp.Then(platformtest.WhatsAppWindowClosed, platformtest.WhatsAppUndeliverable)
 	for _, c := range []struct{ code, reason string }{{"131047", "reply_window_closed"}, {"131026", "undeliverable"}} {
@@ -564,7 +564,7 @@ func TestWhatsAppRefusalsAndForgeries(t *testing.T) {
 	if len(h) != 4 || h[3].Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || h[3].Error.GetCode() != "131047" {
 		t.Fatalf("history %v", h)
 	}
-	body := platformtest.WhatsAppMessage(waNumber, "wamid.FORGED", "15550009999", "let me in")
+	body := platformtest.WhatsAppMessage(waNumber, "wamid.FORGED", "15550009999", "let me in", ts.clk.Now())
 	for name, sig := range map[string]string{"none": "", "forged": platformtest.SignWhatsApp("not-the-secret", body), "not hex": "sha256=zz"} {
 		if r := ts.hook("/hooks/whatsapp/support", body, http.Header{"X-Hub-Signature-256": {sig}}); r.code != 401 {
 			t.Errorf("%s signature: HTTP %d, want 401", name, r.code)
@@ -575,7 +575,7 @@ func TestWhatsAppRefusalsAndForgeries(t *testing.T) {
 		t.Fatal("a forged webhook opened a session")
 	}
 	// Meta redelivers: the message is taken once.
-	real := platformtest.WhatsAppMessage(waNumber, "wamid.ONCE", "15550008888", "once")
+	real := platformtest.WhatsAppMessage(waNumber, "wamid.ONCE", "15550008888", "once", ts.clk.Now())
 	ts.whatsAppWebhook(real)
 	ts.whatsAppWebhook(real)
 	if h := ts.history(ts.sessionOf("whatsapp", "+15550008888").SessionId); len(h) != 1 {

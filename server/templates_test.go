@@ -204,7 +204,7 @@ func TestChatbotFallbackTemplate(t *testing.T) {
 func TestTemplateLimits(t *testing.T) {
 	p := newPlatforms(t)
 	ts := start(t, nil, nil, p.option())
-	ts.whatsAppWebhook(platformtest.WhatsAppMessage(waNumber, "wamid.L1", "15551240004", "hi"))
+	ts.whatsAppWebhook(platformtest.WhatsAppMessage(waNumber, "wamid.L1", "15551240004", "hi", ts.clk.Now()))
 	sid := ts.sessionOf("whatsapp", "+15551240004").SessionId
 	params := func(n int) []string {
 		out := make([]string, n)

@@ -822,8 +822,8 @@ func TestAPanicInAWidgetStreamEndsOnlyIt(t *testing.T) {
 
 // Shutdown waits for the widget streams, which net/http's Shutdown does
 // not once they own their connections: a stream stuck in a store call
-// holds it to its timeout, which it says; streams that end on shutdown let
-// it finish.
+// holds it to its timeout, which it says (without the wait nothing is
+// said); a stream that ends on shutdown lets it finish without one.
 func TestShutdownWaitsForWidgetStreams(t *testing.T) {
 	for _, stuck := range []bool{true, false} {
 		t.Run(map[bool]string{true: "stuck", false: "ending"}[stuck], func(t *testing.T) {
@@ -840,7 +840,11 @@ func TestShutdownWaitsForWidgetStreams(t *testing.T) {
 			release := make(chan struct{})
 			if stuck {
 				entered := make(chan struct{})
-				st.set(ses.SessionId, func() { close(entered); <-release })
+				st.set(ses.SessionId, func() {
+					st.set("", nil) // once: the stream reads the session again after
+					close(entered)
+					<-release
+				})
 				st.resync("default", ses.SessionId)
 				<-entered
 			}

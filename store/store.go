@@ -99,7 +99,8 @@ type Session struct {
 
 	// LastInboundAt is when the user last wrote (zero before the first
 	// message): the newest of its messages' InboundMessage.SentAt, by the
-	// platform's clock, and never later than when the hub took it.
+	// platform's clock (the store's now for a message without one), and
+	// never later than when the hub took it.
 	// WhatsApp's reply window runs from it.
 	LastInboundAt time.Time
 	// Thread is the thread the user's newest message was in (its

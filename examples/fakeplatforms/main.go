@@ -57,7 +57,7 @@ func main() {
 			usage()
 		}
 		err = whatsapp(platformtest.WhatsAppMessage(phoneNumberID, fmt.Sprintf("wamid.IN%d", time.Now().UnixNano()),
-			strings.TrimPrefix(args[0], "+"), args[1]))
+			strings.TrimPrefix(args[0], "+"), args[1], time.Now()))
 	case "receipt":
 		if len(args) != 2 {
 			usage()

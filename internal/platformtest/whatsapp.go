@@ -136,7 +136,9 @@ func (w *WhatsApp) MessageSentAt(id, from, text string, at time.Time) []byte {
 	if w.wrote == nil {
 		w.wrote = map[string]time.Time{}
 	}
-	w.wrote[from] = at
+	if at.After(w.wrote[from]) { // a late, older message leaves the window as it was
+		w.wrote[from] = at
+	}
 	return whatsAppMessage(w.phoneNumberID, id, from, text, at)
 }
 
@@ -311,9 +313,9 @@ func graphError(w http.ResponseWriter, status, code int, title, details string) 
 }
 
 // WhatsAppMessage is a webhook notification carrying one inbound text
-// message, as Meta sends it.
-func WhatsAppMessage(phoneNumberID, id, from, text string) []byte {
-	return whatsAppMessage(phoneNumberID, id, from, text, time.Now())
+// message, sent at at, as Meta sends it.
+func WhatsAppMessage(phoneNumberID, id, from, text string, at time.Time) []byte {
+	return whatsAppMessage(phoneNumberID, id, from, text, at)
 }
 
 func whatsAppMessage(phoneNumberID, id, from, text string, at time.Time) []byte {

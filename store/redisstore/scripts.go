@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"embed"
+	"regexp"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -29,7 +30,7 @@ func script(name string) *redis.Script { return newScript(lua("prelude") + lua(n
 // texts.
 func newScript(src string) *redis.Script {
 	const publish = "redis.call('PUBLISH',"
-	if strings.Count(src, "PUBLISH") != strings.Count(src, publish) {
+	if len(publishNamed.FindAllStringIndex(src, -1)) != strings.Count(src, publish) {
 		// Written another way, a publish would stay PUBLISH on a Cluster.
 		panic("redisstore: a script publishes other than as " + publish)
 	}
@@ -39,6 +40,10 @@ func newScript(src string) *redis.Script {
 	sources[sc.Hash()], sources[shardedScripts[sc].Hash()] = src, sharded
 	return sc
 }
+
+// publishNamed finds the command PUBLISH named in a script, however it is
+// spelled (Redis takes any case).
+var publishNamed = regexp.MustCompile(`(?i)['"]publish['"]`)
 
 // sources are the scripts' texts by SHA, for Redis that lost its script
 // cache.
