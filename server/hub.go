@@ -3,6 +3,8 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,13 +30,13 @@ var _ adapters.Hub = hub{}
 // (at a character), a raw payload past limits.raw_bytes or raw_depth is
 // left out, and a thread id the hub cannot hold (a Slack thread_ts past
 // limits.id_bytes) is left out, replies then going to the channel. An id
-// the hub cannot hold (a user or channel id) is refused and logged. The platform's id for the delivery is the idempotency key:
-// a redelivery is taken once.
+// the hub cannot hold (a user or channel id) is refused and logged. The
+// platform's id for the delivery is the idempotency key: a redelivery is
+// taken once.
 func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	chk := h.checker()
 	chk.id("channel", in.Channel, true)
 	chk.id("user", in.User, true)
-	chk.id("key", in.Key, false)
 	if err := chk.err(); err != nil {
 		h.cfg.Logger.Warn("inbound message refused", "platform", in.Platform, "tenant", in.Tenant, "err", err)
 		h.metrics.inboundEvent(in.Platform, "error")
@@ -66,7 +68,7 @@ func (h hub) Ingest(ctx context.Context, in *adapters.Inbound) error {
 	}
 	r, err := h.cfg.Store.Ingest(ctx, store.InboundMessage{
 		Tenant: in.Tenant, Platform: in.Platform, Channel: in.Channel, User: in.User, Text: text, Metadata: md, Raw: raw,
-		Idempotency: store.Idempotency{Key: in.Key, Fingerprint: in.Key}, Thread: thread, SentAt: in.SentAt,
+		Idempotency: store.Idempotency{Key: deliveryKey(&chk, in.Key), Fingerprint: in.Key}, Thread: thread, SentAt: in.SentAt,
 		Bots: h.botIDs,
 	})
 	switch {
@@ -105,6 +107,18 @@ func (h hub) Receipt(ctx context.Context, r store.Receipt) error {
 		h.metrics.inboundEvent(r.Platform, "accepted")
 	}
 	return nil
+}
+
+// deliveryKey is the idempotency key for a platform's id of a delivery:
+// the id itself, or its digest when it is not one the hub can hold (a
+// WhatsApp wamid is base64, with '=' and '/'), so that a redelivery is
+// still taken once.
+func deliveryKey(chk *checker, id string) string {
+	if id == "" || chk.isID(id) {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "sha256." + base64.RawURLEncoding.EncodeToString(sum[:24])
 }
 
 // rawTooBig says why a platform's raw payload cannot be kept, or "".
