@@ -254,8 +254,7 @@ func TestPostIntoSlackReachesSlack(t *testing.T) {
 }
 
 // Slack's refusals are answers: FAILED with Slack's error string, and the
-// message kept. A 429 whose Retry-After is past the delivery's deadline
-// fails as ratelimited.
+// message kept.
 func TestSlackRefusalsAreFailedAndKept(t *testing.T) {
 	p := newPlatforms(t)
 	ts := start(t, nil, nil, p.option())
@@ -271,7 +270,7 @@ func TestSlackRefusalsAreFailedAndKept(t *testing.T) {
 		{platformtest.SlackAnswer{Error: "channel_not_found"}, "channel_not_found"},
 		{platformtest.SlackAnswer{Error: "not_in_channel"}, "not_in_channel"},
 		{platformtest.SlackAnswer{Error: "invalid_auth"}, "invalid_auth"},
-		{platformtest.SlackAnswer{Status: 429, RetryAfter: 3600}, "ratelimited"},
+		{platformtest.SlackAnswer{Error: "fatal_error"}, "fatal_error"}, // Slack may have posted it
 	} {
 		p.slack.Then(platformtest.Answering(c.answer))
 		r, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: "refused: " + c.code})
@@ -290,6 +289,56 @@ func TestSlackRefusalsAreFailedAndKept(t *testing.T) {
 		if m.Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || m.Error == nil {
 			t.Fatalf("kept message %v, want FAILED with its error", m)
 		}
+	}
+}
+
+// A rate limit is "not now", never a refusal: the message is PENDING and
+// retried, not before the platform asked. Slack's 429 asking for an hour,
+// past the delivery's deadline, is retried after it; Meta's pair rate limit
+// (131056) after 6 s, though the schedule's first step is 5 s; Meta's
+// throughput limit (130429), Slack's ok:false service_unavailable and a
+// Graph error answered with an HTTP 5xx on the schedule.
+func TestPlatformRateLimitsAreRetried(t *testing.T) {
+	p := newPlatforms(t)
+	ts := start(t, nil, nil, p.option())
+	slackSes, _ := ts.sessions.CreateSession(ts.ctx(), &pb.CreateSessionRequest{Platform: "slack", Channel: slackChan, User: "U0LIM"})
+	ts.whatsAppWebhook(p.whatsapp.Message("wamid.RL0", "15551239999", "hi"))
+	waSes := ts.sessionOf("whatsapp", "+15551239999")
+	slackSends := func() int { return len(p.slack.Posts()) }
+	waSends := func() int { return len(p.whatsapp.Sends()) }
+	slackSays := func(a platformtest.SlackAnswer) func() { return func() { p.slack.Then(platformtest.Answering(a)) } }
+	metaSays := func(a platformtest.WhatsAppAnswer) func() { return func() { p.whatsapp.Then(a) } }
+	for _, c := range []struct {
+		name     string
+		then     func()
+		sid      string
+		sends    func() int
+		notUntil time.Duration // the retry comes after this, not before
+	}{
+		{"slack 429, an hour", slackSays(platformtest.SlackAnswer{Status: 429, RetryAfter: 3600}), slackSes.Session.SessionId, slackSends, time.Hour},
+		{"slack service_unavailable", slackSays(platformtest.SlackAnswer{Error: "service_unavailable"}), slackSes.Session.SessionId, slackSends, 5 * time.Second},
+		{"whatsapp 131056", metaSays(platformtest.WhatsAppAnswer{Code: 131056, Title: "(Business Account, Consumer Account) pair rate limit hit"}),
+			waSes.SessionId, waSends, 6 * time.Second},
+		{"whatsapp 130429", metaSays(platformtest.WhatsAppAnswer{Code: 130429, Title: "Rate limit hit"}), waSes.SessionId, waSends, 5 * time.Second},
+		{"whatsapp 5xx", metaSays(platformtest.WhatsAppAnswer{Status: 503, Code: 100, Title: "Invalid parameter"}), waSes.SessionId, waSends, 5 * time.Second},
+	} {
+		c.then()
+		before := c.sends()
+		r := ts.postFull(&pb.PostMessageRequest{SessionId: c.sid, Message: c.name})
+		if r.Status != pb.MessageStatus_MESSAGE_STATUS_PENDING || r.Error != nil {
+			t.Fatalf("%s: answer %v, want PENDING", c.name, r)
+		}
+		poll(t, ts.clk, 1, c.notUntil-time.Millisecond)
+		if n := c.sends() - before; n != 1 {
+			t.Fatalf("%s: %d calls before the wait asked for passed, want 1", c.name, n)
+		}
+		poll(t, ts.clk, 1, c.notUntil/10+time.Second) // past the jitter
+		waitFor(t, c.name+": the retry", func() bool { return c.sends()-before == 2 })
+		waitFor(t, c.name+": the message sent", func() bool {
+			h := ts.history(c.sid)
+			st := h[len(h)-1].Status
+			return st == pb.MessageStatus_MESSAGE_STATUS_DELIVERED || st == pb.MessageStatus_MESSAGE_STATUS_SENT
+		})
 	}
 }
 

@@ -106,11 +106,16 @@ func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Re
 			return adapters.Accepted(store.StatusDelivered, ts), nil
 		case err == nil:
 			return adapters.Refused("unknown_error", "Slack answered ok:false without an error"), nil
+		case errors.As(err, &refused) && transientErrors[refused.Err]:
+			return adapters.Result{}, fmt.Errorf("slack: chat.postMessage: %s", refused.Err)
 		case errors.As(err, &refused):
 			return adapters.Refused(refused.Err, "Slack refused the message: "+refused.Err), nil
 		case errors.As(err, &limited):
+			// Waited out here when it fits the delivery's deadline, else
+			// the delivery is retried once it has passed.
+			later := &adapters.RetryAfter{Wait: limited.RetryAfter, Err: fmt.Errorf("slack: rate-limited for %s", limited.RetryAfter)}
 			if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < limited.RetryAfter {
-				return adapters.Refused("ratelimited", fmt.Sprintf("Slack rate-limited the app; it asked to wait %s, past the delivery deadline", limited.RetryAfter)), nil
+				return adapters.Result{}, later
 			}
 			t := time.NewTimer(limited.RetryAfter)
 			select {
@@ -118,13 +123,17 @@ func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Re
 				continue
 			case <-ctx.Done():
 				t.Stop()
-				return adapters.Refused("ratelimited", "Slack rate-limited the app past the delivery deadline"), nil
+				return adapters.Result{}, later
 			}
 		default:
 			return adapters.Result{}, fmt.Errorf("slack: chat.postMessage: %w", err)
 		}
 	}
 }
+
+// transientErrors are chat.postMessage errors that say "not now": the
+// message is retried. fatal_error is not one: Slack may have posted it.
+var transientErrors = map[string]bool{"internal_error": true, "service_unavailable": true, "request_timeout": true, "ratelimited": true}
 
 // maxEventBytes bounds an event callback's body; Slack's are a few KiB.
 const maxEventBytes = 1 << 20

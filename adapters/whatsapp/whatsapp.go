@@ -171,8 +171,17 @@ type graphError struct {
 }
 
 // transientCodes are Graph errors that say "not now" rather than "no":
-// unknown errors and outages. Everything else is a refusal.
-var transientCodes = map[int]bool{1: true, 2: true, 131000: true, 131016: true, 131057: true}
+// unknown errors, outages, and rate limits (4: the app's calls, 80007: the
+// business account's, 130429: the number's throughput). Everything else
+// is a refusal, unless Meta answered it with an HTTP 5xx.
+var transientCodes = map[int]bool{1: true, 2: true, 4: true, 80007: true, 130429: true, 131000: true, 131016: true, 131057: true}
+
+// pairRateCode is Meta's "too many messages to this customer" (about one
+// per 6 s to one number): retried after pairPause.
+const (
+	pairRateCode = 131056
+	pairPause    = 6 * time.Second
+)
 
 // Send posts out to the session's user, as a text message or as its
 // template. Accepted is SENT: delivery and reading come later, as
@@ -201,7 +210,9 @@ func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Re
 		return adapters.Result{}, fmt.Errorf("whatsapp: send: HTTP %d with an unreadable answer: %w", resp.StatusCode, err)
 	}
 	switch {
-	case r.Error != nil && transientCodes[r.Error.Code]:
+	case r.Error != nil && r.Error.Code == pairRateCode:
+		return adapters.Result{}, &adapters.RetryAfter{Wait: pairPause, Err: fmt.Errorf("whatsapp: send: error %d: %s", r.Error.Code, r.Error.Message)}
+	case r.Error != nil && (transientCodes[r.Error.Code] || resp.StatusCode >= 500):
 		return adapters.Result{}, fmt.Errorf("whatsapp: send: error %d: %s", r.Error.Code, r.Error.Message)
 	case r.Error != nil:
 		msg := r.Error.Message
