@@ -3,6 +3,7 @@ package server_test
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +194,31 @@ func TestWebhookRetriedWithTheSameID(t *testing.T) {
 			str(ev, "message", "direction") != "DIRECTION_OUTBOUND" || str(ev, "session", "session_id") != sid ||
 			str(ev, "session", "user") != "cust-8" || str(ev, "message", "metadata", "order") != "O-9" {
 			t.Fatalf("event %s", hooks[1].Body)
+		}
+	})
+}
+
+// A redirect is a failed attempt, as Standard Webhooks has it: not
+// followed (a 302 would have turned the POST into a bodiless GET, which the
+// other end answers 200), and retried to the configured URL.
+func TestWebhookRedirectIsNotFollowed(t *testing.T) {
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("the redirect was followed: %s %s", r.Method, r.URL)
+	}))
+	t.Cleanup(elsewhere.Close) // after the parallel subtests
+	onEachBackendWithCRM(t, func(t *testing.T, d *deployment, c *crm) {
+		sid := d.a.crmSession("cust-12")
+		for _, status := range []int{http.StatusFound, http.StatusPermanentRedirect} {
+			c.recv.Then(platformtest.WebhookAnswer{Status: status, Location: elsewhere.URL + "/moved"})
+			r, err := d.a.chat.PostMessage(d.a.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: fmt.Sprint("redirected ", status)})
+			if err != nil || r.Status != pb.MessageStatus_MESSAGE_STATUS_PENDING {
+				t.Fatalf("HTTP %d: answer %v, %v; want PENDING", status, r, err)
+			}
+			poll(t, d.a.clk, d.replicas(), 6*time.Second)
+			waitFor(t, "the retry DELIVERED", func() bool {
+				h := d.b.history(sid)
+				return h[len(h)-1].Status == pb.MessageStatus_MESSAGE_STATUS_DELIVERED
+			})
 		}
 	})
 }

@@ -87,7 +87,7 @@ func New(c Config) (*Adapter, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return &Adapter{cfg: c, out: &sender{url: c.URL, keys: keys, client: c.HTTPClient}}, nil
+	return &Adapter{cfg: c, out: newSender(c.URL, keys, c.HTTPClient)}, nil
 }
 
 func checkURL(u string) error {
@@ -180,6 +180,16 @@ type sender struct {
 	client *http.Client
 }
 
+// newSender sends to url through client, never following a redirect: a
+// 301 or 302 would turn the POST into a GET without its body, and a 2xx to
+// that would pass for a delivery; a 307 would send the signed body to
+// wherever it points. A 3xx is a failed attempt, retried.
+func newSender(url string, keys Keys, client *http.Client) *sender {
+	c := *client
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &sender{url: url, keys: keys, client: &c}
+}
+
 // post sends body as webhook id, signed now, and answers the receiver's
 // 2xx body; or its refusal; or an error worth a retry (an
 // adapters.RetryAfter when it said when).
@@ -202,7 +212,7 @@ func (s *sender) post(ctx context.Context, id string, body []byte) ([]byte, *sto
 		return answer, nil, nil
 	case code >= 200 && code < 300:
 		return nil, &store.PlatformError{Code: "bad_answer", Message: fmt.Sprintf("the answer is over %d bytes or unreadable", maxAnswerBytes)}, nil
-	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500:
+	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500 || code >= 300 && code < 400:
 		err := fmt.Errorf("webhook: HTTP %d", code)
 		if wait, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
 			return nil, nil, &adapters.RetryAfter{Wait: wait, Err: err}

@@ -61,7 +61,9 @@ type Webhook struct {
 type WebhookAnswer struct {
 	Status     int
 	RetryAfter string
-	Body       any
+	// Location, with a 3xx Status, is where the receiver redirects.
+	Location string
+	Body     any
 }
 
 // NewWebhookReceiver receives webhooks signed with secret (whsec_<base64>).
@@ -138,6 +140,9 @@ func (w *WebhookReceiver) serve(rw http.ResponseWriter, r *http.Request) {
 	}
 	if a.RetryAfter != "" {
 		rw.Header().Set("Retry-After", a.RetryAfter)
+	}
+	if a.Location != "" {
+		rw.Header().Set("Location", a.Location)
 	}
 	if a.Status == 0 {
 		a.Status = http.StatusOK
