@@ -638,6 +638,57 @@ func TestWhatsAppRefusalsAndForgeries(t *testing.T) {
 	}
 }
 
+// A customer answers in more ways than text: a tap on a template's
+// quick-reply button or an interactive reply resolves a ChatReceive with
+// its title; a photo is taken with its caption, or none, its media id in
+// the raw message; each opens the reply window. A system notice is not the
+// customer's message.
+func TestWhatsAppMessagesBeyondText(t *testing.T) {
+	p := newPlatforms(t)
+	ts := start(t, nil, nil, p.option())
+	const customer = "15551230077"
+	send := func(id, kind string, body map[string]any) {
+		t.Helper()
+		if r := ts.whatsAppWebhook(platformtest.WhatsAppInbound(waNumber, id, customer, ts.clk.Now(), kind, body)); r.code != 200 {
+			t.Fatalf("%s: HTTP %d %s", kind, r.code, r.body)
+		}
+	}
+	cases := []struct {
+		kind string
+		body map[string]any
+		said string
+	}{
+		{"button", map[string]any{"text": "Yes, call me", "payload": "CALL_ME"}, "Yes, call me"},
+		{"interactive", map[string]any{"type": "button_reply", "button_reply": map[string]any{"id": "b1", "title": "Track order"}}, "Track order"},
+		{"interactive", map[string]any{"type": "list_reply", "list_reply": map[string]any{"id": "r2", "title": "Returns", "description": "30 days"}}, "Returns"},
+		{"image", map[string]any{"id": "1479537139650973", "mime_type": "image/jpeg", "sha256": "HgR…", "caption": "the damage"}, "the damage"},
+	}
+	for i, c := range cases {
+		st, _ := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{Channel: "support", FromUser: "+" + customer})
+		ts.clk.Advance(time.Minute)
+		send(fmt.Sprintf("wamid.K%d", i), c.kind, c.body)
+		got := recvOrFail(t, st.Recv).GetSuccess()
+		if got.GetMessageText() != c.said || got.GetRawMessage().GetFields()["type"].GetStringValue() != c.kind {
+			t.Fatalf("%s: ChatReceive got %v, want %q", c.kind, got, c.said)
+		}
+	}
+	ses := ts.sessionOf("whatsapp", "+"+customer)
+	ts.clk.Advance(time.Hour)
+	send("wamid.KAUDIO", "audio", map[string]any{"id": "2011113279346000", "mime_type": "audio/ogg; codecs=opus", "voice": true})
+	h := ts.history(ses.SessionId)
+	last := h[len(h)-1]
+	if last.Text != "" || last.Raw.GetFields()["audio"].GetStructValue().GetFields()["id"].GetStringValue() != "2011113279346000" {
+		t.Fatalf("a voice note: %v", last)
+	}
+	if got := ts.getSession(ses.SessionId).ReplyWindowClosesAt.AsTime(); !got.Equal(ts.clk.Now().Truncate(time.Second).Add(24 * time.Hour)) {
+		t.Fatalf("a voice note left the window closing at %v", got)
+	}
+	send("wamid.KSYS", "system", map[string]any{"body": "the customer changed their number", "type": "user_changed_number"})
+	if n := len(ts.history(ses.SessionId)); n != len(h) {
+		t.Fatalf("a system notice was ingested: %d messages, want %d", n, len(h))
+	}
+}
+
 // ListSessions finds sessions by platform, channel, user and state, newest
 // activity first, a page at a time, over gRPC and REST.
 func TestListSessions(t *testing.T) {

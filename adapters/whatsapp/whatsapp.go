@@ -281,6 +281,54 @@ type inboundMessage struct {
 	Text      struct {
 		Body string `json:"body"`
 	} `json:"text"`
+	// A tap on a template's quick-reply button.
+	Button struct {
+		Text string `json:"text"`
+	} `json:"button"`
+	// A tap on an interactive message's reply button or list row.
+	Interactive struct {
+		ButtonReply struct {
+			Title string `json:"title"`
+		} `json:"button_reply"`
+		ListReply struct {
+			Title string `json:"title"`
+		} `json:"list_reply"`
+	} `json:"interactive"`
+	Image, Video, Document caption
+	Reaction               struct {
+		Emoji string `json:"emoji"`
+	} `json:"reaction"`
+}
+
+type caption struct {
+	Caption string `json:"caption"`
+}
+
+// said is what the customer said, as text, for the types a customer sends
+// (their raw object, kept with the message, has the rest: a media id to
+// fetch, a location's coordinates, the message a reaction is to): each
+// opens Meta's window as text does. Other types (system notices, ones Meta
+// does not support) are not the customer's messages.
+func (m *inboundMessage) said() (string, bool) {
+	switch m.Type {
+	case "text":
+		return m.Text.Body, true
+	case "button":
+		return m.Button.Text, true
+	case "interactive":
+		return m.Interactive.ButtonReply.Title + m.Interactive.ListReply.Title, true
+	case "image":
+		return m.Image.Caption, true
+	case "video":
+		return m.Video.Caption, true
+	case "document":
+		return m.Document.Caption, true
+	case "reaction":
+		return m.Reaction.Emoji, true
+	case "audio", "sticker", "location", "contacts", "order":
+		return "", true
+	}
+	return "", false
 }
 
 type status struct {
@@ -333,12 +381,17 @@ func (a *Adapter) notification(w http.ResponseWriter, r *http.Request, hub adapt
 			}
 			for _, raw := range v.Messages {
 				var m inboundMessage
-				if json.Unmarshal(raw, &m) != nil || m.Type != "text" || m.From == "" {
+				if json.Unmarshal(raw, &m) != nil || m.From == "" {
+					hub.Refused("whatsapp", adapters.Ignored)
+					continue
+				}
+				text, ok := m.said()
+				if !ok {
 					hub.Refused("whatsapp", adapters.Ignored)
 					continue
 				}
 				err := hub.Ingest(r.Context(), &adapters.Inbound{Tenant: a.cfg.Tenant, Platform: "whatsapp",
-					Channel: a.cfg.PhoneNumberID, User: "+" + m.From, Text: m.Text.Body, Raw: raw, Key: m.ID, SentAt: sentAt(m.Timestamp)})
+					Channel: a.cfg.PhoneNumberID, User: "+" + m.From, Text: text, Raw: raw, Key: m.ID, SentAt: sentAt(m.Timestamp)})
 				failed = firstRetry(failed, err)
 			}
 			for _, s := range v.Statuses {

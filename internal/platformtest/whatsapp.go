@@ -319,10 +319,17 @@ func WhatsAppMessage(phoneNumberID, id, from, text string, at time.Time) []byte 
 }
 
 func whatsAppMessage(phoneNumberID, id, from, text string, at time.Time) []byte {
+	return WhatsAppInbound(phoneNumberID, id, from, at, "text", map[string]any{"body": text})
+}
+
+// WhatsAppInbound is a webhook notification carrying one inbound message
+// of type kind ("button", "interactive", "image", …), whose object of that
+// name is body, as Meta sends it.
+func WhatsAppInbound(phoneNumberID, id, from string, at time.Time, kind string, body map[string]any) []byte {
 	return whatsAppNotification(phoneNumberID, map[string]any{
 		"contacts": []any{map[string]any{"profile": map[string]any{"name": "Ada"}, "wa_id": from}},
 		"messages": []any{map[string]any{"from": from, "id": id, "timestamp": fmt.Sprint(at.Unix()),
-			"type": "text", "text": map[string]any{"body": text}}},
+			"type": kind, kind: body}},
 	})
 }
 
