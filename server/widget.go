@@ -52,6 +52,10 @@ type Widget struct {
 	// Heartbeat is how often an idle event stream sends a comment, so that
 	// proxies do not close it; default 15 s.
 	Heartbeat time.Duration `yaml:"heartbeat"`
+	// MessagesPerMinute caps what a session's visitor may send, across
+	// replicas (10 at once at most); default 30. A token is the page's
+	// to use, and anyone on the page holds it.
+	MessagesPerMinute int `yaml:"messages_per_minute"`
 }
 
 func (w *Widget) setDefaults() error {
@@ -66,9 +70,12 @@ func (w *Widget) setDefaults() error {
 	if w.ConnectionsPerSession == 0 {
 		w.ConnectionsPerSession = 5
 	}
+	if w.MessagesPerMinute == 0 {
+		w.MessagesPerMinute = 30
+	}
 	switch {
-	case w.TokenTTL < 0 || w.MaxTokenTTL < 0 || w.Heartbeat < 0 || w.ConnectionsPerSession < 0:
-		return errors.New("widget: durations and connections_per_session must not be negative")
+	case w.TokenTTL < 0 || w.MaxTokenTTL < 0 || w.Heartbeat < 0 || w.ConnectionsPerSession < 0 || w.MessagesPerMinute < 0:
+		return errors.New("widget: durations, connections_per_session and messages_per_minute must not be negative")
 	case w.TokenTTL > w.MaxTokenTTL:
 		return fmt.Errorf("widget: token_ttl (%s) exceeds max_token_ttl (%s)", w.TokenTTL, w.MaxTokenTTL)
 	}
@@ -258,6 +265,7 @@ func (w *widget) fail(rw http.ResponseWriter, r *http.Request, err error) {
 	if merr != nil {
 		body = []byte(`{}`)
 	}
+	errorHeaders(rw.Header(), st)
 	rw.Header().Set("Content-Type", "application/json")
 	rw.WriteHeader(runtime.HTTPStatusFromCode(st.Code()))
 	_, _ = rw.Write(body)
@@ -395,6 +403,15 @@ func (w *widget) messages(rw http.ResponseWriter, r *http.Request) {
 	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	c, err := w.authorize(r, r.URL.Query().Get("session_id"), token)
 	if err != nil {
+		w.fail(rw, r, err)
+		return
+	}
+	n := w.s.cfg.Widget.MessagesPerMinute
+	rate := store.Rate{PerSecond: float64(n) / 60, Burst: min(n, 10)}
+	if wait, err := w.s.cfg.Store.Take(r.Context(), "widget:"+c.Tenant+"/"+c.SessionID, rate, 1); err != nil || wait > 0 {
+		if err == nil {
+			err = rateLimited(fmt.Sprintf("the session's visitor may send %d messages a minute (widget.messages_per_minute)", n), wait)
+		}
 		w.fail(rw, r, err)
 		return
 	}

@@ -568,6 +568,38 @@ func TestWidgetPostLimits(t *testing.T) {
 	}
 }
 
+// A session's visitor may send widget.messages_per_minute, and no more:
+// past it a send is 429 RATE_LIMITED with Retry-After, and stores nothing;
+// another session's budget is its own; the budget refills with time.
+func TestWidgetMessagesPerMinute(t *testing.T) {
+	ts := start(t, nil, nil, withWidget(func(w *server.Widget) { w.MessagesPerMinute = 6 }))
+	ses, other := ts.webSession("visitor-1"), ts.webSession("visitor-2")
+	tok := ts.widgetToken(ses.SessionId)
+	send := func(sid, tok string, i int) restResp {
+		return ts.widgetPost(sid, tok, map[string]any{"text": fmt.Sprint("message ", i)})
+	}
+	for i := range 6 {
+		if r := send(ses.SessionId, tok, i); r.code != 200 {
+			t.Fatalf("message %d: %d %s", i, r.code, r.body)
+		}
+	}
+	r := send(ses.SessionId, tok, 6)
+	wantREST(t, r, 429, "RATE_LIMITED")
+	if got := r.header.Get("Retry-After"); got != "10" {
+		t.Fatalf("Retry-After %q, want 10 (a message every 10 s)", got)
+	}
+	if h := ts.history(ses.SessionId); len(h) != 6 {
+		t.Fatalf("%d messages stored, want the 6 taken", len(h))
+	}
+	if r := send(other.SessionId, ts.widgetToken(other.SessionId), 0); r.code != 200 {
+		t.Fatalf("another session's visitor: %d %s", r.code, r.body)
+	}
+	ts.clk.Advance(10 * time.Second)
+	if r := send(ses.SessionId, tok, 7); r.code != 200 {
+		t.Fatalf("after 10 s: %d %s", r.code, r.body)
+	}
+}
+
 func TestWidgetConnectionsPerSession(t *testing.T) {
 	ts := start(t, nil, nil, withWidget(func(w *server.Widget) { w.ConnectionsPerSession = 2 }))
 	ses := ts.webSession("visitor-1")

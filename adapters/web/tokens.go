@@ -83,11 +83,11 @@ func (t *Tokens) Verify(token string) (Claims, error) {
 	if !ok1 || !ok2 || version != tokenVersion {
 		return Claims{}, ErrForged
 	}
-	got, err := base64.RawURLEncoding.DecodeString(sig)
+	got, err := base64.RawURLEncoding.Strict().DecodeString(sig)
 	if err != nil || !hmac.Equal(got, t.sign(version+"."+payload)) {
 		return Claims{}, ErrForged
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(payload)
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(payload)
 	if err != nil {
 		return Claims{}, ErrForged
 	}
