@@ -193,7 +193,8 @@ func TestSlackEventsAreVerified(t *testing.T) {
 
 // Slack redelivers an event it thinks was lost; bots, ours included, and
 // edits are not the user speaking. Only the first delivery of a user's
-// message is ingested, once, across replicas.
+// message is ingested, once, across replicas. A file shared with a
+// message, and a thread reply also sent to the channel, are the user's.
 func TestSlackRedeliveriesAndBotsAreNotIngestedTwice(t *testing.T) {
 	t.Parallel()
 	onEachBackend(t, func(t *testing.T, d *deployment, p *platforms) {
@@ -216,9 +217,18 @@ func TestSlackRedeliveriesAndBotsAreNotIngestedTwice(t *testing.T) {
 				t.Fatalf("a bot's event: HTTP %d", r.code)
 			}
 		}
+		for _, ev := range [][]byte{
+			platformtest.SlackEvent("Ev007", slackChan, "U0REP", "the invoice", map[string]any{"subtype": "file_share",
+				"files": []any{map[string]any{"id": "F0INV", "name": "invoice.pdf"}}}),
+			platformtest.SlackEvent("Ev008", slackChan, "U0REP", "also here", map[string]any{"subtype": "thread_broadcast", "thread_ts": "1715000000.000100"}),
+		} {
+			if r := d.b.slackEvent(ev); r.code != 200 {
+				t.Fatalf("a user's event: HTTP %d", r.code)
+			}
+		}
 		ses := d.a.sessionOf("slack", "U0REP")
-		if h := d.a.history(ses.SessionId); len(h) != 1 || h[0].Text != "hello once" {
-			t.Fatalf("history %v, want the one user message", h)
+		if h := d.a.history(ses.SessionId); len(h) != 3 || h[0].Text != "hello once" || h[1].Text != "the invoice" || h[2].Text != "also here" {
+			t.Fatalf("history %v, want the three user messages", h)
 		}
 	})
 }

@@ -131,6 +131,9 @@ func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Re
 	}
 }
 
+// userSubtypes are the message subtypes that are a user's own message.
+var userSubtypes = map[string]bool{"": true, "file_share": true, "thread_broadcast": true}
+
 // transientErrors are chat.postMessage errors that say "not now": the
 // message is retried. fatal_error is not one: Slack may have posted it.
 var transientErrors = map[string]bool{"internal_error": true, "service_unavailable": true, "request_timeout": true, "ratelimited": true}
@@ -142,7 +145,8 @@ const maxEventBytes = 1 << 20
 // ingested with their event_id as the key so that Slack's redeliveries
 // are taken once. Messages from bots (ours included) and subtypes
 // (edits, joins…) are not the user speaking: they are acknowledged and
-// left out.
+// left out; a file shared with a message, and a thread reply also sent to
+// the channel, are the user speaking (userSubtypes).
 func (a *Adapter) Handler(hub adapters.Hub) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
@@ -179,7 +183,7 @@ func (a *Adapter) Handler(hub adapters.Hub) http.Handler {
 		case slackevents.CallbackEvent:
 			cb, ok := ev.Data.(*slackevents.EventsAPICallbackEvent)
 			m, isMsg := ev.InnerEvent.Data.(*slackevents.MessageEvent)
-			if ok && isMsg && cb.InnerEvent != nil && m.SubType == "" && m.BotID == "" && m.User != "" {
+			if ok && isMsg && cb.InnerEvent != nil && userSubtypes[m.SubType] && m.BotID == "" && m.User != "" {
 				adapters.IngestAnswer(w, hub.Ingest(r.Context(), &adapters.Inbound{
 					Tenant: a.cfg.Tenant, Platform: "slack", Channel: m.Channel, User: m.User, Text: m.Text,
 					Raw: json.RawMessage(*cb.InnerEvent), Key: cb.EventID, Thread: m.ThreadTimeStamp,
