@@ -699,6 +699,53 @@ func TestWhatsAppMessagesBeyondText(t *testing.T) {
 	}
 }
 
+// Meta sends every number's webhooks to its app's one callback URL: a
+// number of the same app (the same app secret) takes a notification for
+// it wherever it came, as its own channel and tenant, and its receipts
+// too; a number of another app, whose secret did not sign it, does not.
+func TestWhatsAppNumbersOfOneAppShareACallbackURL(t *testing.T) {
+	p := newPlatforms(t)
+	const second, foreign = "15550002222", "15550003333"
+	salesMeta := platformtest.NewWhatsApp(waToken, second)
+	t.Cleanup(salesMeta.Close)
+	sales, err := whatsapp.New(whatsapp.Config{Name: "sales", Tenant: "acme", PhoneNumberID: second, AccessToken: waToken, AppSecret: waSecret,
+		VerifyToken: waVerify, APIURL: salesMeta.URL(), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := whatsapp.New(whatsapp.Config{Name: "other", PhoneNumberID: foreign, AccessToken: waToken, AppSecret: "another-apps-secret",
+		VerifyToken: waVerify, APIURL: p.whatsapp.URL(), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	support := p.accounts[1].(*whatsapp.Adapter)
+	whatsapp.Link(support, sales, other)
+	ts := start(t, nil, nil, withKeys(testKey{"key-default-0123456789", "default"}, testKey{"key-acme-0123456789", "acme"}),
+		func(c *serverConfig) { c.Adapters = append(p.accounts, sales, other) })
+	ts.key = "key-default-0123456789"
+
+	// To support's URL (the app's), for the sales number and the foreign one.
+	ts.whatsAppWebhook(platformtest.WhatsAppMessage(second, "wamid.S1", "15557770001", "for sales", ts.clk.Now()))
+	ts.whatsAppWebhook(platformtest.WhatsAppMessage(foreign, "wamid.F1", "15557770002", "for another app", ts.clk.Now()))
+	if r, _ := ts.sessions.ListSessions(ts.ctx(), &pb.ListSessionsRequest{Platform: "whatsapp"}); len(r.GetSessions()) != 0 {
+		t.Fatalf("the default tenant got %v", r.GetSessions())
+	}
+	ts.key = "key-acme-0123456789"
+	ses := ts.sessionOf("whatsapp", "+15557770001")
+	if ses.Channel != second {
+		t.Fatalf("sales's message landed on channel %s, want %s", ses.Channel, second)
+	}
+	if r, _ := ts.sessions.ListSessions(ts.ctx(), &pb.ListSessionsRequest{User: "+15557770002"}); len(r.GetSessions()) != 0 {
+		t.Fatalf("another app's number took a notification its secret did not sign: %v", r.GetSessions())
+	}
+	// Its receipts come the same way.
+	sent := ts.postFull(&pb.PostMessageRequest{SessionId: ses.SessionId, Message: "hello from sales"})
+	ts.whatsAppWebhook(platformtest.WhatsAppStatus(second, sent.PlatformMessageId, "read", "15557770001", ts.clk.Now(), 0))
+	if h := ts.history(ses.SessionId); h[len(h)-1].Status != pb.MessageStatus_MESSAGE_STATUS_READ {
+		t.Fatalf("the receipt through the app's URL: %v", h[len(h)-1])
+	}
+}
+
 // ListSessions finds sessions by platform, channel, user and state, newest
 // activity first, a page at a time, over gRPC and REST.
 func TestListSessions(t *testing.T) {

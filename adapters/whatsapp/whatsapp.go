@@ -51,6 +51,24 @@ type Config struct {
 type Adapter struct {
 	cfg Config
 	url string // the messages endpoint
+	// app are the numbers of the same Meta app (Link), by phone number
+	// id, this one included: Meta sends every number's webhooks to the
+	// app's one callback URL.
+	app map[string]*Adapter
+}
+
+// Link makes the numbers of each Meta app (those sharing an app secret)
+// take each other's webhooks, whichever number's callback URL the app
+// has. Call it once, with every number configured, before serving.
+func Link(numbers ...*Adapter) {
+	apps := map[string]map[string]*Adapter{}
+	for _, a := range numbers {
+		if apps[a.cfg.AppSecret] == nil {
+			apps[a.cfg.AppSecret] = map[string]*Adapter{}
+		}
+		apps[a.cfg.AppSecret][a.cfg.PhoneNumberID] = a
+		a.app = apps[a.cfg.AppSecret]
+	}
 }
 
 var _ adapters.Adapter = (*Adapter)(nil)
@@ -82,7 +100,9 @@ func New(c Config) (*Adapter, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return &Adapter{cfg: c, url: c.APIURL + c.PhoneNumberID + "/messages"}, nil
+	a := &Adapter{cfg: c, url: c.APIURL + c.PhoneNumberID + "/messages"}
+	a.app = map[string]*Adapter{c.PhoneNumberID: a}
+	return a, nil
 }
 
 func (a *Adapter) Platform() string { return "whatsapp" }
@@ -261,16 +281,20 @@ func (a *Adapter) verifyWebhook(w http.ResponseWriter, r *http.Request) {
 type notification struct {
 	Entry []struct {
 		Changes []struct {
-			Field string `json:"field"`
-			Value struct {
-				Metadata struct {
-					PhoneNumberID string `json:"phone_number_id"`
-				} `json:"metadata"`
-				Messages []json.RawMessage `json:"messages"`
-				Statuses []status          `json:"statuses"`
-			} `json:"value"`
+			Field string      `json:"field"`
+			Value changeValue `json:"value"`
 		} `json:"changes"`
 	} `json:"entry"`
+}
+
+// changeValue is what a change of field "messages" carries, for one
+// number.
+type changeValue struct {
+	Metadata struct {
+		PhoneNumberID string `json:"phone_number_id"`
+	} `json:"metadata"`
+	Messages []json.RawMessage `json:"messages"`
+	Statuses []status          `json:"statuses"`
 }
 
 type inboundMessage struct {
@@ -370,49 +394,58 @@ func (a *Adapter) notification(w http.ResponseWriter, r *http.Request, hub adapt
 	var failed error
 	for _, e := range n.Entry {
 		for _, c := range e.Changes {
-			v := c.Value
 			if c.Field != "messages" {
 				continue
 			}
-			if v.Metadata.PhoneNumberID != a.cfg.PhoneNumberID {
-				a.cfg.Logger.Warn("whatsapp: a webhook for another number; configure its own callback URL",
-					"account", a.cfg.Name, "phone_number_id", v.Metadata.PhoneNumberID)
+			number := a.app[c.Value.Metadata.PhoneNumberID]
+			if number == nil {
+				a.cfg.Logger.Warn("whatsapp: a webhook for a number not configured with this app's secret",
+					"account", a.cfg.Name, "phone_number_id", c.Value.Metadata.PhoneNumberID)
 				continue
 			}
-			for _, raw := range v.Messages {
-				var m inboundMessage
-				if json.Unmarshal(raw, &m) != nil || m.From == "" {
-					hub.Refused("whatsapp", adapters.Ignored)
-					continue
-				}
-				text, ok := m.said()
-				if !ok {
-					hub.Refused("whatsapp", adapters.Ignored)
-					continue
-				}
-				err := hub.Ingest(r.Context(), &adapters.Inbound{Tenant: a.cfg.Tenant, Platform: "whatsapp",
-					Channel: a.cfg.PhoneNumberID, User: "+" + m.From, Text: text, Raw: raw, Key: m.ID, SentAt: sentAt(m.Timestamp)})
-				failed = firstRetry(failed, err)
-			}
-			for _, s := range v.Statuses {
-				st, ok := receiptStatus[s.Status]
-				if !ok || s.ID == "" {
-					continue
-				}
-				rc := store.Receipt{Tenant: a.cfg.Tenant, Platform: "whatsapp", PlatformID: s.ID, Status: st, At: receiptTime(s.Timestamp)}
-				if len(s.Errors) > 0 {
-					e := s.Errors[0]
-					msg := e.Title
-					if e.ErrorData.Details != "" {
-						msg += ": " + e.ErrorData.Details
-					}
-					rc.Error = &store.PlatformError{Code: strconv.Itoa(e.Code), Message: msg}
-				}
-				failed = firstRetry(failed, hub.Receipt(r.Context(), rc))
-			}
+			failed = firstRetry(failed, number.take(r.Context(), &c.Value, hub))
 		}
 	}
 	adapters.IngestAnswer(w, failed)
+}
+
+// take hands what a notification's change for this number carries to the
+// hub: its messages and its statuses. It answers the first error worth a
+// retry, having tried them all.
+func (a *Adapter) take(ctx context.Context, v *changeValue, hub adapters.Hub) error {
+	var failed error
+	for _, raw := range v.Messages {
+		var m inboundMessage
+		if json.Unmarshal(raw, &m) != nil || m.From == "" {
+			hub.Refused("whatsapp", adapters.Ignored)
+			continue
+		}
+		text, ok := m.said()
+		if !ok {
+			hub.Refused("whatsapp", adapters.Ignored)
+			continue
+		}
+		err := hub.Ingest(ctx, &adapters.Inbound{Tenant: a.cfg.Tenant, Platform: "whatsapp",
+			Channel: a.cfg.PhoneNumberID, User: "+" + m.From, Text: text, Raw: raw, Key: m.ID, SentAt: sentAt(m.Timestamp)})
+		failed = firstRetry(failed, err)
+	}
+	for _, s := range v.Statuses {
+		st, ok := receiptStatus[s.Status]
+		if !ok || s.ID == "" {
+			continue
+		}
+		rc := store.Receipt{Tenant: a.cfg.Tenant, Platform: "whatsapp", PlatformID: s.ID, Status: st, At: receiptTime(s.Timestamp)}
+		if len(s.Errors) > 0 {
+			e := s.Errors[0]
+			msg := e.Title
+			if e.ErrorData.Details != "" {
+				msg += ": " + e.ErrorData.Details
+			}
+			rc.Error = &store.PlatformError{Code: strconv.Itoa(e.Code), Message: msg}
+		}
+		failed = firstRetry(failed, hub.Receipt(ctx, rc))
+	}
+	return failed
 }
 
 // firstRetry keeps the first error worth a retry.

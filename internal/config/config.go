@@ -188,6 +188,7 @@ func (f *File) Adapters(logger *slog.Logger, client *http.Client) ([]adapters.Ad
 		out = append(out, a)
 	}
 	numbers := map[string]bool{}
+	var linked []*whatsapp.Adapter
 	for _, w := range f.WhatsApp {
 		a, err := whatsapp.New(whatsapp.Config{Name: w.Name, Tenant: w.Tenant, PhoneNumberID: w.PhoneNumberID,
 			AccessToken: w.accessToken, AppSecret: w.appSecret, VerifyToken: w.verifyToken, APIURL: w.APIURL, Logger: logger, HTTPClient: client})
@@ -202,7 +203,9 @@ func (f *File) Adapters(logger *slog.Logger, client *http.Client) ([]adapters.Ad
 			return nil, fmt.Errorf("config: %w", err)
 		}
 		out = append(out, a)
+		linked = append(linked, a)
 	}
+	whatsapp.Link(linked...)
 	for _, w := range f.Webhooks {
 		a, err := webhook.New(webhook.Config{Name: w.Name, Tenant: w.Tenant, URL: w.URL, Secret: w.secret, Logger: logger, HTTPClient: client})
 		if err != nil {
