@@ -49,6 +49,10 @@ type Widget struct {
 	// ConnectionsPerSession caps a session's open event streams on one
 	// replica (a visitor's tabs); default 5.
 	ConnectionsPerSession int `yaml:"connections_per_session"`
+	// Streams caps a tenant's open event streams on one replica; default
+	// 10,000. They are counted apart from limits.streams, so that a site's
+	// visitors cannot take the streams its backend waits on.
+	Streams int `yaml:"streams"`
 	// Heartbeat is how often an idle event stream sends a comment, so that
 	// proxies do not close it; default 15 s.
 	Heartbeat time.Duration `yaml:"heartbeat"`
@@ -73,9 +77,12 @@ func (w *Widget) setDefaults() error {
 	if w.MessagesPerMinute == 0 {
 		w.MessagesPerMinute = 30
 	}
+	if w.Streams == 0 {
+		w.Streams = 10_000
+	}
 	switch {
-	case w.TokenTTL < 0 || w.MaxTokenTTL < 0 || w.Heartbeat < 0 || w.ConnectionsPerSession < 0 || w.MessagesPerMinute < 0:
-		return errors.New("widget: durations, connections_per_session and messages_per_minute must not be negative")
+	case w.TokenTTL < 0 || w.MaxTokenTTL < 0 || w.Heartbeat < 0 || w.ConnectionsPerSession < 0 || w.MessagesPerMinute < 0 || w.Streams < 0:
+		return errors.New("widget: durations, connections_per_session, messages_per_minute and streams must not be negative")
 	case w.TokenTTL > w.MaxTokenTTL:
 		return fmt.Errorf("widget: token_ttl (%s) exceeds max_token_ttl (%s)", w.TokenTTL, w.MaxTokenTTL)
 	}
@@ -97,10 +104,11 @@ type widget struct {
 	tokens  *web.Tokens // nil without a secret
 	origins map[string]bool
 	conns   *streamCounts // per tenant and session
+	streams *streamCounts // per tenant
 	codec   runtime.Marshaler
-	// streams are the event streams running: once one has taken its
+	// running are the event streams running: once one has taken its
 	// connection over, net/http's Shutdown no longer waits for it.
-	streams sync.WaitGroup
+	running sync.WaitGroup
 }
 
 func newWidget(s *Server) (*widget, error) {
@@ -109,6 +117,10 @@ func newWidget(s *Server) (*widget, error) {
 	for _, o := range cfg.AllowedOrigins {
 		w.origins[o] = true
 	}
+	w.streams = newStreamCounts(cfg.Streams, func(open, limit int) error {
+		return &codedError{code: codes.ResourceExhausted, reason: reasonTooManyListeners,
+			msg: fmt.Sprintf("the tenant has %d widget streams open on this replica; the limit is %d (widget.streams)", open, limit)}
+	})
 	w.conns = newStreamCounts(cfg.ConnectionsPerSession, func(open, limit int) error {
 		return &codedError{code: codes.ResourceExhausted, reason: reasonTooManyListeners,
 			msg: fmt.Sprintf("the session has %d widget connections open on this replica; the limit is %d (widget.connections_per_session)", open, limit)}
@@ -292,7 +304,7 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 	if after == "" {
 		after = q.Get("after")
 	}
-	release, err := w.s.ic.streams.acquire(c.Tenant)
+	release, err := w.streams.acquire(c.Tenant)
 	if err != nil {
 		w.fail(rw, r, err)
 		return
@@ -320,7 +332,7 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 		release()
 	}
 	taken, done := sw.taken, make(chan error, 1)
-	w.streams.Add(1)
+	w.running.Add(1)
 	go w.stream(&pb.WatchSessionRequest{SessionId: c.SessionID, AfterMessageId: after}, sw, done)
 	select {
 	case <-taken:
@@ -336,7 +348,7 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 // (docs/design.md §12), so the frames it waits on stay small: the work after
 // the watch is in end.
 func (w *widget) stream(req *pb.WatchSessionRequest, sw *sseWatch, done chan<- error) {
-	defer w.streams.Done()
+	defer w.running.Done()
 	defer sw.release()
 	done <- w.end(sw, w.watch(req, sw))
 }
@@ -358,7 +370,7 @@ func (w *widget) watch(req *pb.WatchSessionRequest, sw *sseWatch) (err error) {
 // begins), or ctx does.
 func (w *widget) wait(ctx context.Context) error {
 	done := make(chan struct{})
-	go func() { w.streams.Wait(); close(done) }()
+	go func() { w.running.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

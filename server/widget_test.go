@@ -600,6 +600,24 @@ func TestWidgetMessagesPerMinute(t *testing.T) {
 	}
 }
 
+// A tenant's widget streams have their own cap, widget.streams, apart from
+// limits.streams: visitors who reach it are refused, and the backend's
+// ChatReceive and WatchSession still get theirs.
+func TestWidgetStreamsAreCountedApartFromTheBackends(t *testing.T) {
+	ts := start(t, nil, nil, withWidget(func(w *server.Widget) { w.Streams = 2 }), withLimits(func(l *server.Limits) { l.Streams = 1 }))
+	for i := range 2 {
+		ses := ts.webSession(fmt.Sprint("visitor-", i))
+		ts.widgetEvents(eventsQuery(ses.SessionId, ts.widgetToken(ses.SessionId)))
+	}
+	third := ts.webSession("visitor-3")
+	_, r := ts.openEvents(eventsQuery(third.SessionId, ts.widgetToken(third.SessionId)))
+	wantREST(t, r, 429, "TOO_MANY_LISTENERS")
+	if !strings.Contains(string(r.body), "widget.streams") {
+		t.Fatalf("the refusal does not name its limit: %s", r.body)
+	}
+	ts.liveWatch(third.SessionId) // the backend's one stream
+}
+
 func TestWidgetConnectionsPerSession(t *testing.T) {
 	ts := start(t, nil, nil, withWidget(func(w *server.Widget) { w.ConnectionsPerSession = 2 }))
 	ses := ts.webSession("visitor-1")

@@ -135,9 +135,9 @@ func serveChild(backend, redisURL, slackAPI, webhookURL, cpuprofile string, metr
 	// default caps, which are for production.
 	limits := server.DefaultLimits()
 	limits.Streams, limits.PendingListeners = 1_000_000, 1_000_000
-	// The widget scenario holds one connection per session, each counted
-	// among the tenant's streams.
-	cfg := server.Config{Store: st, Logger: quiet, Limits: limits, Widget: server.Widget{Secret: rand.Text() + rand.Text()}}
+	// The widget scenario holds one connection per session: past the
+	// default cap on a tenant's widget streams too.
+	cfg := server.Config{Store: st, Logger: quiet, Limits: limits, Widget: server.Widget{Secret: rand.Text() + rand.Text(), Streams: 1_000_000}}
 	if metrics {
 		cfg.Metrics = prometheus.NewRegistry()
 	}
