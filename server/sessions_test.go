@@ -425,24 +425,40 @@ func TestCursorsOnTrimmedHistoryAreRefused(t *testing.T) {
 	}
 }
 
-// racingStore runs hook once, inside the next GetSession: what another
-// replica may do between two of a watcher's reads. It keeps the
-// subscriptions it hands out, so that a test can make one resync.
-type racingStore struct {
+// keptSubs is a store that keeps the subscriptions it hands out, so that
+// a test can make a watcher re-read what it watches.
+type keptSubs struct {
 	store.Store
 	mu   sync.Mutex
 	subs map[store.Topic]*store.Subscription
-	hook func()
 }
 
-func (s *racingStore) Subscribe(ctx context.Context, topic store.Topic) (*store.Subscription, error) {
+func (s *keptSubs) Subscribe(ctx context.Context, topic store.Topic) (*store.Subscription, error) {
 	sub, err := s.Store.Subscribe(ctx, topic)
 	if err == nil {
 		s.mu.Lock()
+		if s.subs == nil {
+			s.subs = map[store.Topic]*store.Subscription{}
+		}
 		s.subs[topic] = sub
 		s.mu.Unlock()
 	}
 	return sub, err
+}
+
+// resync makes the watcher of tenant's session re-read it.
+func (s *keptSubs) resync(tenant, session string) {
+	s.mu.Lock()
+	sub := s.subs[store.SessionTopic(tenant, session)]
+	s.mu.Unlock()
+	sub.Resync()
+}
+
+// racingStore runs hook once, inside the next GetSession: what another
+// replica may do between two of a watcher's reads.
+type racingStore struct {
+	keptSubs
+	hook func()
 }
 
 func (s *racingStore) GetSession(ctx context.Context, tenant, id string) (store.Session, error) {
@@ -466,7 +482,7 @@ func TestWatchSessionMissesNothingAppendedJustBeforeTheEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ms.Close() })
-	rs := &racingStore{Store: ms, subs: map[store.Topic]*store.Subscription{}}
+	rs := &racingStore{keptSubs: keptSubs{Store: ms}}
 	ts := start(t, rs, clk)
 	ses := ts.createSession("u1")
 	st := ts.liveWatch(ses.SessionId)
@@ -485,9 +501,8 @@ func TestWatchSessionMissesNothingAppendedJustBeforeTheEnd(t *testing.T) {
 			t.Errorf("CloseSession: %v", err)
 		}
 	}
-	sub := rs.subs[store.SessionTopic("default", ses.SessionId)]
 	rs.mu.Unlock()
-	sub.Resync()
+	rs.resync("default", ses.SessionId)
 
 	if got := recvOrFail(t, st.Recv); got.GetMessage().GetMessageId() != <-last {
 		t.Fatalf("the watcher got %v, want the message appended just before the end", got)

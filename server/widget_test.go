@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -775,14 +774,11 @@ func TestWidgetPostRetriedAfterAFaultIsTakenOnce(t *testing.T) {
 }
 
 // trappedStore springs trap on the reads of one session a widget stream
-// makes (its history, and the session on a resync), and keeps the
-// subscriptions it hands out, so that a test can make a stream re-read.
+// makes (its history, and the session on a resync).
 type trappedStore struct {
-	store.Store
-	mu      sync.Mutex
+	keptSubs
 	session string
 	trap    func()
-	subs    map[store.Topic]*store.Subscription
 }
 
 func newTrappedStore(t *testing.T, clk *clock.Fake) *trappedStore {
@@ -791,7 +787,7 @@ func newTrappedStore(t *testing.T, clk *clock.Fake) *trappedStore {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ms.Close() })
-	return &trappedStore{Store: ms, subs: map[store.Topic]*store.Subscription{}}
+	return &trappedStore{keptSubs: keptSubs{Store: ms}}
 }
 
 func (s *trappedStore) set(session string, trap func()) {
@@ -820,24 +816,6 @@ func (s *trappedStore) ListMessages(ctx context.Context, tenant, sessionID, afte
 func (s *trappedStore) GetSession(ctx context.Context, tenant, id string) (store.Session, error) {
 	s.spring(id)
 	return s.Store.GetSession(ctx, tenant, id)
-}
-
-func (s *trappedStore) Subscribe(ctx context.Context, topic store.Topic) (*store.Subscription, error) {
-	sub, err := s.Store.Subscribe(ctx, topic)
-	if err == nil {
-		s.mu.Lock()
-		s.subs[topic] = sub
-		s.mu.Unlock()
-	}
-	return sub, err
-}
-
-// resync makes the stream watching session re-read it.
-func (s *trappedStore) resync(tenant, session string) {
-	s.mu.Lock()
-	sub := s.subs[store.SessionTopic(tenant, session)]
-	s.mu.Unlock()
-	sub.Resync()
 }
 
 // A widget stream runs on a goroutine of its own, not net/http's: a panic
