@@ -176,7 +176,19 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	if err != nil {
 		return res, err
 	}
-	rawMsg := string(wire.Message)
+	// The message is stored: the rest finishes the ingest whatever becomes
+	// of its caller, its listeners' outcomes first. A caller gone here
+	// would leave a listener pending that the message matched, with no
+	// retry to finish it when it had no idempotency key.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishIngestTimeout)
+	defer cancel()
+	res.Matched, err = s.matchIngested(ctx, in, &res, string(wire.Message), out[1:], early)
+	if err != nil {
+		return res, err
+	}
+	if len(res.Matched) > 0 && idemKey != "" {
+		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, wire, res.Matched)
+	}
 	if err := s.trackActivity(ctx, in.Tenant, res.Session.ID, res.Message.CreatedAt); err != nil {
 		return res, err
 	}
@@ -185,10 +197,21 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 			return res, err
 		}
 	}
-	members := out[1:]
+	return res, nil
+}
+
+// finishIngestTimeout bounds what an ingest does after its append, which
+// outlives its caller.
+const finishIngestTimeout = 5 * time.Second
+
+// matchIngested resolves the listeners an appended message matches: the
+// candidates the ingest script answered (members) and read beside it
+// (early), and those of the buckets it could not read in advance.
+func (s *Store) matchIngested(ctx context.Context, in store.InboundMessage, res *store.IngestResult, rawMsg string,
+	members []string, early []*redis.StringSliceCmd) ([]string, error) {
 	more, err := indexVals(early)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	members = append(members, more...)
 	var late []string
@@ -201,17 +224,11 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	if len(late) > 0 {
 		more, err := s.readIndexes(ctx, late)
 		if err != nil {
-			return res, err
+			return nil, err
 		}
 		members = append(members, more...)
 	}
-	if res.Matched, err = s.match(ctx, in.Tenant, &res.Message, rawMsg, members, 0); err != nil {
-		return res, err
-	}
-	if len(res.Matched) > 0 && idemKey != "" {
-		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, wire, res.Matched)
-	}
-	return res, nil
+	return s.match(ctx, in.Tenant, &res.Message, rawMsg, members, 0)
 }
 
 // finishReplay answers a replayed ingest (raw is the first call's result)
