@@ -13,13 +13,16 @@ import (
 )
 
 // RegisterListener counts the listener among its tenant's pending ones (the
-// cap), adds it to its index sets and its tenant's listing, and writes its
-// record, pipelined: 1 round trip. They live in different slots; the
-// indexes are written before the record, so a listener is never in its
-// record without being findable, and an index member whose record never
-// came is skipped (and removed) by the first ingest that meets it. A
-// listener refused for the cap is deleted again at once (1 more round
-// trip). With Filter.AfterMessageID, looking for a reply that came first
+// cap), writes its record, and adds it to its index sets and its tenant's
+// listing, pipelined: 1 round trip. They live in different slots, and
+// another client's commands may run between them; the record is written
+// before the indexes, so an index member without a record is one whose
+// listener is gone, which the first ingest that meets it removes. (The
+// other way round, an ingest between the index and the record took the
+// listener for gone and unindexed it for good.) An ingest that runs
+// before the indexes are written does not see the listener: it came
+// before the registration did. A listener refused for the cap is deleted
+// again at once (1 more round trip). With Filter.AfterMessageID, looking for a reply that came first
 // costs 2 or 3 more (matchEarlier).
 func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (store.Listener, error) {
 	if _, err := nl.Filter.Compile(); err != nil {
@@ -43,13 +46,13 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	pipe := s.c.Pipeline()
 	counted := s.inPipe(ctx, pipe, pendingAddScript, []string{s.pendingKey(nl.Tenant)},
 		now.UnixMilli(), nl.ID, now.Add(life).UnixMilli(), nl.MaxPending, keep)
+	added := s.inPipe(ctx, pipe, listenerAddScript, []string{key}, args...)
 	indexed := make([]func() (string, []string, error), len(buckets))
 	for i, b := range buckets {
 		indexed[i] = s.inPipe(ctx, pipe, indexAddScript, []string{b}, member, keep)
 	}
 	listed := s.inPipe(ctx, pipe, listingAddScript, []string{listing}, expiry, now.UnixMilli(), nl.ID,
 		now.Add(life+s.o.OutcomeRetention).UnixMilli(), keep)
-	added := s.inPipe(ctx, pipe, listenerAddScript, []string{key}, args...)
 	_, _ = pipe.Exec(ctx)
 	full, _, err := counted()
 	if err != nil {
