@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -330,6 +331,35 @@ func TestFailingChatbotDoesNotWedgeTheSession(t *testing.T) {
 			if n := len(d.a.history(sid)); n != 2 {
 				t.Fatalf("answer %d: %d messages; a refused answer's replies were posted", i, n)
 			}
+		}
+	})
+}
+
+// A chatbot's replies are keyed apart from every key a client may send: a
+// PostMessage that used the key a reply would have had does not stop the
+// reply, which is posted once, nor send the bot its message again.
+func TestChatbotRepliesAreKeyedApartFromClients(t *testing.T) {
+	t.Parallel()
+	onEachBackendWithBot(t, func(t *testing.T, d *deployment, b *echoBot) {
+		asked, answer := make(chan string, 1), make(chan struct{})
+		b.recv.Answer(func(h platformtest.Webhook) platformtest.WebhookAnswer {
+			asked <- h.ID
+			<-answer
+			return echo(h)
+		})
+		sid := d.a.startBot("u-keys", false).SessionId
+		msg := d.b.say(sid, "hi")
+		<-asked
+		_, err := d.a.chat.PostMessage(d.a.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: "a human's note",
+			IdempotencyKey: "bot:" + msg.MessageId + ":0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		close(answer)
+		waitFor(t, "the bot's reply", func() bool { return slices.Contains(d.b.texts(sid), "> echo: hi") })
+		poll(t, d.a.clk, d.replicas(), 3*time.Minute) // past a lease
+		if n := len(b.recv.Hooks()); n != 1 {
+			t.Fatalf("the bot was sent its message %d times, want once", n)
 		}
 	})
 }
