@@ -58,6 +58,15 @@ type DeliveryOutcome struct {
 	RetryAt time.Time
 }
 
+// How long a message stays known by its platform id (receipts come later:
+// a read receipt may come days later), and how long and how many receipts
+// for an id not known yet wait for it.
+const (
+	PlatformIDRetention = 7 * 24 * time.Hour
+	EarlyReceiptWait    = time.Hour
+	MaxEarlyReceipts    = 16
+)
+
 // Receipt is a platform's report on an outbound message it took, by the
 // platform's own id for it (WhatsApp's statuses[]).
 type Receipt struct {
@@ -100,7 +109,8 @@ type Deliveries interface {
 	// forward to r.Status, with an EventMessageStatus. A stale or repeated
 	// receipt changes nothing; one for a message not yet known by that id
 	// (it beat FinishDelivery) is kept and applied when it is. A receipt
-	// for an id the hub never sent is kept a while, then forgotten.
+	// for an id the hub never sent is kept EarlyReceiptWait, at most
+	// MaxEarlyReceipts of them for one id, then forgotten.
 	ApplyReceipt(ctx context.Context, r Receipt) error
 	// GetMessage returns one message of a session, with its current
 	// status: ErrMessageNotFound if it is not retained.

@@ -109,14 +109,6 @@ type platformRef struct {
 	expires              time.Time
 }
 
-// How long the hub keeps knowing a message by its platform id (receipts
-// come later: a read receipt may come days later), and a receipt it could
-// not place yet.
-const (
-	platformIDRetention = 7 * 24 * time.Hour
-	earlyReceiptWait    = time.Hour
-)
-
 // schedule records d for msg, leased to the caller. s.mu held.
 func (s *Store) schedule(d *store.Delivery, msg *store.Message, now time.Time) {
 	if d == nil {
@@ -185,7 +177,7 @@ func (s *Store) FinishDelivery(_ context.Context, d store.DeliveryClaim, o store
 	if o.PlatformID != "" {
 		k := platformKey{d.Tenant, m.Platform, o.PlatformID}
 		ref := s.platformIDs[k]
-		s.platformIDs[k] = &platformRef{sessionID: m.SessionID, messageID: m.ID, expires: now.Add(platformIDRetention)}
+		s.platformIDs[k] = &platformRef{sessionID: m.SessionID, messageID: m.ID, expires: now.Add(store.PlatformIDRetention)}
 		if ref != nil && ref.sessionID == "" {
 			for _, r := range ref.early {
 				s.advance(d.Tenant, m, r.Status, "", r.Error, r.At)
@@ -206,10 +198,12 @@ func (s *Store) ApplyReceipt(_ context.Context, r store.Receipt) error {
 	}
 	if ref == nil || ref.sessionID == "" {
 		if ref == nil {
-			ref = &platformRef{expires: now.Add(earlyReceiptWait)}
+			ref = &platformRef{expires: now.Add(store.EarlyReceiptWait)}
 			s.platformIDs[k] = ref
 		}
-		ref.early = append(ref.early, r)
+		if len(ref.early) < store.MaxEarlyReceipts {
+			ref.early = append(ref.early, r)
+		}
 		return nil
 	}
 	if m := s.message(ref.sessionID, ref.messageID); m != nil {

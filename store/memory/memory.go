@@ -1014,6 +1014,11 @@ func (s *Store) Sweep() {
 			delete(s.idem, k)
 		}
 	}
+	for k, ref := range s.platformIDs {
+		if !now.Before(ref.expires) {
+			delete(s.platformIDs, k)
+		}
+	}
 	for _, l := range s.listeners {
 		_, _ = s.listener(l.Tenant, l.ID, now)
 	}

@@ -25,14 +25,6 @@ import (
 // its message; the status overlay (ms:<sid>) holds the statuses that
 // changed after the append.
 
-// How long a message stays known by its platform id (receipts, a read
-// receipt days later), and a receipt for an id not yet known waits.
-const (
-	platformIDRetention = 7 * 24 * time.Hour
-	earlyReceiptWait    = time.Hour
-	maxEarlyReceipts    = 16
-)
-
 func (s *Store) outboxKey() string   { return s.slot(ids.Tag("outbox")) + "ob" }
 func (s *Store) attemptsKey() string { return s.slot(ids.Tag("outbox")) + "oba" }
 
@@ -169,7 +161,7 @@ func (s *Store) FinishDelivery(ctx context.Context, d store.DeliveryClaim, o sto
 	var early func() *redis.Cmd
 	if o.PlatformID != "" {
 		early = piped(ctx, s.c, pipe, platformRefScript, []string{s.platformKey(d.Tenant, d.Message.Platform, o.PlatformID)},
-			d.Tenant+" "+d.SessionID+" "+d.Message.ID, ms(platformIDRetention))
+			d.Tenant+" "+d.SessionID+" "+d.Message.ID, ms(store.PlatformIDRetention))
 	}
 	_, _ = pipe.Exec(ctx)
 	m, err := moved()
@@ -258,7 +250,7 @@ func (s *Store) ApplyReceipt(ctx context.Context, r store.Receipt) error {
 	}
 	js, _ := json.Marshal(w)
 	code, out, err := s.reply(ctx, platformReceiptScript, []string{s.platformKey(r.Tenant, r.Platform, r.PlatformID)},
-		string(js), ms(earlyReceiptWait), maxEarlyReceipts)
+		string(js), ms(store.EarlyReceiptWait), store.MaxEarlyReceipts)
 	if err != nil || code != "REF" {
 		return err
 	}
