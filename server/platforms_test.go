@@ -304,7 +304,8 @@ func TestSlackRefusalsAreFailedAndKept(t *testing.T) {
 
 // A rate limit is "not now", never a refusal: the message is PENDING and
 // retried, not before the platform asked. Slack's 429 asking for an hour,
-// past the delivery's deadline, is retried after it; Meta's pair rate limit
+// past the delivery's deadline, is retried after it (after 10 hours at
+// most, whatever it asked); Meta's pair rate limit
 // (131056) after 6 s, though the schedule's first step is 5 s; Meta's
 // throughput limit (130429), Slack's ok:false service_unavailable and a
 // Graph error answered with an HTTP 5xx on the schedule.
@@ -326,6 +327,7 @@ func TestPlatformRateLimitsAreRetried(t *testing.T) {
 		notUntil time.Duration // the retry comes after this, not before
 	}{
 		{"slack 429, an hour", slackSays(platformtest.SlackAnswer{Status: 429, RetryAfter: 3600}), slackSes.Session.SessionId, slackSends, time.Hour},
+		{"slack 429, 100 hours: 10 at most", slackSays(platformtest.SlackAnswer{Status: 429, RetryAfter: 360_000}), slackSes.Session.SessionId, slackSends, 10 * time.Hour},
 		{"slack service_unavailable", slackSays(platformtest.SlackAnswer{Error: "service_unavailable"}), slackSes.Session.SessionId, slackSends, 5 * time.Second},
 		{"whatsapp 131056", metaSays(platformtest.WhatsAppAnswer{Code: 131056, Title: "(Business Account, Consumer Account) pair rate limit hit"}),
 			waSes.SessionId, waSends, 6 * time.Second},
