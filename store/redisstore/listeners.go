@@ -104,10 +104,12 @@ func (s *Store) matchEarlier(ctx context.Context, l store.Listener) (store.Liste
 	}
 	sids := []string{l.Filter.SessionID}
 	if l.Filter.SessionID == "" {
+		// The newest sessions of each user, listScanBudget in all.
+		each := int64(max(1, listScanBudget/len(l.Filter.Users)))
 		pipe := s.c.Pipeline()
 		cmds := make([]*redis.StringSliceCmd, len(l.Filter.Users))
 		for i, u := range l.Filter.Users {
-			cmds[i] = pipe.ZRevRange(ctx, s.slot(userTag(l.Tenant, u))+"su:"+l.Tenant+":"+u, 0, listScanBudget-1)
+			cmds[i] = pipe.ZRevRange(ctx, s.slot(userTag(l.Tenant, u))+"su:"+l.Tenant+":"+u, 0, each-1)
 		}
 		_, _ = pipe.Exec(ctx)
 		if sids, err = indexVals(cmds); err != nil {
@@ -118,7 +120,7 @@ func (s *Store) matchEarlier(ctx context.Context, l store.Listener) (store.Liste
 	reads := make([]func() (string, []string, error), len(sids))
 	for i, sid := range sids {
 		slotp := s.sessionSlot(sid)
-		reads[i] = s.inPipe(ctx, pipe, recentScript, []string{slotp + "s:" + sid}, l.Tenant, slotp+"h:"+sid, store.AfterScan)
+		reads[i] = s.inPipe(ctx, pipe, recentScript, []string{slotp + "s:" + sid}, l.Tenant, slotp+"h:"+sid, store.AfterScan, from)
 	}
 	_, _ = pipe.Exec(ctx)
 	m, err := l.Filter.Compile()
