@@ -179,9 +179,10 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	// The message is stored: the rest finishes the ingest whatever becomes
 	// of its caller, its listeners' outcomes first. A caller gone here
 	// would leave a listener pending that the message matched, with no
-	// retry to finish it when it had no idempotency key.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishIngestTimeout)
-	defer cancel()
+	// retry to finish it when it had no idempotency key. Each call is
+	// bounded by the client's own timeouts; the matching, by its work (a
+	// tenant's costly expressions take what they take).
+	ctx = context.WithoutCancel(ctx)
 	res.Matched, err = s.matchIngested(ctx, in, &res, string(wire.Message), out[1:], early)
 	if err != nil {
 		return res, err
@@ -199,10 +200,6 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	}
 	return res, nil
 }
-
-// finishIngestTimeout bounds what an ingest does after its append, which
-// outlives its caller.
-const finishIngestTimeout = 5 * time.Second
 
 // matchIngested resolves the listeners an appended message matches: the
 // candidates the ingest script answered (members) and read beside it
