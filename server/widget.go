@@ -56,6 +56,10 @@ type Widget struct {
 	// Heartbeat is how often an idle event stream sends a comment, so that
 	// proxies do not close it; default 15 s.
 	Heartbeat time.Duration `yaml:"heartbeat"`
+	// NoDemo leaves the demo page (/widget/demo) out. It is a working chat
+	// on the hub's own origin for whoever holds a token, which a
+	// deployment that serves only its sites' pages has no use for.
+	NoDemo bool `yaml:"no_demo"`
 	// MessagesPerMinute caps what a session's visitor may send, across
 	// replicas (10 at once at most); default 30. A token is the page's
 	// to use, and anyone on the page holds it.
@@ -144,8 +148,10 @@ const (
 func (w *widget) register(mux *http.ServeMux) {
 	assets := web.Assets()
 	mux.Handle("GET /widget.js", assets)
-	mux.Handle("GET /widget/demo", assets)
-	mux.Handle("GET /widget/demo.css", assets)
+	if !w.s.cfg.Widget.NoDemo {
+		mux.Handle("GET /widget/demo", assets)
+		mux.Handle("GET /widget/demo.css", assets)
+	}
 	mux.HandleFunc("GET "+widgetEvents, w.events)
 	mux.HandleFunc("POST "+widgetMessages, w.messages)
 	mux.HandleFunc("OPTIONS "+widgetEvents, w.preflight)

@@ -697,6 +697,23 @@ func TestWidgetCORS(t *testing.T) {
 	}
 }
 
+// widget.no_demo leaves the demo page out, and the script in.
+func TestWidgetDemoCanBeLeftOut(t *testing.T) {
+	for _, noDemo := range []bool{false, true} {
+		ts := start(t, nil, nil, withWidget(func(w *server.Widget) { w.NoDemo = noDemo }))
+		tok := ts.widgetToken(ts.webSession("visitor-1").SessionId)
+		want := map[bool]int{false: 200, true: 404}[noDemo]
+		for _, path := range []string{"/widget/demo?token=" + tok, "/widget/demo.css"} {
+			if r := ts.rest("GET", path, nil); r.code != want {
+				t.Errorf("no_demo %v: GET %s: HTTP %d, want %d", noDemo, path, r.code, want)
+			}
+		}
+		if r := ts.rest("GET", "/widget.js", nil); r.code != 200 {
+			t.Errorf("no_demo %v: GET /widget.js: HTTP %d", noDemo, r.code)
+		}
+	}
+}
+
 func TestWidgetConfigRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name string
