@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	reflectpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -413,6 +414,31 @@ func TestMalformedProtobufIsInvalidArgument(t *testing.T) {
 				wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "")
 			})
 		}
+	}
+}
+
+// A malformed request refused for its key (none, a wrong one) leaves
+// nothing behind: grpc-go decoded it before any interceptor ran, and its
+// decoding error was kept for the interceptors, which must forget it on
+// every path, or anyone could fill the server's memory without a key.
+func TestMalformedRequestsRefusedForTheirKeyAreForgotten(t *testing.T) {
+	ts := start(t, nil, nil, withKeys(testKey{"key-acme-0123456789", "acme"}))
+	body := append([]byte{0x0a, 0x7f}, make([]byte, 100)...) // a length past the end
+	for _, key := range []string{"", "Bearer not-a-key-0123456789"} {
+		for range 20 {
+			ctx := ts.ctx()
+			if key != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", key)
+			}
+			var out []byte
+			err := ts.conn.Invoke(ctx, pb.ChatService_PostMessage_FullMethodName, body, &out, grpc.ForceCodec(rawCodec{}))
+			if status.Code(err) != codes.Unauthenticated && status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("key %q: %v, want refused", key, err)
+			}
+		}
+	}
+	if n := ts.srv.UndecodedRequests(); n != 0 {
+		t.Fatalf("%d refused requests' decoding errors still held", n)
 	}
 }
 

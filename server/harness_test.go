@@ -60,6 +60,7 @@ type testServer struct {
 	chat     pb.ChatServiceClient
 	sessions pb.SessionServiceClient
 	stop     func() // shuts the server down and waits for it
+	srv      *server.Server
 	key      string // bearer key sent by the helpers, if any
 }
 
@@ -118,7 +119,7 @@ func start(t *testing.T, st store.Store, clk *clock.Fake, opts ...option) *testS
 		t.Fatal(err)
 	}
 	ts := &testServer{
-		t: t, clk: clk, store: st,
+		t: t, clk: clk, store: st, srv: srv,
 		base:     "http://" + hl.Addr().String(),
 		conn:     conn,
 		chat:     pb.NewChatServiceClient(conn),

@@ -53,11 +53,15 @@ func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServ
 		ic.log(ctx, call, info.FullMethod, err)
 	}()
 	echoID(ctx, call)
+	// Checked before the key, since grpc-go decoded the request before
+	// any interceptor: its decoding error is forgotten on every path, a
+	// refused key's included.
+	bad := ic.decoded(req)
 	if ctx, err = ic.authenticate(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
-	if err := ic.decoded(req); err != nil {
-		return nil, err
+	if bad != nil {
+		return nil, bad
 	}
 	return handler(ctx, req)
 }
