@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,9 @@ type keyring struct {
 	lim     store.Limiter
 	failed  store.Rate
 	blocked blockList
+	// proxies are the trusted proxies: their X-Forwarded-For entries are
+	// read past to the client's.
+	proxies []netip.Prefix
 }
 
 type keyEntry struct {
@@ -49,8 +53,19 @@ type keyEntry struct {
 	rate store.Rate // zero: unlimited
 }
 
-func newKeyring(keys []APIKey, lim Limits, limiter store.Limiter) (*keyring, error) {
+func newKeyring(keys []APIKey, lim Limits, limiter store.Limiter, proxies []string) (*keyring, error) {
 	kr := &keyring{lim: limiter, failed: store.Rate{PerSecond: float64(lim.FailedAuthsPerMinute) / 60, Burst: lim.FailedAuthsPerMinute}}
+	for _, p := range proxies {
+		prefix, err := netip.ParsePrefix(p)
+		if err != nil {
+			addr, aerr := netip.ParseAddr(p)
+			if aerr != nil {
+				return nil, fmt.Errorf("config: trusted_proxies: %q is neither an IP address nor a CIDR", p)
+			}
+			prefix = netip.PrefixFrom(addr, addr.BitLen())
+		}
+		kr.proxies = append(kr.proxies, prefix.Masked())
+	}
 	chk := checker{lim: lim}
 	seen := map[[32]byte]bool{}
 	for i, k := range keys {
@@ -96,7 +111,7 @@ func (kr *keyring) authenticate(ctx context.Context) (context.Context, error) {
 	if len(kr.keys) == 0 {
 		return context.WithValue(ctx, tenantKey{}, defaultTenant), nil
 	}
-	addr := clientAddr(ctx)
+	addr := kr.clientAddr(ctx)
 	if wait := kr.blocked.until(addr, time.Now()); wait > 0 {
 		return nil, rateLimited("too many failed authentications from this address", wait)
 	}
@@ -213,23 +228,40 @@ func (b *blockList) block(addr string, until time.Time) {
 
 // clientAddr is the caller's IP address: the gRPC peer's, or for a call
 // through the REST gateway (in process, or over its loopback connection)
-// the HTTP client's, which the gateway appends to x-forwarded-for. Earlier
-// x-forwarded-for entries come from the client and are not trusted.
-func clientAddr(ctx context.Context) string {
+// the HTTP client's, which the gateway appends to x-forwarded-for. Behind
+// a trusted proxy (the peer, or the HTTP client) it is the entry that
+// proxy appended, and so on past every trusted proxy; the entries before
+// come from the client and are not trusted.
+func (kr *keyring) clientAddr(ctx context.Context) string {
 	var host string
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		host, _, _ = net.SplitHostPort(p.Addr.String())
-		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() && !kr.trusted(ip) {
 			return host
 		}
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	if fwd := md.Get("x-forwarded-for"); len(fwd) > 0 {
-		last := fwd[len(fwd)-1]
-		if i := strings.LastIndexByte(last, ','); i >= 0 {
-			last = last[i+1:]
+	var hops []string
+	for _, v := range md.Get("x-forwarded-for") {
+		for h := range strings.SplitSeq(v, ",") {
+			hops = append(hops, strings.TrimSpace(h))
 		}
-		return strings.TrimSpace(last)
+	}
+	for i := len(hops) - 1; i >= 0; i-- {
+		host = hops[i]
+		if ip, err := netip.ParseAddr(host); i == 0 || err != nil || !kr.trusted(ip) {
+			break
+		}
 	}
 	return host
+}
+
+func (kr *keyring) trusted(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range kr.proxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

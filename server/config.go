@@ -40,6 +40,11 @@ type Config struct {
 	Clock clock.Clock
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// TrustedProxies are the addresses (CIDRs, or single IPs) of the
+	// proxies in front of the server, whose X-Forwarded-For entries name
+	// the client: failed authentications are counted per client address,
+	// and behind a proxy every client would otherwise share its address.
+	TrustedProxies []string
 	// Channels are named channels; `web` and `api` always exist.
 	Channels []Channel
 	// Chatbots are the bots SendChatbotMessage can start.

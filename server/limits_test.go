@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,46 @@ func (ts *testServer) dialFrom(local string) *grpc.ClientConn {
 	}
 	ts.t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// Behind a trusted proxy, failed authentications count against the client
+// the proxy names (its X-Forwarded-For entry), not against the proxy,
+// whose address every client shares: one client guessing keys does not
+// lock out another's good key. A client cannot name itself past the
+// proxy: only the entry the proxy appended counts.
+func TestFailedAuthenticationsCountThePeerBehindATrustedProxy(t *testing.T) {
+	const good = "good-key-of-tenant-a-01"
+	for _, trusted := range []bool{true, false} {
+		t.Run(map[bool]string{true: "trusted", false: "not trusted"}[trusted], func(t *testing.T) {
+			ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.FailedAuthsPerMinute = 3 }), withKeys(testKey{good, "a"}),
+				func(c *serverConfig) {
+					if trusted {
+						c.TrustedProxies = []string{"127.0.0.0/8"}
+					}
+				})
+			get := func(key, forwarded string) int {
+				req, _ := http.NewRequestWithContext(ts.ctx(), "GET", ts.base+"/v1/sessions/ses_x", nil)
+				req.Header.Set("Authorization", "Bearer "+key)
+				req.Header.Set("X-Forwarded-For", forwarded)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			for i := range 4 { // a client spoofing an entry before the proxy's changes nothing
+				get(fmt.Sprint("wrong-key-000000000", i), fmt.Sprintf("198.51.100.%d, 203.0.113.7", i))
+			}
+			if code := get("wrong-key-0000000009", "203.0.113.7"); code != 429 {
+				t.Fatalf("the guessing client: HTTP %d, want 429", code)
+			}
+			want := map[bool]int{true: 404, false: 429}[trusted]
+			if code := get(good, "203.0.113.8"); code != want {
+				t.Fatalf("another client behind the same proxy, with a good key: HTTP %d, want %d", code, want)
+			}
+		})
+	}
 }
 
 // An address that fails to authenticate limits.failed_auths_per_minute

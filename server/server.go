@@ -84,7 +84,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := newKeyring(cfg.APIKeys, cfg.Limits, cfg.Store)
+	keys, err := newKeyring(cfg.APIKeys, cfg.Limits, cfg.Store, cfg.TrustedProxies)
 	if err != nil {
 		return nil, err
 	}

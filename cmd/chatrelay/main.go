@@ -101,6 +101,7 @@ func run() error {
 		Channels:        file.Channels,
 		Chatbots:        file.Chatbots,
 		APIKeys:         file.APIKeys,
+		TrustedProxies:  file.TrustedProxies,
 		Limits:          file.Limits,
 		ResumeWindow:    file.ResumeWindow,
 		Adapters:        accounts,

@@ -31,6 +31,8 @@ type File struct {
 	Channels []server.Channel `yaml:"channels"`
 	Chatbots []server.Chatbot `yaml:"chatbots"`
 	APIKeys  []server.APIKey  `yaml:"api_keys"`
+	// TrustedProxies: see server.Config.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Slack and WhatsApp are the platform accounts (docs/design.md §9).
 	Slack    []Slack    `yaml:"slack"`
 	WhatsApp []WhatsApp `yaml:"whatsapp"`
