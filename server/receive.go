@@ -127,6 +127,9 @@ func (c *chatService) beginReceive(req *pb.ChatReceiveRequest, stream grpc.Serve
 	r.id, r.resumed = req.ConversationId, req.ConversationId != ""
 	if !r.resumed {
 		r.id = ids.Listener()
+	} else if !ids.Issued(ids.ListenerPrefix, r.id) {
+		// Not one we issued: not found, without a subscription to it.
+		return nil, r.fail(store.ErrListenerNotFound)
 	}
 	if err := r.attach(req, filter, timeout); err != nil {
 		return nil, r.fail(err)

@@ -271,6 +271,10 @@ func (s *sessionService) beginWatch(req *pb.WatchSessionRequest, stream grpc.Ser
 		return nil, expires, err
 	}
 	tenant, st := tenantFrom(ctx), s.cfg.Store
+	if !ids.Issued(ids.SessionPrefix, req.SessionId) {
+		// Not one we issued: not found, without a subscription to it.
+		return nil, expires, store.ErrSessionNotFound
+	}
 
 	// Subscribe first, then read: anything appended after this point is
 	// either in what we read or in the subscription, and the cursor below

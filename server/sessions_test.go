@@ -511,3 +511,30 @@ func TestWatchSessionMissesNothingAppendedJustBeforeTheEnd(t *testing.T) {
 		t.Fatalf("then %v, want the end", got)
 	}
 }
+
+// An id the hub could not have issued names nothing: WatchSession and a
+// ChatReceive resume answer NOT_FOUND without subscribing to it, so that
+// made-up ids cost the backend no pub/sub channels.
+func TestMadeUpIDsAreNotFoundWithoutASubscription(t *testing.T) {
+	clk := clock.NewFake(epoch)
+	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	st := &keptSubs{Store: ms}
+	ts := start(t, st, clk)
+	for _, id := range []string{"ses_x", "ses_" + strings.Repeat("z", 36), "cr_0123abcd-0000-4000-8000-000000000000"} {
+		w, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: id})
+		wantStatus(t, firstErr(w, err), codes.NotFound, "SESSION_NOT_FOUND", "")
+	}
+	for _, id := range []string{"cr_x", "ses_0123abcd-0000-4000-8000-000000000000"} {
+		r, err := ts.chat.ChatReceive(ts.ctx(), &pb.ChatReceiveRequest{ConversationId: id})
+		wantStatus(t, firstErr(r, err), codes.NotFound, "LISTENER_NOT_FOUND", "")
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.subs) != 0 {
+		t.Fatalf("subscribed to %d made-up ids", len(st.subs))
+	}
+}

@@ -71,6 +71,14 @@ func TagOf(id string) (string, bool) {
 	return rest[:8], true
 }
 
+// Issued reports whether id has the shape of the ids with prefix this
+// package hands out (SessionPrefix, ListenerPrefix): one that does not
+// names nothing, and is refused before any backend is asked.
+func Issued(prefix, id string) bool {
+	_, ok := TagOf(id)
+	return ok && strings.HasPrefix(id, prefix)
+}
+
 func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
 
 // Message returns the id of the seq-th message of a session, appended at
