@@ -239,6 +239,7 @@ func (c *chatService) SendChatbotMessage(ctx context.Context, req *pb.SendChatbo
 		SkipIfInProgress:     req.SkipIfInProgress,
 		SessionMetadata:      req.SessionMetadata,
 		ContactMetadata:      req.ContactMetadata,
+		MaxMetadata:          c.cfg.Limits.MetadataEntries,
 		Idempotency: idempotency(req.IdempotencyKey, req, func(m proto.Message) {
 			m.(*pb.SendChatbotMessageRequest).IdempotencyKey = ""
 		}),

@@ -111,6 +111,8 @@ func toStatus(err error) *status.Status {
 		inv := invalid("idempotency_key", "was already used with a different request in the last 24 h").(*invalidError)
 		inv.reason = reasonIdempotencyReused
 		return toStatus(inv)
+	case errors.Is(err, store.ErrTooMuchMetadata):
+		return toStatus(invalid("metadata", "with what the session or contact holds already, it would hold more entries than limits.metadata_entries: remove some first (UpdateSession's remove_metadata_keys)"))
 	case errors.Is(err, store.ErrSessionMismatch):
 		return toStatus(invalid("session_id", "%v", store.ErrSessionMismatch))
 	case errors.Is(err, store.ErrTooManyListeners):

@@ -252,3 +252,32 @@ func TestFailedAuthenticationsAreThrottledPerAddress(t *testing.T) {
 	_, err := other.GetSession(ts.ctx(), &pb.GetSessionRequest{SessionId: "ses_x"})
 	wantStatus(t, err, codes.NotFound, "SESSION_NOT_FOUND", "")
 }
+
+// limits.metadata_entries bounds a session's metadata as it adds up, not
+// only each request's: updates that would take it past the limit are
+// INVALID_ARGUMENT, over gRPC and REST, and change nothing, so that no
+// session grows past what a client can read back.
+func TestSessionMetadataIsBoundedAsItAddsUp(t *testing.T) {
+	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.MetadataEntries = 4 }))
+	sid := ts.createSession("u1").SessionId
+	batch := func(from int) map[string]string {
+		m := map[string]string{}
+		for i := range 3 {
+			m[fmt.Sprint("k", from+i)] = "v"
+		}
+		return m
+	}
+	if _, err := ts.sessions.UpdateSession(ts.ctx(), &pb.UpdateSessionRequest{SessionId: sid, Metadata: batch(0)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ts.sessions.UpdateSession(ts.ctx(), &pb.UpdateSessionRequest{SessionId: sid, Metadata: batch(3)})
+	wantStatus(t, err, codes.InvalidArgument, "INVALID_ARGUMENT", "metadata")
+	r := ts.rest("PATCH", "/v1/sessions/"+sid, map[string]any{"metadata": batch(6)})
+	wantREST(t, r, 400, "INVALID_ARGUMENT")
+	if !strings.Contains(string(r.body), "limits.metadata_entries") {
+		t.Fatalf("the refusal does not name its limit: %s", r.body)
+	}
+	if md := ts.getSession(sid).Metadata; len(md) != 3 {
+		t.Fatalf("refused updates changed the metadata: %v", md)
+	}
+}

@@ -66,7 +66,8 @@ func (s *sessionService) UpdateSession(ctx context.Context, req *pb.UpdateSessio
 	chk.id("session_id", req.SessionId, true)
 	chk.metadata("metadata", req.Metadata)
 	chk.metadataKeys("remove_metadata_keys", req.RemoveMetadataKeys)
-	u := store.SessionUpdate{Metadata: req.Metadata, RemoveMetadata: req.RemoveMetadataKeys, EndBot: req.EndBot}
+	u := store.SessionUpdate{Metadata: req.Metadata, RemoveMetadata: req.RemoveMetadataKeys, EndBot: req.EndBot,
+		MaxMetadata: s.cfg.Limits.MetadataEntries}
 	switch req.State {
 	case pb.SessionState_SESSION_STATE_UNSPECIFIED:
 	case pb.SessionState_SESSION_STATE_OPEN:

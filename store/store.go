@@ -40,6 +40,9 @@ var (
 	// ErrTooManyListeners: the tenant has NewListener.MaxPending listeners
 	// pending already.
 	ErrTooManyListeners = errors.New("too many pending listeners")
+	// ErrTooMuchMetadata: the update would leave a session's or a
+	// contact's metadata with more entries than the caller's MaxMetadata.
+	ErrTooMuchMetadata = errors.New("metadata would hold too many entries")
 )
 
 // SessionState is a session's lifecycle state (docs/design.md §2).
@@ -262,6 +265,27 @@ type SessionUpdate struct {
 	// chatbot's end and handoff use it, so that they never end another
 	// chatbot that started meanwhile (docs/design.md §9).
 	IfChatbot string
+	// MaxMetadata, when set, refuses the update (ErrTooMuchMetadata,
+	// nothing changed) if the metadata would then hold more entries: a
+	// request's own entries are bounded, and this bounds what many of them
+	// add up to.
+	MaxMetadata int
+}
+
+// MergedMetadataLen is how many entries cur holds once remove are deleted
+// and patch merged in.
+func MergedMetadataLen(cur map[string]string, remove []string, patch map[string]string) int {
+	keys := make(map[string]struct{}, len(cur)+len(patch))
+	for k := range cur {
+		keys[k] = struct{}{}
+	}
+	for _, k := range remove {
+		delete(keys, k)
+	}
+	for k := range patch {
+		keys[k] = struct{}{}
+	}
+	return len(keys)
 }
 
 // OutboundMessage is a message to append to an active session.
@@ -360,7 +384,11 @@ type ChatbotStart struct {
 	SkipIfInProgress     bool
 	SessionMetadata      map[string]string
 	ContactMetadata      map[string]string
-	Idempotency          Idempotency
+	// MaxMetadata, when set, refuses the start (ErrTooMuchMetadata,
+	// nothing changed) if the session's or the contact's metadata would
+	// then hold more entries.
+	MaxMetadata int
+	Idempotency Idempotency
 	// Greeting composes the chatbot's first message from the session and
 	// contact as they will be committed. It must be pure: a backend may call
 	// it more than once (optimistic retries) and keeps only the last result.

@@ -245,6 +245,9 @@ func (s *Store) UpdateSession(_ context.Context, tenant, id string, u store.Sess
 	if u.IfChatbot != "" && (ses.State != store.StateBot || ses.ChatbotID != u.IfChatbot) {
 		return cloneSession(&ses.Session), nil
 	}
+	if u.MaxMetadata > 0 && store.MergedMetadataLen(ses.Metadata, u.RemoveMetadata, u.Metadata) > u.MaxMetadata {
+		return store.Session{}, store.ErrTooMuchMetadata
+	}
 	for _, k := range u.RemoveMetadata {
 		delete(ses.Metadata, k)
 	}
@@ -310,6 +313,18 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		}
 		remember(s, ik, c.Idempotency, res, now, cloneChatbotResult)
 		return res, nil
+	}
+	if c.MaxMetadata > 0 {
+		var sesMD, ctMD map[string]string
+		if plan.Reuse != nil {
+			sesMD = plan.Reuse.Metadata
+		}
+		if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
+			ctMD = ct.Metadata
+		}
+		if store.MergedMetadataLen(sesMD, nil, c.SessionMetadata) > c.MaxMetadata || store.MergedMetadataLen(ctMD, nil, c.ContactMetadata) > c.MaxMetadata {
+			return store.ChatbotResult{}, store.ErrTooMuchMetadata
+		}
 	}
 	if plan.Close != nil {
 		s.end(cur, now)

@@ -393,6 +393,8 @@ func codeErr(code string) error {
 		return store.ErrSessionMismatch
 	case "REUSED":
 		return store.ErrIdempotencyKeyReused
+	case "TOOMUCH":
+		return store.ErrTooMuchMetadata
 	}
 	return fmt.Errorf("redisstore: unexpected script answer %q", code)
 }

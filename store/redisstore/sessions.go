@@ -70,7 +70,7 @@ func (s *Store) UpdateSession(ctx context.Context, tenant, id string, u store.Se
 		endBot = "1"
 	}
 	return s.sessionAnswer(s.reply(ctx, updateScript, []string{s.sessionKey(id)},
-		s.now(), tenant, int(u.State), endBot, string(remove), jsonMap(u.Metadata), u.IfChatbot))
+		s.now(), tenant, int(u.State), endBot, string(remove), jsonMap(u.Metadata), u.IfChatbot, u.MaxMetadata))
 }
 
 // CloseSession costs 1 round trip.
@@ -162,6 +162,18 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 				if rec["id"] == subj.ID {
 					version = rec["v"]
 				}
+			}
+		}
+		if action != "skip" && c.MaxMetadata > 0 {
+			// Checked on what was read; the write commits only if none of
+			// it changed since.
+			var sesMD map[string]string
+			if action == "reuse" {
+				sesMD = subj.Metadata
+			}
+			if store.MergedMetadataLen(sesMD, nil, c.SessionMetadata) > c.MaxMetadata ||
+				store.MergedMetadataLen(contact.Metadata, nil, c.ContactMetadata) > c.MaxMetadata {
+				return store.ChatbotResult{}, store.ErrTooMuchMetadata
 			}
 		}
 		var greeting store.Outgoing

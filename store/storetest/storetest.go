@@ -98,6 +98,7 @@ func Run(t *testing.T, f Factory) {
 		{"ChatbotForceStart", testChatbotForce},
 		{"ChatbotNamedSession", testChatbotNamedSession},
 		{"ChatbotIsIdempotent", testChatbotIdempotent},
+		{"MetadataHasATotalBound", testMetadataBound},
 		{"RateBudgetsArePerKey", testRateBudgets},
 		{"DeliveryIsLeasedThenClaimed", testDeliveryLifecycle},
 		{"DeliveryRetriesAtItsTime", testDeliveryRetry},
@@ -1303,5 +1304,55 @@ func testRateBudgets(e *env) {
 	}
 	if w := take("k3", 3); w != 0 {
 		e.t.Fatalf("refusing 4 took something: 3 then waited %s", w)
+	}
+}
+
+// What many updates add up to is bounded as one request is: an update or a
+// chatbot start that would leave a session's or a contact's metadata with
+// more than MaxMetadata entries is refused, and changes nothing; one that
+// replaces or removes as much as it adds goes through.
+func testMetadataBound(e *env) {
+	s := e.create("t1", "u1")
+	md := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	update := func(u store.SessionUpdate) (store.Session, error) {
+		u.MaxMetadata = 3
+		return e.s.UpdateSession(e.ctx, "t1", s.ID, u)
+	}
+	if _, err := update(store.SessionUpdate{Metadata: md("a", "1", "b", "2")}); err != nil {
+		e.t.Fatal(err)
+	}
+	_, err := update(store.SessionUpdate{Metadata: md("c", "3", "d", "4"), State: store.StateInProgress})
+	wantErr(e.t, err, store.ErrTooMuchMetadata)
+	if got, _ := e.s.GetSession(e.ctx, "t1", s.ID); len(got.Metadata) != 2 || got.State != store.StateOpen {
+		e.t.Fatalf("a refused update changed the session: %+v", got)
+	}
+	got, err := update(store.SessionUpdate{Metadata: md("a", "one", "c", "3", "d", "4"), RemoveMetadata: []string{"b"}})
+	if err != nil || len(got.Metadata) != 3 || got.Metadata["a"] != "one" {
+		e.t.Fatalf("an update that removes as it adds: %+v, %v", got.Metadata, err)
+	}
+
+	// A chatbot start, on the session's metadata and the contact's.
+	start := store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u2", ChatbotID: "bot1", Greeting: greet,
+		GreetingStatus: store.StatusDelivered, MaxMetadata: 3, ContactMetadata: md("x", "1", "y", "2", "z", "3")}
+	e.chatbot(start)
+	start.ForceStart, start.ContactMetadata = true, md("w", "4")
+	_, err = e.s.StartChatbot(e.ctx, start)
+	wantErr(e.t, err, store.ErrTooMuchMetadata)
+	start.ContactMetadata, start.SessionMetadata = nil, md("p", "1", "q", "2", "r", "3", "s", "4")
+	_, err = e.s.StartChatbot(e.ctx, start)
+	wantErr(e.t, err, store.ErrTooMuchMetadata)
+	list, _, err := e.s.ListSessions(e.ctx, "t1", store.SessionFilter{User: "u2"}, store.SessionCursor{}, 10)
+	if err != nil || len(list) != 1 || !list[0].State.Active() {
+		e.t.Fatalf("a refused start (force_start) changed the sessions: %+v, %v", list, err)
+	}
+	ct, err := e.s.GetContact(e.ctx, "t1", "api", "u2")
+	if err != nil || len(ct.Metadata) != 3 {
+		e.t.Fatalf("a refused start changed the contact: %+v, %v", ct, err)
 	}
 }

@@ -1,7 +1,9 @@
 -- This script changes an active session. KEYS[1] session. ARGV now,
 -- tenant, new state (0 = keep), end bot (0/1), keys to remove (JSON array),
 -- metadata patch (JSON object), chatbot the update is conditional on ('' =
--- none: otherwise nothing changes unless the session is BOT with it).
+-- none: otherwise nothing changes unless the session is BOT with it), the
+-- most metadata entries the session may then hold (0: no bound; TOOMUCH
+-- and nothing changed past it).
 local now = tonumber(ARGV[1])
 local rec = hgetall(KEYS[1])
 if not rec or rec.tn ~= ARGV[2] then return {'NOTFOUND'} end
@@ -11,6 +13,12 @@ if ARGV[7] ~= '' and (st ~= 2 or rec.bot ~= ARGV[7]) then return {'OK', cjson.en
 local md = cjson.decode(rec.md)
 for _, k in ipairs(cjson.decode(ARGV[5])) do md[k] = nil end
 for k, v in pairs(cjson.decode(ARGV[6])) do md[k] = v end
+local most = tonumber(ARGV[8])
+if most > 0 then
+  local n = 0
+  for _ in pairs(md) do n = n + 1 end
+  if n > most then return {'TOOMUCH'} end
+end
 local newst, bot = tonumber(ARGV[3]), rec.bot
 if ARGV[4] == '1' or newst ~= 0 then bot = ''; st = 1 end
 if newst ~= 0 then st = newst end
