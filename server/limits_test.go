@@ -281,3 +281,12 @@ func TestSessionMetadataIsBoundedAsItAddsUp(t *testing.T) {
 		t.Fatalf("refused updates changed the metadata: %v", md)
 	}
 }
+
+// A stream's request past limits.request_bytes, which the REST gateway
+// sends over its own gRPC connection, is bad input like a unary call's:
+// 400 INVALID_ARGUMENT, not the transport's 429 (which says "retry").
+func TestRESTStreamPastRequestBytesIsInvalid(t *testing.T) {
+	ts := start(t, nil, nil)
+	r := ts.rest("POST", "/v1/chat:receive", map[string]any{"from_user": "u1", "keyword_filter": strings.Repeat("k", 1200<<10)})
+	wantREST(t, r, 400, "INVALID_ARGUMENT")
+}
