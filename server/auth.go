@@ -248,12 +248,31 @@ func (kr *keyring) clientAddr(ctx context.Context) string {
 		}
 	}
 	for i := len(hops) - 1; i >= 0; i-- {
-		host = hops[i]
-		if ip, err := netip.ParseAddr(host); i == 0 || err != nil || !kr.trusted(ip) {
+		ip, ok := hopAddr(hops[i])
+		if !ok {
+			break // not an address: the last trusted hop's word ends here
+		}
+		host = ip.String()
+		if i == 0 || !kr.trusted(ip) {
 			break
 		}
 	}
 	return host
+}
+
+// hopAddr reads an X-Forwarded-For entry: an IP address, perhaps with a
+// port or in brackets (IPv6), as the address alone, unmapped and without a
+// zone, so that one client has one budget however its entry is written.
+func hopAddr(h string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(strings.Trim(h, "[]"))
+	if err != nil {
+		ap, perr := netip.ParseAddrPort(h)
+		if perr != nil {
+			return netip.Addr{}, false
+		}
+		ip = ap.Addr()
+	}
+	return ip.Unmap().WithZone(""), true
 }
 
 func (kr *keyring) trusted(ip netip.Addr) bool {

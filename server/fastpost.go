@@ -98,11 +98,9 @@ func incomingMD(r *http.Request) metadata.MD {
 		md["authorization"] = []string{auth}
 	}
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if fwd := r.Header.Get("X-Forwarded-For"); fwd != "" {
-			md["x-forwarded-for"] = []string{fwd + ", " + ip}
-		} else {
-			md["x-forwarded-for"] = []string{ip}
-		}
+		// Every line, in order: a proxy may add a line of its own rather
+		// than append to the client's, and only the last entries count.
+		md["x-forwarded-for"] = []string{strings.Join(append(r.Header.Values("X-Forwarded-For"), ip), ", ")}
 	}
 	return md
 }

@@ -225,6 +225,41 @@ func TestFailedAuthenticationsCountThePeerBehindATrustedProxy(t *testing.T) {
 			}
 		})
 	}
+
+	// A proxy that adds a line of its own, on the REST post path (which
+	// reads its headers itself): the client's forged first line is not its
+	// address, and an entry with a port, or an IPv6 one in brackets, is the
+	// same client as without.
+	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.FailedAuthsPerMinute = 3 }), withKeys(testKey{good, "a"}),
+		func(c *serverConfig) { c.TrustedProxies = []string{"127.0.0.0/8"} })
+	post := func(key string, lines ...string) int {
+		req, _ := http.NewRequestWithContext(ts.ctx(), "POST", ts.base+"/v1/sessions/ses_x/messages", strings.NewReader(`{"message":"hi"}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		for _, l := range lines {
+			req.Header.Add("X-Forwarded-For", l)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i, own := range []string{"203.0.113.7", "203.0.113.7:40001", "203.0.113.7"} {
+		post(fmt.Sprint("wrong-key-000000000", i), fmt.Sprintf("198.51.100.%d", i), own)
+	}
+	if code := post("wrong-key-0000000009", "198.51.100.9", "203.0.113.7"); code != 429 {
+		t.Fatalf("a client forging a first line on the post path: HTTP %d, want 429", code)
+	}
+	for i, own := range []string{"2001:db8::7", "[2001:db8::7]:443", "[2001:db8::7]"} {
+		post(fmt.Sprint("wrong-key-000000001", i), own)
+	}
+	if code := post("wrong-key-0000000019", "2001:db8::7"); code != 429 {
+		t.Fatalf("an IPv6 client written three ways: HTTP %d, want 429", code)
+	}
+	if code := post(good, "198.51.100.1", "203.0.113.8"); code != 404 {
+		t.Fatalf("another client, with a good key: HTTP %d, want 404", code)
+	}
 }
 
 // An address that fails to authenticate limits.failed_auths_per_minute
