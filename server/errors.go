@@ -112,7 +112,7 @@ func toStatus(err error) *status.Status {
 		inv.reason = reasonIdempotencyReused
 		return toStatus(inv)
 	case errors.Is(err, store.ErrTooMuchMetadata):
-		return toStatus(invalid("metadata", "with what the session or contact holds already, it would hold more entries than limits.metadata_entries: remove some first (UpdateSession's remove_metadata_keys)"))
+		return toStatus(invalid("metadata", "with what the session or contact holds already, it would hold more entries than limits.metadata_entries: send fewer new keys, or remove a session's first (UpdateSession's remove_metadata_keys)"))
 	case errors.Is(err, store.ErrSessionMismatch):
 		return toStatus(invalid("session_id", "%v", store.ErrSessionMismatch))
 	case errors.Is(err, store.ErrTooManyListeners):

@@ -266,15 +266,24 @@ type SessionUpdate struct {
 	// chatbot that started meanwhile (docs/design.md §9).
 	IfChatbot string
 	// MaxMetadata, when set, refuses the update (ErrTooMuchMetadata,
-	// nothing changed) if the metadata would then hold more entries: a
-	// request's own entries are bounded, and this bounds what many of them
-	// add up to.
+	// nothing changed) if the metadata would then hold more entries, and
+	// more than it holds now (an update that adds nothing always goes
+	// through): a request's own entries are bounded, and this bounds what
+	// many of them add up to.
 	MaxMetadata int
 }
 
-// MergedMetadataLen is how many entries cur holds once remove are deleted
+// MetadataGrowsPast reports whether removing remove from cur and merging
+// patch in leaves more than most entries, and more than cur holds: what
+// MaxMetadata refuses.
+func MetadataGrowsPast(most int, cur map[string]string, remove []string, patch map[string]string) bool {
+	n := mergedMetadataLen(cur, remove, patch)
+	return most > 0 && n > most && n > len(cur)
+}
+
+// mergedMetadataLen is how many entries cur holds once remove are deleted
 // and patch merged in.
-func MergedMetadataLen(cur map[string]string, remove []string, patch map[string]string) int {
+func mergedMetadataLen(cur map[string]string, remove []string, patch map[string]string) int {
 	keys := make(map[string]struct{}, len(cur)+len(patch))
 	for k := range cur {
 		keys[k] = struct{}{}
@@ -386,7 +395,7 @@ type ChatbotStart struct {
 	ContactMetadata      map[string]string
 	// MaxMetadata, when set, refuses the start (ErrTooMuchMetadata,
 	// nothing changed) if the session's or the contact's metadata would
-	// then hold more entries.
+	// then hold more entries, and more than it holds now.
 	MaxMetadata int
 	Idempotency Idempotency
 	// Greeting composes the chatbot's first message from the session and

@@ -245,7 +245,7 @@ func (s *Store) UpdateSession(_ context.Context, tenant, id string, u store.Sess
 	if u.IfChatbot != "" && (ses.State != store.StateBot || ses.ChatbotID != u.IfChatbot) {
 		return cloneSession(&ses.Session), nil
 	}
-	if u.MaxMetadata > 0 && store.MergedMetadataLen(ses.Metadata, u.RemoveMetadata, u.Metadata) > u.MaxMetadata {
+	if store.MetadataGrowsPast(u.MaxMetadata, ses.Metadata, u.RemoveMetadata, u.Metadata) {
 		return store.Session{}, store.ErrTooMuchMetadata
 	}
 	for _, k := range u.RemoveMetadata {
@@ -322,7 +322,7 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
 			ctMD = ct.Metadata
 		}
-		if store.MergedMetadataLen(sesMD, nil, c.SessionMetadata) > c.MaxMetadata || store.MergedMetadataLen(ctMD, nil, c.ContactMetadata) > c.MaxMetadata {
+		if store.MetadataGrowsPast(c.MaxMetadata, sesMD, nil, c.SessionMetadata) || store.MetadataGrowsPast(c.MaxMetadata, ctMD, nil, c.ContactMetadata) {
 			return store.ChatbotResult{}, store.ErrTooMuchMetadata
 		}
 	}

@@ -171,8 +171,8 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 			if action == "reuse" {
 				sesMD = subj.Metadata
 			}
-			if store.MergedMetadataLen(sesMD, nil, c.SessionMetadata) > c.MaxMetadata ||
-				store.MergedMetadataLen(contact.Metadata, nil, c.ContactMetadata) > c.MaxMetadata {
+			if store.MetadataGrowsPast(c.MaxMetadata, sesMD, nil, c.SessionMetadata) ||
+				store.MetadataGrowsPast(c.MaxMetadata, contact.Metadata, nil, c.ContactMetadata) {
 				return store.ChatbotResult{}, store.ErrTooMuchMetadata
 			}
 		}

@@ -1336,6 +1336,14 @@ func testMetadataBound(e *env) {
 	if err != nil || len(got.Metadata) != 3 || got.Metadata["a"] != "one" {
 		e.t.Fatalf("an update that removes as it adds: %+v, %v", got.Metadata, err)
 	}
+	// Past the bound already (the hub's own bookkeeping is not bounded):
+	// an update that adds nothing goes through.
+	if _, err := e.s.UpdateSession(e.ctx, "t1", s.ID, store.SessionUpdate{Metadata: md("chatbot_error", "x")}); err != nil {
+		e.t.Fatal(err)
+	}
+	if got, err := update(store.SessionUpdate{State: store.StateInProgress, Metadata: md("a", "uno")}); err != nil || got.State != store.StateInProgress {
+		e.t.Fatalf("an update that adds nothing to metadata past the bound: %+v, %v", got, err)
+	}
 
 	// A chatbot start, on the session's metadata and the contact's.
 	start := store.ChatbotStart{Tenant: "t1", Platform: "api", Channel: "api", User: "u2", ChatbotID: "bot1", Greeting: greet,
