@@ -14,7 +14,8 @@ import (
 
 // RegisterListener counts the listener among its tenant's pending ones (the
 // cap), writes its record, and adds it to its index sets and its tenant's
-// listing, pipelined: 1 round trip. They live in different slots, and
+// listing, pipelined: 1 round trip (2 on a Cluster, whose nodes would take
+// their parts of one pipeline at once). They live in different slots, and
 // another client's commands may run between them; the record is written
 // before the indexes, so an index member without a record is one whose
 // listener is gone, which the first ingest that meets it removes. (The
@@ -47,25 +48,39 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	counted := s.inPipe(ctx, pipe, pendingAddScript, []string{s.pendingKey(nl.Tenant)},
 		now.UnixMilli(), nl.ID, now.Add(life).UnixMilli(), nl.MaxPending, keep)
 	added := s.inPipe(ctx, pipe, listenerAddScript, []string{key}, args...)
-	indexed := make([]func() (string, []string, error), len(buckets))
-	for i, b := range buckets {
-		indexed[i] = s.inPipe(ctx, pipe, indexAddScript, []string{b}, member, keep)
+	var indexed []func() (string, []string, error)
+	index := func(pipe redis.Pipeliner) {
+		for _, b := range buckets {
+			indexed = append(indexed, s.inPipe(ctx, pipe, indexAddScript, []string{b}, member, keep))
+		}
+		indexed = append(indexed, s.inPipe(ctx, pipe, listingAddScript, []string{listing}, expiry, now.UnixMilli(), nl.ID,
+			now.Add(life+s.o.OutcomeRetention).UnixMilli(), keep))
 	}
-	listed := s.inPipe(ctx, pipe, listingAddScript, []string{listing}, expiry, now.UnixMilli(), nl.ID,
-		now.Add(life+s.o.OutcomeRetention).UnixMilli(), keep)
+	if s.single() {
+		index(pipe) // one server runs a pipeline in order
+	}
 	_, _ = pipe.Exec(ctx)
+	// Read (a script Redis lost from its cache runs again as it is read)
+	// in the order they must be written.
 	full, _, err := counted()
 	if err != nil {
 		return store.Listener{}, err
 	}
-	for _, done := range append(indexed, listed) {
-		if _, _, err := done(); err != nil {
-			return store.Listener{}, err
-		}
-	}
 	code, out, err := added()
 	if err != nil {
 		return store.Listener{}, err
+	}
+	if !s.single() && full != "FULL" {
+		// A Cluster sends each node its part of a pipeline at once: the
+		// indexes go in a round trip of their own, after the record.
+		pipe = s.c.Pipeline()
+		index(pipe)
+		_, _ = pipe.Exec(ctx)
+	}
+	for _, done := range indexed {
+		if _, _, err := done(); err != nil {
+			return store.Listener{}, err
+		}
 	}
 	if full == "FULL" {
 		undo := s.c.Pipeline()

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -182,23 +183,19 @@ func (s *Store) Ingest(ctx context.Context, in store.InboundMessage) (store.Inge
 	// retry to finish it when it had no idempotency key. Each call is
 	// bounded by the client's own timeouts; the matching, by its work (a
 	// tenant's costly expressions take what they take).
+	// Each step is tried whatever became of the one before; the first
+	// error is the answer.
 	ctx = context.WithoutCancel(ctx)
-	res.Matched, err = s.matchIngested(ctx, in, &res, string(wire.Message), out[1:], early)
-	if err != nil {
-		return res, err
-	}
+	var matchErr, botErr error
+	res.Matched, matchErr = s.matchIngested(ctx, in, &res, string(wire.Message), out[1:], early)
 	if len(res.Matched) > 0 && idemKey != "" {
 		s.rememberMatched(ctx, idemKey, in.Idempotency.Fingerprint, now, wire, res.Matched)
 	}
-	if err := s.trackActivity(ctx, in.Tenant, res.Session.ID, res.Message.CreatedAt); err != nil {
-		return res, err
-	}
+	activityErr := s.trackActivity(ctx, in.Tenant, res.Session.ID, res.Message.CreatedAt)
 	if queuedForBot(&res.Session, in.Bots) && !s.single() {
-		if err := s.scheduleBot(ctx, in.Tenant, res.Session.ID); err != nil {
-			return res, err
-		}
+		botErr = s.scheduleBot(ctx, in.Tenant, res.Session.ID)
 	}
-	return res, nil
+	return res, cmp.Or(matchErr, activityErr, botErr)
 }
 
 // matchIngested resolves the listeners an appended message matches: the
