@@ -653,8 +653,8 @@ func TestWhatsAppRefusalsAndForgeries(t *testing.T) {
 // A customer answers in more ways than text: a tap on a template's
 // quick-reply button or an interactive reply resolves a ChatReceive with
 // its title; a photo is taken with its caption, or none, its media id in
-// the raw message; each opens the reply window. A system notice is not the
-// customer's message.
+// the raw message; each opens the reply window. A system notice, or a
+// reaction taken back, is not the customer's message.
 func TestWhatsAppMessagesBeyondText(t *testing.T) {
 	p := newPlatforms(t)
 	ts := start(t, nil, nil, p.option())
@@ -696,8 +696,9 @@ func TestWhatsAppMessagesBeyondText(t *testing.T) {
 		t.Fatalf("a voice note left the window closing at %v", got)
 	}
 	send("wamid.KSYS", "system", map[string]any{"body": "the customer changed their number", "type": "user_changed_number"})
+	send("wamid.KUNREACT", "reaction", map[string]any{"message_id": "wamid.X", "emoji": ""})
 	if n := len(ts.history(ses.SessionId)); n != len(h) {
-		t.Fatalf("a system notice was ingested: %d messages, want %d", n, len(h))
+		t.Fatalf("a system notice or a reaction taken back was ingested: %d messages, want %d", n, len(h))
 	}
 }
 

@@ -90,8 +90,9 @@ func (a *Adapter) Retry(attempt int) (time.Duration, bool) {
 }
 
 // Send posts out with chat.postMessage, into out.Thread when set. Slack's
-// error strings are the refusal's code. On HTTP 429 it waits Retry-After if the call's deadline
-// allows, else the message fails as `ratelimited`.
+// error strings are the refusal's code, but for transientErrors, which are
+// retried. On HTTP 429 it waits Retry-After if the call's deadline allows,
+// else the delivery is retried once Retry-After has passed.
 func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Result, error) {
 	opts := []slack.MsgOption{slack.MsgOptionText(out.Text, false)}
 	if out.Thread != "" {

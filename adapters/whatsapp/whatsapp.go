@@ -348,7 +348,7 @@ func (m *inboundMessage) said() (string, bool) {
 	case "document":
 		return m.Document.Caption, true
 	case "reaction":
-		return m.Reaction.Emoji, true
+		return m.Reaction.Emoji, m.Reaction.Emoji != "" // "": a reaction taken back
 	case "audio", "sticker", "location", "contacts", "order":
 		return "", true
 	}
