@@ -66,6 +66,18 @@ type testServer struct {
 
 type option func(*server.Config)
 
+// memoryStore is an in-memory store with o, closed when the test ends: a
+// test wraps it to see or steer what a server asks of its store.
+func memoryStore(t *testing.T, o store.Options) *memory.Store {
+	t.Helper()
+	ms, err := memory.New(memory.Options{Options: o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ms.Close() })
+	return ms
+}
+
 // start runs a server on 127.0.0.1:0 with a fake clock, sharing st if given
 // (to simulate a restart or a second replica of the same state).
 func start(t *testing.T, st store.Store, clk *clock.Fake, opts ...option) *testServer {
@@ -74,12 +86,7 @@ func start(t *testing.T, st store.Store, clk *clock.Fake, opts ...option) *testS
 		clk = clock.NewFake(epoch)
 	}
 	if st == nil {
-		ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = ms.Close() })
-		st = ms
+		st = memoryStore(t, store.Options{Clock: clk})
 	}
 	cfg := server.Config{
 		Store:  st,

@@ -187,6 +187,26 @@ func (ts *testServer) dialFrom(local string) *grpc.ClientConn {
 	return conn
 }
 
+// forwarded is a REST call with key that came through proxies: each of
+// lines is an X-Forwarded-For line, in order. It answers the HTTP status.
+func (ts *testServer) forwarded(method, path, body, key string, lines ...string) int {
+	ts.t.Helper()
+	req, err := http.NewRequestWithContext(ts.ctx(), method, ts.base+path, strings.NewReader(body))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	for _, l := range lines {
+		req.Header.Add("X-Forwarded-For", l)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // Behind a trusted proxy, failed authentications count against the client
 // the proxy names (its X-Forwarded-For entry), not against the proxy,
 // whose address every client shares: one client guessing keys does not
@@ -202,17 +222,7 @@ func TestFailedAuthenticationsCountThePeerBehindATrustedProxy(t *testing.T) {
 						c.TrustedProxies = []string{"127.0.0.0/8"}
 					}
 				})
-			get := func(key, forwarded string) int {
-				req, _ := http.NewRequestWithContext(ts.ctx(), "GET", ts.base+"/v1/sessions/ses_x", nil)
-				req.Header.Set("Authorization", "Bearer "+key)
-				req.Header.Set("X-Forwarded-For", forwarded)
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
-				return resp.StatusCode
-			}
+			get := func(key, forwarded string) int { return ts.forwarded("GET", "/v1/sessions/ses_x", "", key, forwarded) }
 			for i := range 4 { // a client spoofing an entry before the proxy's changes nothing
 				get(fmt.Sprint("wrong-key-000000000", i), fmt.Sprintf("198.51.100.%d, 203.0.113.7", i))
 			}
@@ -233,17 +243,7 @@ func TestFailedAuthenticationsCountThePeerBehindATrustedProxy(t *testing.T) {
 	ts := start(t, nil, nil, withLimits(func(l *server.Limits) { l.FailedAuthsPerMinute = 3 }), withKeys(testKey{good, "a"}),
 		func(c *serverConfig) { c.TrustedProxies = []string{"127.0.0.0/8"} })
 	post := func(key string, lines ...string) int {
-		req, _ := http.NewRequestWithContext(ts.ctx(), "POST", ts.base+"/v1/sessions/ses_x/messages", strings.NewReader(`{"message":"hi"}`))
-		req.Header.Set("Authorization", "Bearer "+key)
-		for _, l := range lines {
-			req.Header.Add("X-Forwarded-For", l)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+		return ts.forwarded("POST", "/v1/sessions/ses_x/messages", `{"message":"hi"}`, key, lines...)
 	}
 	for i, own := range []string{"203.0.113.7", "203.0.113.7:40001", "203.0.113.7"} {
 		post(fmt.Sprint("wrong-key-000000000", i), fmt.Sprintf("198.51.100.%d", i), own)

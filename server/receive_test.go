@@ -14,7 +14,6 @@ import (
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/store"
-	"github.com/chatrelay/chatrelay/store/memory"
 )
 
 type receiveStream = grpc.ServerStreamingClient[pb.ChatReceiveResponse]
@@ -333,12 +332,7 @@ func (s *laggingStore) GetListener(ctx context.Context, tenant, id string) (stor
 
 func TestChatReceiveTimesOutEvenWhenTheStoreSeesTheDeadlineLate(t *testing.T) {
 	clk := clock.NewFake(epoch)
-	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ms.Close() })
-	lag := &laggingStore{Store: ms, clk: clk}
+	lag := &laggingStore{Store: memoryStore(t, store.Options{Clock: clk}), clk: clk}
 	ts := start(t, lag, clk)
 	st, _ := ts.receive(ts.ctx(), &pb.ChatReceiveRequest{FromUser: "u1", TimeoutMinutes: 1})
 	clk.Advance(time.Minute)

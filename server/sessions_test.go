@@ -19,7 +19,6 @@ import (
 	pb "github.com/chatrelay/chatrelay/gen/chatrelay/v1"
 	"github.com/chatrelay/chatrelay/internal/clock"
 	"github.com/chatrelay/chatrelay/store"
-	"github.com/chatrelay/chatrelay/store/memory"
 )
 
 func TestSessionLifecycleOverREST(t *testing.T) {
@@ -294,12 +293,7 @@ func (s *lateExpiryStore) GetSession(ctx context.Context, tenant, id string) (st
 
 func TestWatchSessionWaitsForAStoreThatSeesExpiryLate(t *testing.T) {
 	clk := clock.NewFake(epoch)
-	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ms.Close() })
-	late := &lateExpiryStore{Store: ms, clk: clk}
+	late := &lateExpiryStore{Store: memoryStore(t, store.Options{Clock: clk}), clk: clk}
 	ts := start(t, late, clk)
 	ses := ts.createSession("u1")
 	st := ts.liveWatch(ses.SessionId)
@@ -321,12 +315,7 @@ func TestWatchSessionWaitsForAStoreThatSeesExpiryLate(t *testing.T) {
 func startWithHistory(t *testing.T, limit int) *testServer {
 	t.Helper()
 	clk := clock.NewFake(epoch)
-	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk, HistoryLimit: limit}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ms.Close() })
-	return start(t, ms, clk)
+	return start(t, memoryStore(t, store.Options{Clock: clk, HistoryLimit: limit}), clk)
 }
 
 // A watcher that reads slowly while more is posted than the history keeps
@@ -477,11 +466,7 @@ func (s *racingStore) GetSession(ctx context.Context, tenant, id string) (store.
 // between those two reads must still reach it, before the end.
 func TestWatchSessionMissesNothingAppendedJustBeforeTheEnd(t *testing.T) {
 	clk := clock.NewFake(epoch)
-	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ms.Close() })
+	ms := memoryStore(t, store.Options{Clock: clk})
 	rs := &racingStore{keptSubs: keptSubs{Store: ms}}
 	ts := start(t, rs, clk)
 	ses := ts.createSession("u1")
@@ -517,12 +502,7 @@ func TestWatchSessionMissesNothingAppendedJustBeforeTheEnd(t *testing.T) {
 // made-up ids cost the backend no pub/sub channels.
 func TestMadeUpIDsAreNotFoundWithoutASubscription(t *testing.T) {
 	clk := clock.NewFake(epoch)
-	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ms.Close() })
-	st := &keptSubs{Store: ms}
+	st := &keptSubs{Store: memoryStore(t, store.Options{Clock: clk})}
 	ts := start(t, st, clk)
 	for _, id := range []string{"ses_x", "ses_" + strings.Repeat("z", 36), "cr_0123abcd-0000-4000-8000-000000000000"} {
 		w, err := ts.sessions.WatchSession(ts.ctx(), &pb.WatchSessionRequest{SessionId: id})

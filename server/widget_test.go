@@ -22,7 +22,6 @@ import (
 	"github.com/chatrelay/chatrelay/internal/redistest"
 	"github.com/chatrelay/chatrelay/server"
 	"github.com/chatrelay/chatrelay/store"
-	"github.com/chatrelay/chatrelay/store/memory"
 )
 
 // testWidgetSecret signs widget tokens on every test server, so replicas of
@@ -799,12 +798,7 @@ type trappedStore struct {
 }
 
 func newTrappedStore(t *testing.T, clk *clock.Fake) *trappedStore {
-	ms, err := memory.New(memory.Options{Options: store.Options{Clock: clk}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ms.Close() })
-	return &trappedStore{keptSubs: keptSubs{Store: ms}}
+	return &trappedStore{keptSubs: keptSubs{Store: memoryStore(t, store.Options{Clock: clk})}}
 }
 
 func (s *trappedStore) set(session string, trap func()) {
