@@ -12,24 +12,21 @@ import (
 	"github.com/chatrelay/chatrelay/store"
 )
 
-// goneAfter cancels a caller's context once the pipeline that runs the
-// script sha has come back: a caller that goes away right after its write.
-type goneAfter struct {
-	sha    string
-	cancel context.CancelFunc
+// scriptHook lets a test act around the pipelines that run the script
+// sha: another client between their commands, a caller going away after.
+type scriptHook struct {
+	sha string
+	run func(ctx context.Context, cmds []redis.Cmder, next redis.ProcessPipelineHook) error
 }
 
-func (h goneAfter) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h goneAfter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-func (h goneAfter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h scriptHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, c := range cmds {
-			if args := c.Args(); len(args) > 1 && args[1] == h.sha {
-				h.cancel()
-			}
+		if !slices.ContainsFunc(cmds, func(c redis.Cmder) bool { a := c.Args(); return len(a) > 1 && a[1] == h.sha }) {
+			return next(ctx, cmds)
 		}
-		return err
+		return h.run(ctx, cmds, next)
 	}
 }
 
@@ -48,7 +45,12 @@ func TestAnIngestWhoseCallerGoesAwayStillDecidesItsListeners(t *testing.T) {
 		t.Fatal(err)
 	}
 	caller, leave := context.WithCancel(ctx)
-	c.AddHook(goneAfter{sha: forClient(c, ingestScript).Hash(), cancel: leave})
+	// The caller goes away once the pipeline that appends has come back.
+	c.AddHook(scriptHook{sha: forClient(c, ingestScript).Hash(), run: func(ctx context.Context, cmds []redis.Cmder, next redis.ProcessPipelineHook) error {
+		err := next(ctx, cmds)
+		leave()
+		return err
+	}})
 	if _, err := s.Ingest(caller, store.InboundMessage{Tenant: "t", Platform: "api", Channel: "api", User: "u1", Text: "yes"}); err != nil {
 		t.Fatalf("Ingest: %v", err)
 	}
@@ -58,31 +60,6 @@ func TestAnIngestWhoseCallerGoesAwayStillDecidesItsListeners(t *testing.T) {
 	got, err := s.GetListener(ctx, "t", l.ID)
 	if err != nil || got.Outcome != store.Matched || got.Message == nil || got.Message.Text != "yes" {
 		t.Fatalf("listener %v %+v, %v; want matched by the stored message", got.Outcome, got.Message, err)
-	}
-}
-
-// stepped runs a pipeline that holds the script sha one command at a time,
-// calling between after each: another client's commands, which Redis may
-// run between those of a pipeline.
-type stepped struct {
-	sha     string
-	between func()
-}
-
-func (h stepped) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h stepped) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-func (h stepped) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if !slices.ContainsFunc(cmds, func(c redis.Cmder) bool { a := c.Args(); return len(a) > 1 && a[1] == h.sha }) {
-			return next(ctx, cmds)
-		}
-		for _, c := range cmds {
-			if err := next(ctx, []redis.Cmder{c}); err != nil {
-				return err
-			}
-			h.between()
-		}
-		return nil
 	}
 }
 
@@ -107,7 +84,17 @@ func TestAnIngestDuringARegistrationDoesNotUnindexTheListener(t *testing.T) {
 		}
 		return r
 	}
-	c.AddHook(stepped{sha: forClient(c, listenerAddScript).Hash(), between: func() { ingest(other, "not yet") }})
+	// The registration's pipeline runs a command at a time, another
+	// client's ingest after each, as Redis may interleave them.
+	c.AddHook(scriptHook{sha: forClient(c, listenerAddScript).Hash(), run: func(ctx context.Context, cmds []redis.Cmder, next redis.ProcessPipelineHook) error {
+		for _, c := range cmds {
+			if err := next(ctx, []redis.Cmder{c}); err != nil {
+				return err
+			}
+			ingest(other, "not yet")
+		}
+		return nil
+	}})
 	l, err := s.RegisterListener(ctx, store.NewListener{ID: ids.Listener(), Tenant: "t",
 		Filter: store.Filter{Users: []string{"u1"}, Keyword: "ready"}, Timeout: time.Hour, ResumeWindow: time.Hour})
 	if err != nil {
