@@ -23,9 +23,10 @@ import (
 // (the platform's redelivery, the caller's idempotency key), which
 // schedules it again.
 
-// dropBotTimeout bounds the chatbot queue's outbox steps (scheduleBot,
-// dropBotQueue), which outlive their caller.
-const dropBotTimeout = 5 * time.Second
+// detachedTimeout bounds the steps that outlive their caller: the chatbot
+// queue's outbox steps (scheduleBot, dropBotQueue), and a listener's
+// indexing on a Cluster and its undoing.
+const detachedTimeout = 5 * time.Second
 
 // botDelivery is a chatbot queue's delivery id in the outbox.
 const botDelivery = "@bot"
@@ -50,7 +51,7 @@ func (s *Store) botQueueKey(sid string) string { return s.sessionSlot(sid) + "bq
 // trip. It follows a write the queue already holds, so it runs whatever
 // becomes of the caller: one that went away would strand the message.
 func (s *Store) scheduleBot(ctx context.Context, tenant, sid string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropBotTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
 	defer cancel()
 	member := outboxMember(tenant, sid, botDelivery)
 	pipe := s.c.Pipeline()
@@ -116,7 +117,7 @@ func (s *Store) finishBot(ctx context.Context, d store.DeliveryClaim) error {
 // caller that went away between the two steps would strand a message
 // queued meanwhile without an outbox entry.
 func (s *Store) dropBotQueue(ctx context.Context, tenant, sid string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropBotTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
 	defer cancel()
 	member := outboxMember(tenant, sid, botDelivery)
 	pipe := s.c.Pipeline()

@@ -49,7 +49,7 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 		now.UnixMilli(), nl.ID, now.Add(life).UnixMilli(), nl.MaxPending, keep)
 	added := s.inPipe(ctx, pipe, listenerAddScript, []string{key}, args...)
 	var indexed []func() (string, []string, error)
-	index := func(pipe redis.Pipeliner) {
+	index := func(ctx context.Context, pipe redis.Pipeliner) {
 		for _, b := range buckets {
 			indexed = append(indexed, s.inPipe(ctx, pipe, indexAddScript, []string{b}, member, keep))
 		}
@@ -57,7 +57,7 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 			now.Add(life+s.o.OutcomeRetention).UnixMilli(), keep))
 	}
 	if s.single() {
-		index(pipe) // one server runs a pipeline in order
+		index(ctx, pipe) // one server runs a pipeline in order
 	}
 	_, _ = pipe.Exec(ctx)
 	// Read (a script Redis lost from its cache runs again as it is read)
@@ -70,19 +70,11 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 	if err != nil {
 		return store.Listener{}, err
 	}
-	if !s.single() && full != "FULL" {
-		// A Cluster sends each node its part of a pipeline at once: the
-		// indexes go in a round trip of their own, after the record.
-		pipe = s.c.Pipeline()
-		index(pipe)
-		_, _ = pipe.Exec(ctx)
-	}
-	for _, done := range indexed {
-		if _, _, err := done(); err != nil {
-			return store.Listener{}, err
-		}
-	}
-	if full == "FULL" {
+	// drop takes back what was written of a listener that is not to be,
+	// whatever becomes of the caller.
+	drop := func(why string, uncount bool) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
+		defer cancel()
 		undo := s.c.Pipeline()
 		for _, b := range buckets {
 			undo.SRem(ctx, b, member)
@@ -90,13 +82,36 @@ func (s *Store) RegisterListener(ctx context.Context, nl store.NewListener) (sto
 		undo.ZRem(ctx, listing, nl.ID)
 		undo.ZRem(ctx, expiry, nl.ID)
 		undo.Del(ctx, key)
-		if _, err := undo.Exec(ctx); err != nil {
-			s.o.Logger.Warn("cannot delete a listener refused for the cap", "err", err)
+		if uncount {
+			undo.ZRem(ctx, s.pendingKey(nl.Tenant), nl.ID)
 		}
-		return store.Listener{}, store.ErrTooManyListeners
+		if _, err := undo.Exec(ctx); err != nil {
+			s.o.Logger.Warn("cannot delete a listener "+why, "err", err)
+		}
 	}
 	if code != "OK" {
 		return store.Listener{}, fmt.Errorf("redisstore: listener %q already registered", nl.ID)
+	}
+	if !s.single() && full != "FULL" {
+		// A Cluster sends each node its part of a pipeline at once: the
+		// indexes go in a round trip of their own, after the record,
+		// whatever becomes of the caller: a record never indexed could
+		// never match.
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
+		defer cancel()
+		pipe = s.c.Pipeline()
+		index(ictx, pipe)
+		_, _ = pipe.Exec(ictx)
+	}
+	for _, done := range indexed {
+		if _, _, err := done(); err != nil {
+			drop("whose indexing failed", full != "FULL")
+			return store.Listener{}, err
+		}
+	}
+	if full == "FULL" {
+		drop("refused for the cap", false)
+		return store.Listener{}, store.ErrTooManyListeners
 	}
 	l, err := decodeListener(nl.ID, out[0])
 	if err != nil || nl.Filter.AfterMessageID == "" {
