@@ -240,21 +240,26 @@ func (kr *keyring) clientAddr(ctx context.Context) string {
 			return host
 		}
 	}
+	// The entries from the last, each line's from its end, as far as the
+	// first that is not a trusted proxy's.
 	md, _ := metadata.FromIncomingContext(ctx)
-	var hops []string
-	for _, v := range md.Get("x-forwarded-for") {
-		for h := range strings.SplitSeq(v, ",") {
-			hops = append(hops, strings.TrimSpace(h))
-		}
-	}
-	for i := len(hops) - 1; i >= 0; i-- {
-		ip, ok := hopAddr(hops[i])
-		if !ok {
-			break // not an address: the last trusted hop's word ends here
-		}
-		host = ip.String()
-		if i == 0 || !kr.trusted(ip) {
-			break
+	lines := md.Get("x-forwarded-for")
+	for l := len(lines) - 1; l >= 0; l-- {
+		rest := lines[l]
+		for {
+			i := strings.LastIndexByte(rest, ',')
+			ip, ok := hopAddr(strings.TrimSpace(rest[i+1:]))
+			if !ok {
+				return host // not an address: the last trusted hop's word ends here
+			}
+			host = ip.String()
+			if !kr.trusted(ip) {
+				return host
+			}
+			if i < 0 {
+				break
+			}
+			rest = rest[:i]
 		}
 	}
 	return host
