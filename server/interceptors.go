@@ -53,15 +53,15 @@ func (ic *interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServ
 		ic.log(ctx, call, info.FullMethod, err)
 	}()
 	echoID(ctx, call)
-	// Checked before the key, since grpc-go decoded the request before
-	// any interceptor: its decoding error is forgotten on every path, a
-	// refused key's included.
-	bad := ic.decoded(req)
+	// Taken before the key is checked, since grpc-go decoded the request
+	// before any interceptor: its decoding error is forgotten on every
+	// path, a refused key's included.
+	undecoded := ic.codec.take(req)
 	if ctx, err = ic.authenticate(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
-	if bad != nil {
-		return nil, bad
+	if err := ic.decoded(req, undecoded); err != nil {
+		return nil, err
 	}
 	return handler(ctx, req)
 }
@@ -127,11 +127,9 @@ func (ic *interceptors) finish(method string, call callInfo, err error) error {
 
 // decoded checks a request arrived whole: it decoded (see requestCodec)
 // and is within the request size limit.
-func (ic *interceptors) decoded(req any) error {
-	if ic.codec != nil {
-		if err := ic.codec.take(req); err != nil {
-			return invalid("", "the request is not a valid protobuf message: %v", err)
-		}
+func (ic *interceptors) decoded(req any, undecoded error) error {
+	if undecoded != nil {
+		return invalid("", "the request is not a valid protobuf message: %v", undecoded)
 	}
 	m, ok := req.(proto.Message)
 	if !ok {
@@ -157,5 +155,5 @@ func (s *serverStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	return s.ic.decoded(m)
+	return s.ic.decoded(m, s.ic.codec.take(m))
 }

@@ -185,11 +185,6 @@ var (
 // decode (InvalidArgument, its message protojson's) into a BadRequest with
 // the field it names, and the fields the request has.
 func bodyViolation(ctx context.Context, st *status.Status) *status.Status {
-	if st.Code() == codes.ResourceExhausted && len(st.Details()) == 0 && strings.HasPrefix(st.Message(), "grpc: received message larger than max") {
-		// A stream's body, over its loopback gRPC connection: too big is
-		// bad input, not "retry later".
-		return toStatus(invalid("", "the request is over limits.request_bytes"))
-	}
 	if st.Code() != codes.InvalidArgument || len(st.Details()) > 0 {
 		return st
 	}

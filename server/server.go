@@ -114,8 +114,11 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		// The transport's own limit sits above Limits.RequestBytes so that
-		// oversized requests reach the interceptor and get a proper error.
-		grpc.MaxRecvMsgSize(cfg.Limits.RequestBytes+64<<10),
+		// oversized requests reach the interceptor and get a proper error:
+		// above what the REST gateway takes too (twice RequestBytes of
+		// JSON, which is no smaller as protobuf), since it sends a stream's
+		// request over gRPC.
+		grpc.MaxRecvMsgSize(2*cfg.Limits.RequestBytes+64<<10),
 		// Metadata arrives before authentication: bound it as HTTP
 		// headers are.
 		grpc.MaxHeaderListSize(uint32(cfg.Limits.HeaderBytes)),
