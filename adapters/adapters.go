@@ -207,8 +207,16 @@ var Transport = sync.OnceValue(func() http.RoundTripper {
 	return t
 })
 
+// MaxRetryAfter bounds the wait a platform may ask for before a retry (a
+// Retry-After): the longest step of Standard Webhooks' schedule. A message
+// is not left waiting longer on a platform's word.
+const MaxRetryAfter = 10 * time.Hour
+
 // Client is an HTTP client for a platform's API, on Transport, with a 30 s
-// limit on each call. With a tracer provider, each call is a span and
+// limit on each call. It never follows a redirect: a 301 or 302 would turn
+// a POST into a GET without its body, whose 2xx would pass for a delivery,
+// and a 307 would send a signed body wherever it points; a 3xx is the
+// platform's answer. With a tracer provider, each call is a span and
 // carries the trace to the platform (docs/design.md §11); nil traces
 // nothing.
 func Client(tp trace.TracerProvider) *http.Client {
@@ -216,5 +224,6 @@ func Client(tp trace.TracerProvider) *http.Client {
 	if tp != nil {
 		rt = otelhttp.NewTransport(rt, otelhttp.WithTracerProvider(tp), otelhttp.WithPropagators(telemetry.Propagators))
 	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: rt}
+	return &http.Client{Timeout: 30 * time.Second, Transport: rt,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }

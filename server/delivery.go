@@ -106,11 +106,6 @@ func (s *Server) attempt(ctx context.Context, a adapters.Adapter, d store.Delive
 	return m
 }
 
-// maxRetryAfter bounds the wait a platform may ask for before a retry
-// (a Slack 429's Retry-After), as Standard Webhooks' schedule's longest
-// step: a message is not left PENDING for longer on a platform's word.
-const maxRetryAfter = 10 * time.Hour
-
 // retry is the outcome of failed attempt d on platform (the account or
 // chatbot who), a failure that may not last: due again on schedule with a
 // tenth's jitter, or after the platform's RetryAfter if that is later;
@@ -125,7 +120,7 @@ func (s *Server) retry(platform, who string, schedule func(int) (time.Duration, 
 	}
 	wait += rand.N(wait/10 + 1)
 	if ra, ok := errors.AsType[*adapters.RetryAfter](err); ok && ra.Wait > wait {
-		wait = min(ra.Wait, maxRetryAfter)
+		wait = min(ra.Wait, adapters.MaxRetryAfter)
 	}
 	return store.DeliveryOutcome{RetryAt: s.cfg.Clock.Now().Add(wait)}
 }

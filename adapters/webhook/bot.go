@@ -31,7 +31,7 @@ func NewBot(url, secret string, client *http.Client) (*Bot, error) {
 	if client == nil {
 		client = adapters.Client(nil)
 	}
-	return &Bot{out: newSender(url, keys, client)}, nil
+	return &Bot{out: &sender{url: url, keys: keys, client: client}}, nil
 }
 
 // Answer is what a bot's 2xx answer may carry: replies to post into the

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chatrelay/chatrelay/adapters"
 )
 
 // The example of the Standard Webhooks specification: its secret, id,
@@ -85,14 +87,14 @@ func TestParseKeys(t *testing.T) {
 }
 
 // Retry-After is read as seconds or an HTTP date, and holds a delivery at
-// most maxRetryAfter.
+// most adapters.MaxRetryAfter.
 func TestRetryAfter(t *testing.T) {
 	now := time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
 	for v, want := range map[string]time.Duration{
 		"120":                           2 * time.Minute,
 		"0":                             0,
 		"-5":                            0,
-		"86400":                         maxRetryAfter,
+		"86400":                         adapters.MaxRetryAfter,
 		"Fri, 01 May 2026 09:30:00 GMT": 30 * time.Minute,
 		"Fri, 01 May 2026 08:00:00 GMT": 0,
 	} {

@@ -36,10 +36,6 @@ import (
 var Schedule = adapters.Schedule{5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour,
 	5 * time.Hour, 10 * time.Hour, 10 * time.Hour}
 
-// maxRetryAfter bounds how long a receiver's Retry-After can hold a
-// delivery: the schedule's longest step.
-const maxRetryAfter = 10 * time.Hour
-
 // maxAnswerBytes bounds what is read of a receiver's answer.
 const maxAnswerBytes = 1 << 20
 
@@ -87,7 +83,7 @@ func New(c Config) (*Adapter, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return &Adapter{cfg: c, out: newSender(c.URL, keys, c.HTTPClient)}, nil
+	return &Adapter{cfg: c, out: &sender{url: c.URL, keys: keys, client: c.HTTPClient}}, nil
 }
 
 func checkURL(u string) error {
@@ -180,16 +176,6 @@ type sender struct {
 	client *http.Client
 }
 
-// newSender sends to url through client, never following a redirect: a
-// 301 or 302 would turn the POST into a GET without its body, and a 2xx to
-// that would pass for a delivery; a 307 would send the signed body to
-// wherever it points. A 3xx is a failed attempt, retried.
-func newSender(url string, keys Keys, client *http.Client) *sender {
-	c := *client
-	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &sender{url: url, keys: keys, client: &c}
-}
-
 // post sends body as webhook id, signed now, and answers the receiver's
 // 2xx body; or its refusal; or an error worth a retry (an
 // adapters.RetryAfter when it said when).
@@ -236,7 +222,7 @@ func refusal(code int, answer []byte) string {
 }
 
 // retryAfter reads a Retry-After header: seconds or an HTTP date, bounded
-// by maxRetryAfter.
+// by adapters.MaxRetryAfter.
 func retryAfter(v string, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
@@ -249,7 +235,7 @@ func retryAfter(v string, now time.Time) (time.Duration, bool) {
 	} else {
 		return 0, false
 	}
-	return min(max(d, 0), maxRetryAfter), true
+	return min(max(d, 0), adapters.MaxRetryAfter), true
 }
 
 // maxInboundBytes bounds an inbound webhook's body.
