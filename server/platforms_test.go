@@ -280,7 +280,8 @@ func TestSlackRefusalsAreFailedAndKept(t *testing.T) {
 		{platformtest.SlackAnswer{Error: "channel_not_found"}, "channel_not_found"},
 		{platformtest.SlackAnswer{Error: "not_in_channel"}, "not_in_channel"},
 		{platformtest.SlackAnswer{Error: "invalid_auth"}, "invalid_auth"},
-		{platformtest.SlackAnswer{Error: "fatal_error"}, "fatal_error"}, // Slack may have posted it
+		{platformtest.SlackAnswer{Error: "fatal_error"}, "fatal_error"},       // Slack may have posted it
+		{platformtest.SlackAnswer{Error: "internal_error"}, "internal_error"}, // and here too
 	} {
 		p.slack.Then(platformtest.Answering(c.answer))
 		r, err := ts.chat.PostMessage(ts.ctx(), &pb.PostMessageRequest{SessionId: sid, Message: "refused: " + c.code})
@@ -292,8 +293,8 @@ func TestSlackRefusalsAreFailedAndKept(t *testing.T) {
 		}
 	}
 	h := ts.history(sid)
-	if len(h) != 4 {
-		t.Fatalf("history holds %d messages, want the 4 refused, kept", len(h))
+	if len(h) != 5 {
+		t.Fatalf("history holds %d messages, want the 5 refused, kept", len(h))
 	}
 	for _, m := range h {
 		if m.Status != pb.MessageStatus_MESSAGE_STATUS_FAILED || m.Error == nil {

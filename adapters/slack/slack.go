@@ -136,8 +136,9 @@ func (a *Adapter) Send(ctx context.Context, out *adapters.Outbound) (adapters.Re
 var userSubtypes = map[string]bool{"": true, "file_share": true, "thread_broadcast": true}
 
 // transientErrors are chat.postMessage errors that say "not now": the
-// message is retried. fatal_error is not one: Slack may have posted it.
-var transientErrors = map[string]bool{"internal_error": true, "service_unavailable": true, "request_timeout": true, "ratelimited": true}
+// message is retried. internal_error and fatal_error are not: Slack says
+// part of the call may have succeeded, and a retry could post it twice.
+var transientErrors = map[string]bool{"service_unavailable": true, "request_timeout": true, "ratelimited": true}
 
 // maxEventBytes bounds an event callback's body; Slack's are a few KiB.
 const maxEventBytes = 1 << 20
