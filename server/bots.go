@@ -165,16 +165,13 @@ func (s *Server) carryOut(ctx context.Context, d store.DeliveryClaim, a *webhook
 			// The session ended meanwhile: nothing more goes into it.
 			s.cfg.Logger.Debug("a chatbot's reply not posted", "session_id", ses.ID, "err", err)
 			return true
-		case errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-			// The backend, or the server stopping: the lease ends and the
-			// answer is carried out again (its replies once each).
+		case err != nil:
+			// The backend, or the server stopping (checkAnswer refused
+			// what a post would, and no client key is a reply's): the
+			// lease ends and the answer is carried out again (its replies
+			// once each).
 			s.cfg.Logger.Warn("cannot post a chatbot's reply", "session_id", ses.ID, "err", err)
 			return false
-		case err != nil:
-			// Refused, and it would be again: the chatbot failed, as when
-			// its answer breaks a limit. Carried out again, it would be
-			// sent to the bot again and again.
-			return s.endBot(ctx, d, &store.PlatformError{Code: "reply_refused", Message: fmt.Sprintf("replies[%d]: %v", i, err)})
 		}
 	}
 	var u store.SessionUpdate
