@@ -111,8 +111,12 @@ type widget struct {
 	streams *streamCounts // per tenant
 	codec   runtime.Marshaler
 	// running are the event streams running: once one has taken its
-	// connection over, net/http's Shutdown no longer waits for it.
+	// connection over, net/http's Shutdown no longer waits for it. Once
+	// wait has begun (closing, under mu), no stream starts: a WaitGroup
+	// may not grow from zero while it is waited on.
 	running sync.WaitGroup
+	mu      sync.Mutex
+	closing bool
 }
 
 func newWidget(s *Server) (*widget, error) {
@@ -338,7 +342,11 @@ func (w *widget) events(rw http.ResponseWriter, r *http.Request) {
 		release()
 	}
 	taken, done := sw.taken, make(chan error, 1)
-	w.running.Add(1)
+	if !w.begin() {
+		sw.release()
+		w.fail(rw, r, &codedError{code: codes.Unavailable, reason: reasonShuttingDown, msg: "the server is shutting down; reconnect"})
+		return
+	}
 	go w.stream(&pb.WatchSessionRequest{SessionId: c.SessionID, AfterMessageId: after}, sw, done)
 	select {
 	case <-taken:
@@ -372,9 +380,24 @@ func (w *widget) watch(req *pb.WatchSessionRequest, sw *sseWatch) (err error) {
 	return w.s.sessions.WatchSession(req, sw)
 }
 
+// begin counts a stream among those running, unless shutdown is waiting
+// for them already.
+func (w *widget) begin() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closing {
+		return false
+	}
+	w.running.Add(1)
+	return true
+}
+
 // wait waits until every event stream has ended (they end when shutdown
 // begins), or ctx does.
 func (w *widget) wait(ctx context.Context) error {
+	w.mu.Lock()
+	w.closing = true
+	w.mu.Unlock()
 	done := make(chan struct{})
 	go func() { w.running.Wait(); close(done) }()
 	select {
