@@ -48,3 +48,18 @@ func PlanChatbot(c *ChatbotStart, named, active *Session) (ChatbotPlan, error) {
 	}
 	return ChatbotPlan{Reuse: cur}, nil
 }
+
+// TooMuchMetadata reports whether carrying out p would take the session's
+// metadata (the reused one's, or a new one's) or the contact's (contactMD
+// now) past c.MaxMetadata: ErrTooMuchMetadata, before anything is written.
+func (p *ChatbotPlan) TooMuchMetadata(c *ChatbotStart, contactMD map[string]string) bool {
+	if c.MaxMetadata == 0 || p.Skip != NotSkipped {
+		return false
+	}
+	var sesMD map[string]string
+	if p.Reuse != nil {
+		sesMD = p.Reuse.Metadata
+	}
+	return MetadataGrowsPast(c.MaxMetadata, sesMD, nil, c.SessionMetadata) ||
+		MetadataGrowsPast(c.MaxMetadata, contactMD, nil, c.ContactMetadata)
+}

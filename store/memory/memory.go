@@ -314,17 +314,12 @@ func (s *Store) StartChatbot(_ context.Context, c store.ChatbotStart) (store.Cha
 		remember(s, ik, c.Idempotency, res, now, cloneChatbotResult)
 		return res, nil
 	}
-	if c.MaxMetadata > 0 {
-		var sesMD, ctMD map[string]string
-		if plan.Reuse != nil {
-			sesMD = plan.Reuse.Metadata
-		}
-		if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
-			ctMD = ct.Metadata
-		}
-		if store.MetadataGrowsPast(c.MaxMetadata, sesMD, nil, c.SessionMetadata) || store.MetadataGrowsPast(c.MaxMetadata, ctMD, nil, c.ContactMetadata) {
-			return store.ChatbotResult{}, store.ErrTooMuchMetadata
-		}
+	var ctMD map[string]string
+	if ct := s.contacts[contactKey{t.tenant, t.platform, t.user}]; ct != nil {
+		ctMD = ct.Metadata
+	}
+	if plan.TooMuchMetadata(&c, ctMD) {
+		return store.ChatbotResult{}, store.ErrTooMuchMetadata
 	}
 	if plan.Close != nil {
 		s.end(cur, now)

@@ -164,17 +164,10 @@ func (s *Store) StartChatbot(ctx context.Context, c store.ChatbotStart) (store.C
 				}
 			}
 		}
-		if action != "skip" && c.MaxMetadata > 0 {
-			// Checked on what was read; the write commits only if none of
-			// it changed since.
-			var sesMD map[string]string
-			if action == "reuse" {
-				sesMD = subj.Metadata
-			}
-			if store.MetadataGrowsPast(c.MaxMetadata, sesMD, nil, c.SessionMetadata) ||
-				store.MetadataGrowsPast(c.MaxMetadata, contact.Metadata, nil, c.ContactMetadata) {
-				return store.ChatbotResult{}, store.ErrTooMuchMetadata
-			}
+		// Checked on what was read; the write commits only if none of it
+		// changed since.
+		if plan.TooMuchMetadata(&c, contact.Metadata) {
+			return store.ChatbotResult{}, store.ErrTooMuchMetadata
 		}
 		var greeting store.Outgoing
 		if action != "skip" && c.Greeting != nil {
