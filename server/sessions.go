@@ -370,26 +370,26 @@ func (w *watcher) live(expires time.Time, expiry *alarm, stopping <-chan struct{
 // (having read what the events left out) or when the expiry alarm rings.
 // over is whether the stream is done, with err the last send's.
 func (w *watcher) recheck(resync bool, expiry *alarm) (over bool, err error) {
-	if resync {
-		if err := w.catchUp(); err != nil {
-			return true, err
-		}
-	}
+	// The session first: once it has ended its history is final, so the
+	// one catch-up after it holds every message appended before the end
+	// (by another replica, just before it). An end after this read comes
+	// on the subscription, which is live again by now.
 	ses, err := w.st.GetSession(w.ctx, w.tenant, w.id)
 	if err != nil {
 		return true, err
 	}
-	if ses.State.Active() {
+	active := ses.State.Active()
+	if resync || !active {
+		if err := w.catchUp(); err != nil {
+			return true, err
+		}
+	}
+	if active {
 		if !resync {
 			// A message moved the expiry, or the store's clock lags.
 			expiry.set(ses.ExpiresAt, rearmFloor)
 		}
 		return false, nil
-	}
-	// Ended: the history is final now, and may hold messages appended
-	// since the catch-up above (by another replica, just before the end).
-	if err := w.catchUp(); err != nil {
-		return true, err
 	}
 	return true, w.ended(&ses)
 }
